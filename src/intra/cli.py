@@ -1,0 +1,179 @@
+"""The `intra` command line: argument parsing only; every command calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from .config import PRESETS, Config, apply_overrides, flatten, preset, read_config_file
+from .errors import IntraError
+
+# Flags that set one config key each: flag -> (key, type, help).
+TRAIN_FLAGS = {
+    "--image-size": ("model.image_size", int, "resize images to N x N pixels (a multiple of the patch size)"),
+    "--patch-size": ("model.patch_size", int, "patch side K in pixels"),
+    "--window": ("model.window", int, "window side L in patches"),
+    "--dim": ("model.dim", int, "model width D"),
+    "--depth": ("model.depth", int, "number of transformer blocks"),
+    "--heads": ("model.heads", int, "attention heads"),
+    "--attention": ("model.attention", str, "mfsa (paper) or msa (standard attention)"),
+    "--position": ("model.position", str, "local (textures) or global (aligned objects) position embedding"),
+    "--color": ("data.color", str, "auto, gray or rgb: how images are converted"),
+    "--epochs": ("train.max_epochs", int, "maximum number of epochs"),
+    "--patience": ("train.patience", int, "stop after this many epochs without a better validation loss"),
+    "--max-minutes": ("train.max_minutes", float, "wall-clock training budget in minutes (0 = none)"),
+    "--windows-per-image": ("train.windows_per_image", int, "random windows per training image per epoch"),
+    "--batch-size": ("train.batch_size", int, "training batch size in windows"),
+    "--lr": ("train.lr", float, "Adam learning rate"),
+    "--rotation": ("train.rotation", str, "augmentation: none, rot90 or any (any angle)"),
+    "--seed": ("train.seed", int, "random seed for initialisation, split and windows"),
+    "--device": ("train.device", str, "auto, cpu, cuda or cuda:N"),
+    "--threads": ("train.threads", int, "torch CPU threads (0 = torch's default)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="intra",
+        description="Inpainting Transformer (InTra) anomaly detection: train on defect-free images, "
+        "then score new images and locate their defects.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log library details to stderr")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model on defect-free images", description="Train InTra on defect-free images and write a run folder (config.json, train_log.jsonl, model.safetensors, model.json).")
+    train.add_argument("--data", required=True, help="an MVTec-layout root (uses DATA/train/good) or a folder of images")
+    train.add_argument("--out", required=True, help="run folder to create")
+    train.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="starting configuration (default: cpu)")
+    train.add_argument("--config", help="a .json, .toml or .yaml file overriding the preset")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key, e.g. --set train.lr=3e-4 (repeatable; applied last)")
+    for flag, (key, kind, text) in TRAIN_FLAGS.items():
+        metavar = "NAME" if kind is str else "N"
+        train.add_argument(flag, type=kind, dest=key, metavar=metavar, help=f"{text} [{key}]")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a run on an MVTec-layout test set", description="Score every image of DATA/test, compute image AUROC, pixel AUROC, AUPRO and per-kind AUROC, and write metrics.json, scores.csv and heatmaps.")
+    evaluate.add_argument("--run", required=True, help="a trained run folder")
+    evaluate.add_argument("--data", required=True, help="an MVTec-layout root with test/ and ground_truth/")
+    evaluate.add_argument("--out", help="output folder (default: RUN/evaluation)")
+    evaluate.add_argument("--eval-size", type=int, help="compute pixel metrics at N x N (default: the model's image size)")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default: 8)")
+    evaluate.add_argument("--no-heatmaps", action="store_true", help="skip writing one overlay PNG per test image")
+    _add_runtime_flags(evaluate)
+
+    predict = commands.add_parser("predict", help="score images and write anomaly heatmaps", description="Score images (files, folders or glob patterns): one JSON line per image on stdout, overlays in --out.")
+    predict.add_argument("--run", required=True, help="a trained run folder")
+    predict.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders of images or glob patterns")
+    predict.add_argument("--out", help="folder for heatmap overlays (default: none written)")
+    predict.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default: 8)")
+    _add_runtime_flags(predict)
+
+    demo = commands.add_parser("demo", help="the whole pipeline on generated data, in a few minutes", description="Generate a synthetic defect dataset, train the cpu preset on it, evaluate, and write metrics and heatmaps under OUT.")
+    demo.add_argument("--out", required=True, help="folder for the dataset, the run and the evaluation")
+    demo.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    demo.add_argument("--seed", type=int, default=0, help="seed for the data and the training (default: 0)")
+    return parser
+
+
+def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value <= 0:
+        raise IntraError(f"{name} must be positive, not {value}")
+
+
+def resolve_train_config(args: argparse.Namespace) -> Config:
+    """Preset -> config file -> flags -> --set, validated."""
+    cfg = preset(args.preset)
+    if args.config:
+        apply_overrides(cfg, flatten(read_config_file(args.config)))
+    flags = {key: getattr(args, key) for key, _, _ in TRAIN_FLAGS.values() if getattr(args, key) is not None}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise IntraError(f"--set expects KEY=VALUE, got {item!r}")
+        flags[key.strip()] = value.strip()
+    return apply_overrides(cfg, flags)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train import fit
+
+    cfg = resolve_train_config(args)
+    result = fit(cfg, args.data, args.out, progress=True)
+    s = result.stats
+    print(f"trained {s['epochs']} epochs in {s['train_seconds']:.0f}s; best validation loss {s['best_val_loss']:.5f} (epoch {s['best_epoch']}); run saved to {args.out}")
+
+
+def _load_detector(args: argparse.Namespace):
+    from .inference import Detector
+    from .train import configure_threads
+
+    configure_threads(args.threads)
+    return Detector.load(args.run, device=args.device)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate
+
+    _positive("--eval-size", args.eval_size)
+    _positive("--batch-size", args.batch_size)
+    detector = _load_detector(args)
+    out = Path(args.out) if args.out else Path(args.run) / "evaluation"
+    m = evaluate(detector, args.data, out, eval_size=args.eval_size, batch_size=args.batch_size, heatmaps=not args.no_heatmaps, progress=True)
+    print(_summary(m))
+    print(f"results written to {out}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .predict import expand_inputs, predict_paths
+
+    _positive("--batch-size", args.batch_size)
+    detector = _load_detector(args)
+    paths = expand_inputs(args.inputs)
+    start = time.perf_counter()
+    for record in predict_paths(detector, paths, Path(args.out) if args.out else None, args.batch_size):
+        print(json.dumps(record), flush=True)
+    seconds = time.perf_counter() - start
+    print(f"scored {len(paths)} images in {seconds:.1f}s", file=sys.stderr)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    start = time.perf_counter()
+    m = run_demo(args.out, threads=args.threads, seed=args.seed, progress=True)
+    print(_summary(m))
+    print(f"demo finished in {time.perf_counter() - start:.0f}s; metrics in {Path(args.out) / 'evaluation' / 'metrics.json'}")
+
+
+def _summary(m: dict) -> str:
+    kinds = ", ".join(f"{k} {v:.3f}" for k, v in m["per_kind"].items())
+    return f"image AUROC {m['image_auroc']:.3f}  pixel AUROC {m['pixel_auroc']:.3f}  AUPRO {m['aupro']:.3f}  ({kinds})"
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        COMMANDS[args.command](args)
+    except IntraError as exc:
+        print(f"intra: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("intra: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

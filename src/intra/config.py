@@ -1,0 +1,242 @@
+"""Configuration: one set of dataclasses drives the model, training and scoring.
+
+A `Config` is built from a preset, then a config file, then command-line overrides, and the
+resolved result is written into every run folder and checkpoint, so that a checkpoint alone
+rebuilds the model. Every **[choice]** of `shared/docs/intra-method.md` is a field here with the
+specification's default; the `paper` preset is the paper, the `cpu` preset is our small model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import IntraError
+
+
+@dataclass
+class ModelConfig:
+    """The inpainting network and the image geometry it was built for."""
+
+    image_size: int = 256  # H = W in pixels; images are resized (bilinear) to this
+    channels: int = 3  # C: 1 (grayscale) or 3 (RGB); resolved from DataConfig.color at fit time
+    patch_size: int = 16  # K
+    window: int = 7  # L: the window is L x L patches
+    dim: int = 512  # D
+    depth: int = 13  # n blocks
+    heads: int = 8  # h
+    mlp_ratio: float = 4.0  # feed-forward width = mlp_ratio * D
+    attention: str = "mfsa"  # [choice] "mfsa" (MLP queries/keys) or "msa" (standard linear q, k, v)
+    position: str = "local"  # [choice] "local" (L*L table) or "global" (M*N table)
+    long_skips: bool = True  # [choice] symmetric U-Net-like skips: block i feeds block n+1-i
+    head: str = "mean"  # [choice] "mean" of all tokens or the "covered" token's own output
+    normalize_input: bool = True  # standardise pixels with the training set's per-channel mean/std
+
+    @property
+    def grid(self) -> int:
+        """M = N: patches per image side."""
+        return self.image_size // self.patch_size
+
+    @property
+    def patch_dim(self) -> int:
+        """K*K*C: pixel values per patch."""
+        return self.patch_size * self.patch_size * self.channels
+
+
+@dataclass
+class DataConfig:
+    """How images are read."""
+
+    color: str = "auto"  # "auto" (gray if every training image is gray), "gray" or "rgb"
+
+
+@dataclass
+class TrainConfig:
+    """Training per paper section 4, plus the budget knobs a CPU needs."""
+
+    windows_per_image: int = 600  # random windows drawn per training image per epoch
+    batch_size: int = 256
+    lr: float = 1e-4  # [choice] Adam learning rate
+    max_epochs: int = 10_000
+    patience: int = 50  # stop when validation loss has not improved for this many epochs
+    max_minutes: float = 0.0  # wall-clock budget for the training loop; 0 = none
+    val_fraction: float = 0.1  # share of training images held out for validation ...
+    val_max_images: int = 20  # ... at most this many
+    val_windows_per_image: int = 64  # fixed validation windows per held-out image
+    alpha: float = 0.01  # [choice] weight of the multi-scale GMS loss
+    beta: float = 0.01  # [choice] weight of the SSIM loss
+    flips: bool = True  # [choice] random horizontal and vertical flips of each window
+    rotation: str = "rot90"  # [choice] "none", "rot90" (aligned objects) or "any" (textures)
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
+    threads: int = 0  # torch CPU threads; 0 = one per physical core, as torch decides
+
+
+@dataclass
+class ScoreConfig:
+    """Anomaly map and image score per paper section 5."""
+
+    scales: tuple[float, ...] = (0.5, 0.25)  # GMS is computed at these fractions of the image size
+    mean_filter: int = 21  # [choice] mean-filter side at full resolution, scaled with each scale
+    gaussian_sigma: float = 4.0  # [choice] Gaussian sigma in full-resolution pixels, scaled likewise
+    normalize: bool = True  # subtract the training mean difference map, then square
+    chunk_windows: int = 2048  # windows per forward pass at inference (bounds memory)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        cfg = cls()
+        apply_overrides(cfg, flatten(data))
+        return cfg
+
+
+def _cpu_preset() -> Config:
+    # Sizes chosen by measurement on 2 CPU cores; see docs/benchmarks.md ("cpu preset").
+    cfg = Config()
+    cfg.model = ModelConfig(
+        image_size=128, patch_size=8, window=7, dim=64, depth=5, heads=4, mlp_ratio=4.0
+    )
+    cfg.train.windows_per_image = 100
+    cfg.train.batch_size = 32
+    cfg.train.lr = 1e-3
+    cfg.train.patience = 20
+    cfg.train.max_minutes = 10.0
+    return cfg
+
+
+PRESETS = {"paper": Config, "cpu": _cpu_preset}
+
+
+def preset(name: str) -> Config:
+    """A fresh Config for a named preset (`paper` or `cpu`)."""
+    if name not in PRESETS:
+        raise IntraError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"dim": 64}} -> {"model.dim": 64}."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Set dotted keys ("train.lr") on cfg in place, checking names and types."""
+    for key, value in overrides.items():
+        section_name, _, name = key.partition(".")
+        section = getattr(cfg, section_name, None)
+        if not dataclasses.is_dataclass(section) or name not in {f.name for f in dataclasses.fields(section)}:
+            raise IntraError(f"unknown config key {key!r}")
+        setattr(section, name, _coerce(key, getattr(section, name), value))
+    validate(cfg)
+    return cfg
+
+
+def _coerce(key: str, current: Any, value: Any) -> Any:
+    """Convert value to the type of the field's current value (str from the CLI, lists from JSON)."""
+    try:
+        if isinstance(current, bool):
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if isinstance(current, tuple):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(float(v) for v in items)
+        if isinstance(current, (int, float, str)):
+            return type(current)(value)
+    except (TypeError, ValueError):
+        raise IntraError(f"config key {key!r}: cannot read {value!r} as {type(current).__name__}") from None
+    return value
+
+
+_CHOICES = {
+    ("model", "attention"): ("mfsa", "msa"),
+    ("model", "position"): ("local", "global"),
+    ("model", "head"): ("mean", "covered"),
+    ("data", "color"): ("auto", "gray", "rgb"),
+    ("train", "rotation"): ("none", "rot90", "any"),
+}
+_POSITIVE = {
+    "model": ("image_size", "patch_size", "window", "dim", "depth", "heads", "mlp_ratio"),
+    "train": ("windows_per_image", "batch_size", "lr", "max_epochs", "patience", "val_max_images",
+              "val_windows_per_image"),
+    "score": ("mean_filter", "gaussian_sigma", "chunk_windows"),
+}
+
+
+def validate(cfg: Config) -> None:
+    """Raise IntraError naming the first option with an impossible value."""
+    for (section, name), allowed in _CHOICES.items():
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise IntraError(f"{section}.{name} must be one of {', '.join(allowed)}, not {value!r}")
+    for section, names in _POSITIVE.items():
+        for name in names:
+            if getattr(getattr(cfg, section), name) <= 0:
+                raise IntraError(f"{section}.{name} must be positive, not {getattr(getattr(cfg, section), name)!r}")
+    for name in ("max_minutes", "alpha", "beta", "threads"):
+        if getattr(cfg.train, name) < 0:
+            raise IntraError(f"train.{name} must not be negative")
+    m = cfg.model
+    if m.channels not in (1, 3):
+        raise IntraError(f"model.channels must be 1 or 3, not {m.channels}")
+    if m.image_size % m.patch_size:
+        raise IntraError(f"model.image_size ({m.image_size}) must be a multiple of model.patch_size ({m.patch_size})")
+    if m.grid < m.window:
+        raise IntraError(
+            f"model.image_size {m.image_size} holds {m.grid} patches per side, fewer than model.window "
+            f"({m.window}): images must be at least window*patch_size = {m.window * m.patch_size} px"
+        )
+    if m.dim % m.heads or (m.attention == "mfsa" and (m.dim // 2) % m.heads):
+        raise IntraError(f"model.dim ({m.dim}) must split evenly over model.heads ({m.heads}) (and D/2 for mfsa)")
+    if not 0 < cfg.train.val_fraction < 1:
+        raise IntraError(f"train.val_fraction must be between 0 and 1, not {cfg.train.val_fraction}")
+    if not cfg.score.scales or any(not 0 < s <= 1 for s in cfg.score.scales):
+        raise IntraError(f"score.scales must be fractions in (0, 1], not {cfg.score.scales}")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Nested dict from a .json, .toml or .yaml file."""
+    path = Path(path)
+    if not path.is_file():
+        raise IntraError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        if path.suffix == ".toml":
+            import tomllib
+
+            return tomllib.loads(text)
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(text) or {}
+    except ImportError as exc:
+        raise IntraError(f"{path}: reading {path.suffix} files needs the {exc.name} package") from None
+    except Exception as exc:  # parse errors of any of the three formats
+        raise IntraError(f"{path}: not a valid {path.suffix[1:]} file ({exc})") from None
+    raise IntraError(f"{path}: config files must be .json, .toml or .yaml")

@@ -1,0 +1,171 @@
+"""Reading images and datasets: MVTec AD layout or a plain folder, as tensors with values in [0, 1].
+
+MVTec AD layout:  ROOT/train/good/*, ROOT/test/<kind>/*, ROOT/ground_truth/<kind>/<stem>_mask.png
+(`good` test images need no mask). Images may be png, jpg, jpeg, bmp, tif or tiff, grayscale or
+colour, 8 or 16 bit; they are converted to the configured colour (gray or RGB) and resized
+bilinearly to the model's size; masks are resized with nearest neighbour. This module knows
+nothing of the network.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import IntraError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+GOOD = "good"
+
+
+@dataclass
+class Sample:
+    """One test image: path, defect kind ("good" for normal), label (0 normal, 1 anomalous), mask path."""
+
+    path: Path
+    kind: str
+    label: int
+    mask_path: Path | None = None
+
+
+def is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def list_images(folder: str | Path, what: str = "images") -> list[Path]:
+    """Sorted image files directly inside `folder`; IntraError if it is missing or holds none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise IntraError(f"{what} folder not found: {folder}")
+    paths = sorted(p for p in folder.iterdir() if is_image(p))
+    if not paths:
+        raise IntraError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {what} folder {folder}")
+    return paths
+
+
+def is_mvtec_root(root: str | Path) -> bool:
+    return (Path(root) / "train" / GOOD).is_dir() or (Path(root) / "test").is_dir()
+
+
+def training_images(root: str | Path) -> list[Path]:
+    """Training images of an MVTec-layout root (ROOT/train/good) or of a plain folder of images."""
+    root = Path(root)
+    if not root.exists():
+        raise IntraError(f"training data folder not found: {root}")
+    if (root / "train" / GOOD).is_dir():
+        return list_images(root / "train" / GOOD, "training")
+    return list_images(root, "training")
+
+
+def test_samples(root: str | Path) -> list[Sample]:
+    """Every test image of an MVTec-layout root with its kind, label and mask path."""
+    root = Path(root)
+    test_dir = root / "test"
+    if not test_dir.is_dir():
+        raise IntraError(f"no test folder in {root} (expected the MVTec AD layout: {root}/test/<kind>/)")
+    samples: list[Sample] = []
+    kinds = sorted(d for d in test_dir.iterdir() if d.is_dir())
+    if not kinds:
+        raise IntraError(f"no defect-kind folders in {test_dir}")
+    for kind_dir in kinds:
+        kind = kind_dir.name
+        for path in list_images(kind_dir, f"test/{kind}"):
+            if kind == GOOD:
+                samples.append(Sample(path, kind, 0))
+                continue
+            mask = root / "ground_truth" / kind / f"{path.stem}_mask.png"
+            if not mask.is_file():
+                raise IntraError(f"defect image {path} has no mask: expected {mask}")
+            samples.append(Sample(path, kind, 1, mask))
+    if not any(s.label == 0 for s in samples) or not any(s.label == 1 for s in samples):
+        raise IntraError(f"{test_dir} needs both good and defective images to compute AUROC")
+    return samples
+
+
+def _open(path: Path) -> Image.Image:
+    """Open and fully decode an image, turning every failure into an IntraError naming the file."""
+    if not path.is_file():
+        raise IntraError(f"image not found: {path}")
+    try:
+        image = Image.open(path)
+        image.load()  # decode now: truncated files fail here, not later
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise IntraError(f"cannot read image {path}: {exc}") from None
+    return image
+
+
+def _to_array(image: Image.Image, color: str) -> np.ndarray:
+    """PIL image of any mode -> float32 (H, W, C) in [0, 1], C = 1 for "gray", 3 for "rgb"."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float32)
+        array = array / (65535.0 if array.max() > 255 or image.mode.startswith("I;16") else 255.0)
+        array = array[..., None]
+        return array if color == "gray" else np.repeat(array, 3, axis=2)
+    if image.mode == "F":
+        array = np.clip(np.asarray(image, dtype=np.float32), 0, 1)[..., None]
+        return array if color == "gray" else np.repeat(array, 3, axis=2)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA").convert("RGB")  # drop alpha: colour where transparent is kept as is
+    target = "L" if color == "gray" else "RGB"
+    array = np.asarray(image.convert(target), dtype=np.float32) / 255.0
+    return array[..., None] if array.ndim == 2 else array
+
+
+def is_gray(path: Path) -> bool:
+    """True if the file is a one-channel image, or colour with three equal channels."""
+    image = _open(path)
+    if image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
+        return True
+    if image.mode == "P":
+        image = image.convert("RGB")
+    if image.mode != "RGB":
+        return False
+    rgb = np.asarray(image.reduce(max(1, min(image.size) // 64)), dtype=np.int16)
+    return bool(np.abs(rgb[..., 0] - rgb[..., 1]).max() <= 2 and np.abs(rgb[..., 1] - rgb[..., 2]).max() <= 2)
+
+
+def resolve_color(color: str, paths: list[Path]) -> str:
+    """'auto' -> 'gray' if every one of (up to 50 of) the training images is gray, else 'rgb'."""
+    if color != "auto":
+        return color
+    step = max(1, len(paths) // 50)
+    return "gray" if all(is_gray(p) for p in paths[::step]) else "rgb"
+
+
+def load_image(path: str | Path, size: int, color: str, min_size: int = 1) -> torch.Tensor:
+    """Read, convert and resize one image -> (C, size, size) float32 in [0, 1]."""
+    path = Path(path)
+    image = _open(path)
+    if min(image.size) < min_size:
+        raise IntraError(f"image {path} is {image.size[0]}x{image.size[1]} px, smaller than {min_size} px")
+    array = _to_array(image, color)
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None]  # (1, C, h, w)
+    if tensor.shape[-2:] != (size, size):
+        tensor = torch.nn.functional.interpolate(
+            tensor, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        ).clamp_(0, 1)
+    return tensor[0]
+
+
+def load_mask(path: str | Path, size: int) -> torch.Tensor:
+    """Read a ground-truth mask (any non-zero pixel is a defect), nearest resize -> (size, size) bool."""
+    path = Path(path)
+    image = _open(path)
+    if image.mode not in ("1", "L", "P", "I", "I;16"):
+        image = image.convert("L")
+    image = image.convert("L").resize((size, size), Image.NEAREST)
+    return torch.from_numpy(np.asarray(image) > 0)
+
+
+def load_images(paths: list[Path], size: int, color: str, threads: int = 4) -> torch.Tensor:
+    """Load many images in parallel (decoding releases the GIL) -> (n, C, size, size)."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return torch.stack(list(pool.map(lambda p: load_image(p, size, color), paths)))

@@ -1,0 +1,187 @@
+"""fit(): train an InpaintingTransformer on defect-free images and save a run folder.
+
+Paper section 4: per epoch `windows_per_image` random windows per training image; a validation
+split of 10 % of the images (at most 20) scored on a fixed set of windows; Adam; early stopping
+when the validation loss has not improved for `patience` epochs, keeping the best weights. After
+training, the mean difference map of the training images is computed and stored with the model.
+
+Run folder: config.json (resolved config), train_log.jsonl (one line per epoch),
+model.safetensors + model.json (see `checkpoint`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import save_checkpoint, write_json
+from .config import Config, validate
+from .data import load_images, resolve_color, training_images
+from .errors import IntraError
+from .inference import Detector, resolve_device
+from .losses import inpainting_loss
+from .model import InpaintingTransformer
+from .sampling import WindowSampler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitResult:
+    detector: Detector
+    stats: dict
+
+
+def split_validation(count: int, cfg: Config, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random (train, validation) index split: val_fraction of the images, at most val_max_images.
+
+    With a single image there is nothing to hold out: validation reuses it (logged as a warning).
+    """
+    if count < 2:
+        log.warning("only one training image: validating on the training image itself")
+        return torch.arange(count), torch.arange(count)
+    n_val = min(cfg.train.val_max_images, max(1, round(cfg.train.val_fraction * count)))
+    order = torch.randperm(count, generator=generator)
+    return order[n_val:].sort().values, order[:n_val].sort().values
+
+
+def configure_threads(threads: int) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = False) -> FitResult:
+    """Train on the images of `data` (an MVTec-layout root or a folder of images) into `run_dir`."""
+    run_dir = Path(run_dir)
+    paths = training_images(data)
+    color = resolve_color(cfg.data.color, paths)
+    cfg = copy.deepcopy(cfg)
+    cfg.data.color = color
+    cfg.model.channels = 1 if color == "gray" else 3
+    validate(cfg)
+    configure_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", cfg.to_dict())
+    except OSError as exc:
+        raise IntraError(f"cannot write to run folder {run_dir}: {exc}") from None
+    images = load_images(paths, cfg.model.image_size, color)  # (n, C, H, W)
+    train_idx, val_idx = split_validation(len(images), cfg, generator)
+    log.info("%d training images (%s), %d held out for validation", len(train_idx), color, len(val_idx))
+
+    model = InpaintingTransformer(cfg.model)
+    model.set_pixel_stats(images[train_idx].mean(dim=(0, 2, 3)), images[train_idx].std(dim=(0, 2, 3)))
+    model = model.to(device)
+    best_state, stats = _train_loop(model, images[train_idx].to(device), images[val_idx].to(device), cfg, run_dir, generator, progress)
+    model.load_state_dict(best_state)
+
+    detector = Detector(model, cfg, device=device)
+    batches = images[train_idx].split(max(1, cfg.score.chunk_windows // cfg.model.grid**2))
+    mean_map = detector.fit_mean_map(tqdm(batches, desc="mean map", disable=not progress, leave=False))
+    val_maps, val_scores = detector.predict(images[val_idx])
+    stats.update(
+        train_images=len(train_idx),
+        val_images=len(val_idx),
+        color=color,
+        val_score_max=float(val_scores.max()),
+        # Overlays saturate at twice the hottest pixel seen on held-out normal images.
+        overlay_vmax=2 * float(val_maps.max()),
+    )
+    save_checkpoint(run_dir, model, cfg, {"mean_map": mean_map}, stats)
+    detector.stats = stats
+    return FitResult(detector, stats)
+
+
+def _train_loop(
+    model: InpaintingTransformer,
+    train_images: torch.Tensor,
+    val_images: torch.Tensor,
+    cfg: Config,
+    run_dir: Path,
+    generator: torch.Generator,
+    progress: bool,
+) -> tuple[dict, dict]:
+    """Epochs until patience, max_epochs or max_minutes; returns (best state dict, stats)."""
+    t = cfg.train
+    sampler = WindowSampler(train_images, cfg)
+    val_batches = _validation_batches(val_images, cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
+    steps = math.ceil(t.windows_per_image * len(train_images) / t.batch_size)
+    best = {"loss": math.inf, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
+    start = time.perf_counter()
+    deadline = start + t.max_minutes * 60 if t.max_minutes else math.inf
+    log_path = run_dir / "train_log.jsonl"
+    log_path.write_text("")
+    epoch = 0
+    with log_path.open("a", encoding="utf-8") as log_file:
+        for epoch in range(1, t.max_epochs + 1):
+            model.train()
+            totals: dict[str, float] = {}
+            done = 0
+            bar = tqdm(range(steps), desc=f"epoch {epoch}", disable=not progress, leave=False)
+            for _ in bar:
+                batch = sampler.sample(t.batch_size, generator)
+                pred = model(batch.patches, batch.covered, batch.positions).view_as(batch.target)
+                loss, parts = inpainting_loss(pred, batch.target, t.alpha, t.beta)
+                if not torch.isfinite(loss):
+                    raise IntraError(f"training diverged: loss is {float(loss)} in epoch {epoch}, batch {done + 1} (try a lower train.lr)")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                parts["loss"] = loss.detach()
+                for k, v in parts.items():
+                    totals[k] = totals.get(k, 0.0) + float(v)
+                done += 1
+                if done % 20 == 0:
+                    bar.set_postfix(loss=f"{totals['loss'] / done:.4f}")
+                if time.perf_counter() > deadline:
+                    break
+            val_loss = _validation_loss(model, val_batches, cfg)
+            improved = val_loss < best["loss"]
+            if improved:
+                best = {"loss": val_loss, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+            record = {"epoch": epoch, "val_loss": val_loss, "seconds": round(time.perf_counter() - start, 3), "steps": done}
+            record.update({f"train_{k}": v / max(done, 1) for k, v in totals.items()})
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+            log.info("epoch %d: train loss %.5f, val loss %.5f%s", epoch, record.get("train_loss", math.nan), val_loss, " *" if improved else "")
+            if progress:
+                tqdm.write(f"epoch {epoch:4d}  train {record.get('train_loss', math.nan):.5f}  val {val_loss:.5f}{'  *' if improved else ''}  {record['seconds']:.0f}s")
+            if epoch - best["epoch"] >= t.patience or time.perf_counter() > deadline:
+                break
+    seconds = time.perf_counter() - start
+    stats = {"epochs": epoch, "best_epoch": best["epoch"], "best_val_loss": best["loss"], "train_seconds": round(seconds, 2)}
+    return best["state"], stats
+
+
+def _validation_batches(val_images: torch.Tensor, cfg: Config) -> list:
+    """A fixed set of validation windows (no augmentation), drawn once from a dedicated seed."""
+    sampler = WindowSampler(val_images, cfg, augment=False)
+    generator = torch.Generator().manual_seed(cfg.train.seed + 1)
+    total = cfg.train.val_windows_per_image * len(val_images)
+    sizes = [min(cfg.train.batch_size, total - i) for i in range(0, total, cfg.train.batch_size)]
+    return [sampler.sample(n, generator) for n in sizes]
+
+
+@torch.no_grad()
+def _validation_loss(model: InpaintingTransformer, batches: list, cfg: Config) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        pred = model(batch.patches, batch.covered, batch.positions).view_as(batch.target)
+        loss, _ = inpainting_loss(pred, batch.target, cfg.train.alpha, cfg.train.beta)
+        total += float(loss) * len(pred)
+        count += len(pred)
+    return total / max(count, 1)

@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny configuration and small generated datasets on disk (no ../shared)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)  # two cores: keep each test process to one thread
+
+from intra.config import Config, ModelConfig  # noqa: E402
+from intra.synthetic import make_dataset  # noqa: E402
+
+
+def tiny_config(**model) -> Config:
+    """A model small enough to train in seconds: 32 px images, 4 px patches, 3x3 windows."""
+    cfg = Config()
+    cfg.model = ModelConfig(image_size=32, channels=3, patch_size=4, window=3, dim=32, depth=3, heads=2, **model)
+    cfg.train.windows_per_image = 20
+    cfg.train.batch_size = 64
+    cfg.train.lr = 2e-3
+    cfg.train.max_epochs = 2
+    cfg.train.patience = 5
+    cfg.train.threads = 1
+    cfg.train.device = "cpu"
+    cfg.score.mean_filter = 5
+    cfg.score.gaussian_sigma = 1.0
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg() -> Config:
+    return tiny_config()
+
+
+@pytest.fixture(scope="session")
+def mvtec_root(tmp_path_factory):
+    """A small synthetic MVTec-layout dataset (64 px images) shared by the slower tests."""
+    return make_dataset(tmp_path_factory.mktemp("data") / "synthetic", size=64, train=12, test_good=4, per_defect=2)

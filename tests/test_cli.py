@@ -1,0 +1,101 @@
+"""The real `intra` command in a subprocess: train -> evaluate -> predict, and user mistakes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+TINY = ["--image-size", "64", "--patch-size", "4", "--window", "3", "--dim", "32", "--depth", "3", "--heads", "2",
+        "--epochs", "2", "--windows-per-image", "20", "--batch-size", "64", "--threads", "1", "--device", "cpu"]
+
+
+def intra(*args, check=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run([sys.executable, "-m", "intra.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"intra {' '.join(map(str, args))} failed:\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, mvtec_root):
+    run = tmp_path_factory.mktemp("cli") / "run"
+    result = intra("train", "--data", mvtec_root, "--out", run, *TINY, "--set", "score.mean_filter=5")
+    assert "trained 2 epochs" in result.stdout
+    return run
+
+
+def test_train_evaluate_predict(trained_run, mvtec_root, tmp_path):
+    out = tmp_path / "eval"
+    result = intra("evaluate", "--run", trained_run, "--data", mvtec_root, "--out", out, "--threads", "1")
+    assert "image AUROC" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"image_auroc", "pixel_auroc", "aupro", "per_kind"} <= set(metrics)
+    assert set(metrics["per_kind"]) == {"scratch", "spot", "smudge"}
+    assert all(0 <= metrics[k] <= 1 for k in ("image_auroc", "pixel_auroc", "aupro"))
+    rows = (out / "scores.csv").read_text().splitlines()
+    assert rows[0] == "path,kind,label,pred_score" and len(rows) == 1 + 10
+    assert len(list((out / "heatmaps").rglob("*.png"))) == 10
+
+    predicted = intra("predict", "--run", trained_run, mvtec_root / "test" / "spot", "--out", tmp_path / "pred", "--threads", "1")
+    records = [json.loads(line) for line in predicted.stdout.splitlines()]
+    assert len(records) == 2 and all(r["pred_score"] >= 0 for r in records)
+    assert len(list((tmp_path / "pred").glob("*_overlay.png"))) == 2
+
+
+def test_every_command_documents_every_option():
+    import argparse
+
+    from intra.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in subparsers.choices.items():
+        assert parser.description, name
+        for action in parser._actions:
+            assert action.help and action.help.strip(), f"intra {name} {action.option_strings or action.dest} has no help"
+    assert "--max-minutes" in intra("train", "--help").stdout
+
+
+def assert_user_error(result, *needles):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("intra: error:"), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_user_mistakes_give_one_line_errors(tmp_path, mvtec_root, trained_run):
+    assert_user_error(intra("train", "--data", tmp_path / "nope", "--out", tmp_path / "r", *TINY, check=False), "nope")
+    (tmp_path / "empty").mkdir()
+    assert_user_error(intra("train", "--data", tmp_path / "empty", "--out", tmp_path / "r", *TINY, check=False), "no images")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(bad / "a.jpg")
+    (bad / "b.jpg").write_bytes((bad / "a.jpg").read_bytes()[:200])
+    assert_user_error(intra("train", "--data", bad, "--out", tmp_path / "r", *TINY, check=False), "b.jpg")
+    small = [*TINY, "--image-size", "8"]
+    assert_user_error(intra("train", "--data", mvtec_root, "--out", tmp_path / "r", *small, check=False), "model.image_size")
+    assert_user_error(intra("train", "--data", mvtec_root, "--out", tmp_path / "r", *TINY, "--lr", "-1", check=False), "train.lr")
+    assert_user_error(intra("train", "--data", mvtec_root, "--out", tmp_path / "r", *TINY, "--set", "train.bogus=1", check=False), "train.bogus")
+    assert_user_error(intra("evaluate", "--run", tmp_path / "norun", "--data", mvtec_root, check=False), "norun")
+    assert_user_error(intra("predict", "--run", trained_run, tmp_path / "missing.png", check=False), "missing.png")
+
+
+def test_checkpoint_of_another_version_or_config_is_refused(tmp_path, trained_run, mvtec_root):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(trained_run, other)
+    meta = json.loads((other / "model.json").read_text())
+    meta["format_version"] = 99
+    (other / "model.json").write_text(json.dumps(meta))
+    assert_user_error(intra("predict", "--run", other, mvtec_root / "test" / "spot", check=False), "format version 99")
+    meta["format_version"] = 1
+    meta["config"]["model"]["dim"] = 48
+    (other / "model.json").write_text(json.dumps(meta))
+    assert_user_error(intra("predict", "--run", other, mvtec_root / "test" / "spot", check=False), "does not fit")
