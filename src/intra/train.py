@@ -84,8 +84,9 @@ def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = Fal
     model = InpaintingTransformer(cfg.model)
     model.set_pixel_stats(images[train_idx].mean(dim=(0, 2, 3)), images[train_idx].std(dim=(0, 2, 3)))
     model = model.to(device)
-    best_state, stats = _train_loop(model, images[train_idx].to(device), images[val_idx].to(device), cfg, run_dir, generator, progress)
-    model.load_state_dict(best_state)
+    trainer = Trainer(model, images[train_idx].to(device), images[val_idx].to(device), cfg, generator)
+    stats = trainer.run(run_dir / "train_log.jsonl", progress)
+    model.load_state_dict(trainer.best_state)
 
     detector = Detector(model, cfg, device=device)
     batches = images[train_idx].split(max(1, cfg.score.chunk_windows // cfg.model.grid**2))
@@ -104,66 +105,104 @@ def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = Fal
     return FitResult(detector, stats)
 
 
-def _train_loop(
-    model: InpaintingTransformer,
-    train_images: torch.Tensor,
-    val_images: torch.Tensor,
-    cfg: Config,
-    run_dir: Path,
-    generator: torch.Generator,
-    progress: bool,
-) -> tuple[dict, dict]:
-    """Epochs until patience, max_epochs or max_minutes; returns (best state dict, stats)."""
-    t = cfg.train
-    sampler = WindowSampler(train_images, cfg)
-    val_batches = _validation_batches(val_images, cfg)
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
-    steps = math.ceil(t.windows_per_image * len(train_images) / t.batch_size)
-    best = {"loss": math.inf, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
-    start = time.perf_counter()
-    deadline = start + t.max_minutes * 60 if t.max_minutes else math.inf
-    log_path = run_dir / "train_log.jsonl"
-    log_path.write_text("")
-    epoch = 0
-    with log_path.open("a", encoding="utf-8") as log_file:
-        for epoch in range(1, t.max_epochs + 1):
-            model.train()
-            totals: dict[str, float] = {}
-            done = 0
-            bar = tqdm(range(steps), desc=f"epoch {epoch}", disable=not progress, leave=False)
-            for _ in bar:
-                batch = sampler.sample(t.batch_size, generator)
-                pred = model(batch.patches, batch.covered, batch.positions).view_as(batch.target)
-                loss, parts = inpainting_loss(pred, batch.target, t.alpha, t.beta)
-                if not torch.isfinite(loss):
-                    raise IntraError(f"training diverged: loss is {float(loss)} in epoch {epoch}, batch {done + 1} (try a lower train.lr)")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                parts["loss"] = loss.detach()
-                for k, v in parts.items():
-                    totals[k] = totals.get(k, 0.0) + float(v)
-                done += 1
-                if done % 20 == 0:
-                    bar.set_postfix(loss=f"{totals['loss'] / done:.4f}")
-                if time.perf_counter() > deadline:
-                    break
-            val_loss = _validation_loss(model, val_batches, cfg)
-            improved = val_loss < best["loss"]
-            if improved:
-                best = {"loss": val_loss, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
-            record = {"epoch": epoch, "val_loss": val_loss, "seconds": round(time.perf_counter() - start, 3), "steps": done}
-            record.update({f"train_{k}": v / max(done, 1) for k, v in totals.items()})
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-            log.info("epoch %d: train loss %.5f, val loss %.5f%s", epoch, record.get("train_loss", math.nan), val_loss, " *" if improved else "")
-            if progress:
-                tqdm.write(f"epoch {epoch:4d}  train {record.get('train_loss', math.nan):.5f}  val {val_loss:.5f}{'  *' if improved else ''}  {record['seconds']:.0f}s")
-            if epoch - best["epoch"] >= t.patience or time.perf_counter() > deadline:
+class Trainer:
+    """The epoch loop: sampling, optimisation, validation, early stopping, the training log."""
+
+    def __init__(
+        self,
+        model: InpaintingTransformer,
+        train_images: torch.Tensor,
+        val_images: torch.Tensor,
+        cfg: Config,
+        generator: torch.Generator,
+    ):
+        self.model, self.cfg, self.generator = model, cfg, generator
+        self.sampler = WindowSampler(train_images, cfg)
+        self.val_batches = _validation_batches(val_images, cfg)
+        self.optimizer = self.build_optimizer()
+        self.steps_per_epoch = math.ceil(cfg.train.windows_per_image * len(train_images) / cfg.train.batch_size)
+        self.epoch = 0
+        self.best_loss, self.best_epoch = math.inf, 0
+        self.best_state = copy.deepcopy(model.state_dict())
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.lr)
+
+    def train_step(self, batch_number: int) -> dict[str, torch.Tensor]:
+        """One optimisation step on a fresh random batch; returns the detached loss terms."""
+        t = self.cfg.train
+        batch = self.sampler.sample(t.batch_size, self.generator)
+        pred = self.model(batch.patches, batch.covered, batch.positions).view_as(batch.target)
+        loss, parts = inpainting_loss(pred, batch.target, t.alpha, t.beta)
+        if not torch.isfinite(loss):
+            raise IntraError(
+                f"training diverged: loss is {float(loss)} in epoch {self.epoch}, batch {batch_number} (try a lower train.lr)"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        parts["loss"] = loss.detach()
+        return parts
+
+    def train_epoch(self, deadline: float, progress: bool) -> dict[str, float]:
+        """Steps until the epoch is done or the deadline passes; returns mean loss terms and steps."""
+        self.model.train()
+        totals: dict[str, float] = {}
+        done = 0
+        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch}", disable=not progress, leave=False)
+        for _ in bar:
+            parts = self.train_step(done + 1)
+            for k, v in parts.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+            done += 1
+            if done % 20 == 0:
+                bar.set_postfix(loss=f"{totals['loss'] / done:.4f}")
+            if time.perf_counter() > deadline:
                 break
-    seconds = time.perf_counter() - start
-    stats = {"epochs": epoch, "best_epoch": best["epoch"], "best_val_loss": best["loss"], "train_seconds": round(seconds, 2)}
-    return best["state"], stats
+        means = {f"train_{k}": v / max(done, 1) for k, v in totals.items()}
+        return {**means, "steps": done}
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Loss on the fixed validation windows."""
+        self.model.eval()
+        total, count = 0.0, 0
+        for batch in self.val_batches:
+            pred = self.model(batch.patches, batch.covered, batch.positions).view_as(batch.target)
+            loss, _ = inpainting_loss(pred, batch.target, self.cfg.train.alpha, self.cfg.train.beta)
+            total += float(loss) * len(pred)
+            count += len(pred)
+        return total / max(count, 1)
+
+    def run(self, log_path: Path, progress: bool = False) -> dict:
+        """Epochs until patience, max_epochs or max_minutes; the best weights end in best_state."""
+        t = self.cfg.train
+        start = time.perf_counter()
+        deadline = start + t.max_minutes * 60 if t.max_minutes else math.inf
+        with log_path.open("w", encoding="utf-8") as log_file:
+            while self.epoch < t.max_epochs:
+                self.epoch += 1
+                record = {"epoch": self.epoch, **self.train_epoch(deadline, progress)}
+                record["val_loss"] = val_loss = self.validate()
+                record["seconds"] = round(time.perf_counter() - start, 3)
+                improved = val_loss < self.best_loss
+                if improved:
+                    self.best_loss, self.best_epoch = val_loss, self.epoch
+                    self.best_state = copy.deepcopy(self.model.state_dict())
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+                line = f"epoch {self.epoch:4d}  train {record.get('train_loss', math.nan):.5f}  val {val_loss:.5f}{'  *' if improved else ''}  {record['seconds']:.0f}s"
+                log.info(line)
+                if progress:
+                    tqdm.write(line)
+                if self.epoch - self.best_epoch >= t.patience or time.perf_counter() > deadline:
+                    break
+        return {
+            "epochs": self.epoch,
+            "best_epoch": self.best_epoch,
+            "best_val_loss": self.best_loss,
+            "train_seconds": round(time.perf_counter() - start, 2),
+        }
 
 
 def _validation_batches(val_images: torch.Tensor, cfg: Config) -> list:
@@ -173,15 +212,3 @@ def _validation_batches(val_images: torch.Tensor, cfg: Config) -> list:
     total = cfg.train.val_windows_per_image * len(val_images)
     sizes = [min(cfg.train.batch_size, total - i) for i in range(0, total, cfg.train.batch_size)]
     return [sampler.sample(n, generator) for n in sizes]
-
-
-@torch.no_grad()
-def _validation_loss(model: InpaintingTransformer, batches: list, cfg: Config) -> float:
-    model.eval()
-    total, count = 0.0, 0
-    for batch in batches:
-        pred = model(batch.patches, batch.covered, batch.positions).view_as(batch.target)
-        loss, _ = inpainting_loss(pred, batch.target, cfg.train.alpha, cfg.train.beta)
-        total += float(loss) * len(pred)
-        count += len(pred)
-    return total / max(count, 1)
