@@ -90,8 +90,16 @@ def test_layout_errors_name_the_problem(tmp_path, mvtec_root):
     broken = tmp_path / "broken"
     write(broken / "test" / "good" / "000.png", np.zeros((8, 8), np.uint8))
     write(broken / "test" / "dent" / "000.png", np.zeros((8, 8), np.uint8))
+    write(broken / "ground_truth" / "dent" / "001_mask.png", np.zeros((8, 8), np.uint8))
     with pytest.raises(IntraError, match="has no mask"):
         data.test_samples(broken)
+
+
+def test_a_test_set_without_ground_truth_has_image_labels_only(tmp_path):
+    for kind in ("good", "dent"):
+        write(tmp_path / "test" / kind / "000.png", np.zeros((8, 8), np.uint8))
+    samples = data.test_samples(tmp_path)
+    assert [(s.kind, s.label, s.mask_path) for s in samples] == [("dent", 1, None), ("good", 0, None)]
 
 
 def test_plain_folder_of_training_images(tmp_path):

@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--eval-size", type=int, help="compute pixel metrics at N x N (default: the model's image size)")
     evaluate.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default: 8)")
     evaluate.add_argument("--no-heatmaps", action="store_true", help="skip writing one overlay PNG per test image")
+    evaluate.add_argument("--set", action="append", default=[], metavar="score.KEY=VALUE", help="change a scoring setting without retraining, e.g. --set score.scales=1,0.5,0.25 (repeatable; new scales or filters refit the training mean map from DATA/train/good)")
     _add_runtime_flags(evaluate)
 
     predict = commands.add_parser("predict", help="score images and write anomaly heatmaps", description="Score images (files, folders or glob patterns): one JSON line per image on stdout, overlays in --out.")
@@ -70,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", help="folder for heatmap overlays (default: none written)")
     predict.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default: 8)")
     _add_runtime_flags(predict)
+
+    bench = commands.add_parser("benchmark", help="train and evaluate a grid of configurations", description="Train and evaluate every (dataset, configuration, seed) of a grid file (.toml or .json; see intra.benchmark) and write OUT/results.md, results.csv and results.json. Finished cells are kept: rerunning resumes.")
+    bench.add_argument("--grid", required=True, help="grid file naming datasets, configurations and seeds")
+    bench.add_argument("--out", required=True, help="output folder (runs/, cells/ and the result tables)")
+    bench.add_argument("--jobs", type=int, default=1, help="cells computed in parallel, one process each (default: 1); give each few threads")
 
     demo = commands.add_parser("demo", help="the whole pipeline on generated data, in a few minutes", description="Generate a synthetic defect dataset, train the cpu preset on it, evaluate, and write metrics and heatmaps under OUT.")
     demo.add_argument("--out", required=True, help="folder for the dataset, the run and the evaluation")
@@ -94,12 +100,19 @@ def resolve_train_config(args: argparse.Namespace) -> Config:
     if args.config:
         apply_overrides(cfg, flatten(read_config_file(args.config)))
     flags = {key: getattr(args, key) for key, _, _ in TRAIN_FLAGS.values() if getattr(args, key) is not None}
-    for item in args.set:
+    flags.update(_key_values(args.set))
+    return apply_overrides(cfg, flags)
+
+
+def _key_values(items: list[str]) -> dict[str, str]:
+    """["a.b=1", ...] from --set -> {"a.b": "1"}."""
+    pairs = {}
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise IntraError(f"--set expects KEY=VALUE, got {item!r}")
-        flags[key.strip()] = value.strip()
-    return apply_overrides(cfg, flags)
+        pairs[key.strip()] = value.strip()
+    return pairs
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -125,6 +138,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     _positive("--eval-size", args.eval_size)
     _positive("--batch-size", args.batch_size)
     detector = _load_detector(args)
+    if args.set:
+        from .rescore import with_score_overrides
+
+        detector = with_score_overrides(detector, _key_values(args.set), args.data)
     out = Path(args.out) if args.out else Path(args.run) / "evaluation"
     m = evaluate(detector, args.data, out, eval_size=args.eval_size, batch_size=args.batch_size, heatmaps=not args.no_heatmaps, progress=True)
     print(_summary(m))
@@ -153,12 +170,38 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"demo finished in {time.perf_counter() - start:.0f}s; metrics in {Path(args.out) / 'evaluation' / 'metrics.json'}")
 
 
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    import subprocess
+
+    from .benchmark import finished_rows, read_grid, run_cells, write_tables
+
+    _positive("--jobs", args.jobs)
+    cells = read_grid(args.grid)
+    command = f"intra benchmark --grid {args.grid} --out {args.out}"
+    helpers = [
+        subprocess.Popen([sys.executable, "-m", "intra.cli", "benchmark", "--grid", args.grid, "--out", args.out], stdout=subprocess.DEVNULL)
+        for _ in range(args.jobs - 1)
+    ]  # the same command again: the cells are shared out through file locks
+    failed = 0
+    for number, (cell, row, status) in enumerate(run_cells(cells, args.out, progress=args.jobs == 1), start=1):
+        failed += status == "failed"
+        detail = row["error"] if status == "failed" else _summary(row)
+        print(f"[{number}/{len(cells)}] {cell.name}: {status}: {detail}", flush=True)
+    failed += sum(helper.wait() != 0 for helper in helpers)
+    paths = write_tables(finished_rows(cells, args.out), args.out, command)
+    print(f"results written to {paths['md']}, {paths['csv'].name} and {paths['json'].name}")
+    if failed:
+        raise IntraError(f"{failed} cell(s) or worker(s) failed; rerun the same command to retry them")
+
+
 def _summary(m: dict) -> str:
     kinds = ", ".join(f"{k} {v:.3f}" for k, v in m["per_kind"].items())
-    return f"image AUROC {m['image_auroc']:.3f}  pixel AUROC {m['pixel_auroc']:.3f}  AUPRO {m['aupro']:.3f}  ({kinds})"
+    names = (("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"), ("AUPRO", "aupro"))
+    values = [f"{name} {m[key]:.3f}" for name, key in names if m.get(key) is not None]  # no masks: image only
+    return "  ".join(values) + f"  ({kinds})"
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo, "benchmark": cmd_benchmark}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,6 +73,18 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     threads: int = 0  # torch CPU threads; 0 = one per physical core, as torch decides
+    # Convergence knobs for short budgets (not in the paper; see optim.py). Defaults = the paper.
+    optimizer: str = "adam"  # "adam" or "adamw" (decoupled weight decay)
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # learning rate after warm-up: "constant", "cosine" or "linear" decay
+    warmup: float = 0.0  # fraction of the training progress spent rising linearly to train.lr
+    min_lr_ratio: float = 0.0  # final lr / train.lr for the cosine and linear schedules
+    grad_clip: float = 0.0  # clip the global gradient norm to this; 0 = off
+    ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
+    # Beyond the paper: 0 = one covered patch per training window. s >= 2 covers every s-th patch
+    # of the window in both axes (a lattice with a random phase) and trains on all of them at
+    # once (see multicover.py). Needs model.head = "covered".
+    cover_spacing: int = 0
 
 
 @dataclass
@@ -84,6 +96,9 @@ class ScoreConfig:
     gaussian_sigma: float = 4.0  # [choice] Gaussian sigma in full-resolution pixels, scaled likewise
     normalize: bool = True  # subtract the training mean difference map, then square
     chunk_windows: int = 2048  # windows per forward pass at inference (bounds memory)
+    # Beyond the paper: 0 = one pass per patch. s >= 2 inpaints a lattice of patches s apart per
+    # pass (multicover.py): about (s * ceil(M / L))^2 passes instead of M * N. Needs head "covered".
+    cover_spacing: int = 0
 
 
 @dataclass
@@ -178,6 +193,8 @@ _CHOICES = {
     ("model", "head"): ("mean", "covered"),
     ("data", "color"): ("auto", "gray", "rgb"),
     ("train", "rotation"): ("none", "rot90", "any"),
+    ("train", "optimizer"): ("adam", "adamw"),
+    ("train", "schedule"): ("constant", "cosine", "linear"),
 }
 _POSITIVE = {
     "model": ("image_size", "patch_size", "window", "dim", "depth", "heads", "mlp_ratio"),
@@ -197,9 +214,12 @@ def validate(cfg: Config) -> None:
         for name in names:
             if getattr(getattr(cfg, section), name) <= 0:
                 raise IntraError(f"{section}.{name} must be positive, not {getattr(getattr(cfg, section), name)!r}")
-    for name in ("max_minutes", "alpha", "beta", "threads"):
+    for name in ("max_minutes", "alpha", "beta", "threads", "weight_decay", "grad_clip"):
         if getattr(cfg.train, name) < 0:
             raise IntraError(f"train.{name} must not be negative")
+    for name in ("warmup", "min_lr_ratio", "ema"):
+        if not 0 <= getattr(cfg.train, name) < 1:
+            raise IntraError(f"train.{name} must be in [0, 1), not {getattr(cfg.train, name)}")
     m = cfg.model
     if m.channels not in (1, 3):
         raise IntraError(f"model.channels must be 1 or 3, not {m.channels}")
@@ -212,6 +232,10 @@ def validate(cfg: Config) -> None:
         )
     if m.dim % m.heads or (m.attention == "mfsa" and (m.dim // 2) % m.heads):
         raise IntraError(f"model.dim ({m.dim}) must split evenly over model.heads ({m.heads}) (and D/2 for mfsa)")
+    for section in ("train", "score"):
+        spacing = getattr(cfg, section).cover_spacing
+        if spacing and (spacing < 2 or m.head != "covered"):
+            raise IntraError(f"{section}.cover_spacing must be 0 or at least 2 (with model.head = covered), not {spacing}")
     if not 0 < cfg.train.val_fraction < 1:
         raise IntraError(f"train.val_fraction must be between 0 and 1, not {cfg.train.val_fraction}")
     if not cfg.score.scales or any(not 0 < s <= 1 for s in cfg.score.scales):

@@ -66,8 +66,15 @@ def training_images(root: str | Path) -> list[Path]:
 
 
 def test_samples(root: str | Path) -> list[Sample]:
-    """Every test image of an MVTec-layout root with its kind, label and mask path."""
+    """Every test image of an MVTec-layout root with its kind, label and mask path.
+
+    A root without any ground_truth/ folder is a set with image labels only (no masks, no pixel
+    metrics); with ground_truth/, every defect image needs its mask.
+    """
     root = Path(root)
+    labels_only = not (root / "ground_truth").is_dir()
+    if labels_only:
+        log.warning("%s has no ground_truth folder: image labels only, no pixel metrics", root)
     test_dir = root / "test"
     if not test_dir.is_dir():
         raise IntraError(f"no test folder in {root} (expected the MVTec AD layout: {root}/test/<kind>/)")
@@ -82,6 +89,9 @@ def test_samples(root: str | Path) -> list[Sample]:
                 samples.append(Sample(path, kind, 0))
                 continue
             mask = root / "ground_truth" / kind / f"{path.stem}_mask.png"
+            if labels_only:
+                samples.append(Sample(path, kind, 1))
+                continue
             if not mask.is_file():
                 raise IntraError(f"defect image {path} has no mask: expected {mask}")
             samples.append(Sample(path, kind, 1, mask))

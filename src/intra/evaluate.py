@@ -64,7 +64,9 @@ def evaluate(
     seconds = time.perf_counter() - start
 
     labels = np.array([s.label for s in samples])
-    result = metrics.evaluation_metrics(scores, labels, [s.kind for s in samples], maps, masks)
+    with_masks = any(s.mask_path is not None for s in samples)
+    pixel = (maps, masks) if with_masks else (None, None)  # image labels only: no pixel metrics
+    result = metrics.evaluation_metrics(scores, labels, [s.kind for s in samples], *pixel)
     result.update(
         images=len(samples),
         eval_size=eval_size,

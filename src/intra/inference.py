@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from . import anomaly_map
+from . import anomaly_map, multicover
 from .checkpoint import load_checkpoint
 from .config import Config
 from .model import InpaintingTransformer
@@ -61,6 +61,9 @@ class Detector:
         """Inpaint every patch: (B, C, H, W) -> (B, C, H, W)."""
         m = self.cfg.model
         images = images.to(self.device, torch.float32)
+        if self.cfg.score.cover_spacing:  # several patches per pass (beyond the paper)
+            plan = multicover.inference_plan(m.grid, m.window, self.cfg.score.cover_spacing)
+            return multicover.reconstruct(self.model, images, plan, self.cfg.score.chunk_windows)
         b = images.shape[0]
         patches = patchify(images, m.patch_size)  # (B, M*N, P)
         windows_per_image = self._tokens.shape[0]

@@ -96,9 +96,12 @@ def f1_max(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 
 
 def evaluation_metrics(
-    scores: np.ndarray, labels: np.ndarray, kinds: list[str], maps: np.ndarray, masks: np.ndarray
+    scores: np.ndarray, labels: np.ndarray, kinds: list[str], maps: np.ndarray | None, masks: np.ndarray | None
 ) -> dict:
-    """metrics.json content: image_auroc, pixel_auroc, aupro, per_kind {kind: image AUROC vs good}."""
+    """metrics.json content: image_auroc, pixel_auroc, aupro, per_kind {kind: image AUROC vs good}.
+
+    Without masks (a set with image labels only) pixel_auroc and aupro are None.
+    """
     scores, labels, kinds_arr = np.asarray(scores), np.asarray(labels), np.asarray(kinds)
     per_kind = {}
     for kind in sorted(set(kinds) - {"good"}):
@@ -106,7 +109,7 @@ def evaluation_metrics(
         per_kind[kind] = auroc(scores[chosen], labels[chosen])
     return {
         "image_auroc": auroc(scores, labels),
-        "pixel_auroc": auroc(maps.ravel(), masks.ravel()),
-        "aupro": aupro(maps, masks),
+        "pixel_auroc": None if masks is None else auroc(maps.ravel(), masks.ravel()),
+        "aupro": None if masks is None else aupro(maps, masks),
         "per_kind": per_kind,
     }

@@ -129,17 +129,19 @@ class InpaintingTransformer(nn.Module):
         return self.pixel_mean.repeat_interleave(k2), self.pixel_std.repeat_interleave(k2)
 
     def embed(self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-        """Patches (B, T, P), covered (B,), positions (B, T) or None -> tokens (B, T, D).
+        """Patches (B, T, P), covered (B,) or a mask (B, T), positions (B, T) or None -> tokens (B, T, D).
 
         The covered patch's pixels are discarded: its embedding is replaced by the inpaint token
         before the position embedding is added. `positions` indexes the global table (absolute grid
-        positions); with local embeddings it is ignored and token i gets embedding i.
+        positions); with local embeddings it is ignored and token i gets embedding i. A boolean
+        `covered` mask (B, T) covers several patches per window (`forward_tokens`).
         """
         if self.cfg.normalize_input:
             mean, std = self._patch_stats()
             patches = (patches - mean) / std
         x = self.patch_embed(patches)  # (B, T, D)
-        is_covered = F.one_hot(covered, x.shape[1]).bool()[..., None]  # (B, T, 1)
+        is_covered = covered if covered.dtype == torch.bool else F.one_hot(covered, x.shape[1]).bool()
+        is_covered = is_covered[..., None]  # (B, T, 1)
         x = torch.where(is_covered, self.inpaint_token.to(x.dtype), x)
         if self.cfg.position == "global":
             if positions is None:
@@ -180,6 +182,22 @@ class InpaintingTransformer(nn.Module):
         x = self.embed(patches, covered, positions)
         x = self.forward_blocks(x)
         return self.forward_head(x, covered)
+
+    def forward_tokens(
+        self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Several covered patches per window (beyond the paper; `train/score.cover_spacing`).
+
+        Patches (B, T, P), covered mask (B, T) bool, positions (B, T) -> (B, T, P): every token's
+        own output mapped to pixels (the covered-token head applied to all tokens); callers read
+        the covered ones.
+        """
+        x = self.norm(self.forward_blocks(self.embed(patches, covered, positions)))
+        out = self.head(x)  # (B, T, P)
+        if self.cfg.normalize_input:
+            mean, std = self._patch_stats()
+            out = out * std + mean
+        return out
 
     def set_fused_attention(self, fused: bool) -> None:
         for block in self.blocks:

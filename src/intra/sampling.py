@@ -16,15 +16,16 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config
+from .multicover import random_lattice_masks
 from .windows import crop_windows, patchify, random_windows, window_tokens
 
 
 @dataclass
 class Batch:
     patches: torch.Tensor  # (B, L*L, P) window patches; the covered one is hidden by the model
-    covered: torch.Tensor  # (B,) covered index inside the window
+    covered: torch.Tensor  # (B,) covered index inside the window, or (B, L*L) bool with cover_spacing
     positions: torch.Tensor  # (B, L*L) flat grid index of every token (global positions)
-    target: torch.Tensor  # (B, C, K, K) the covered patch's pixels
+    target: torch.Tensor  # (B, C, K, K) the covered patch's pixels; (n covered, C, K, K) with a mask
 
 
 class WindowSampler:
@@ -35,6 +36,7 @@ class WindowSampler:
         self.model_cfg = cfg.model
         self.flips = cfg.train.flips and augment
         self.rotation = cfg.train.rotation if augment else "none"
+        self.cover_spacing = cfg.train.cover_spacing
         k, l = cfg.model.patch_size, cfg.model.window
         # Rotating by any angle needs the pixels around the window: reflect-pad all images once.
         self.margin = math.ceil((math.sqrt(2) - 1) / 2 * l * k) + 1 if self.rotation == "any" else 0
@@ -58,8 +60,10 @@ class WindowSampler:
         if self.flips:
             crops = _random_flips(crops, generator)
         patches = patchify(crops, m.patch_size)  # (B, L*L, P)
-        target = patches[torch.arange(count, device=device), covered]
-        target = target.view(count, m.channels, m.patch_size, m.patch_size)
+        if self.cover_spacing:  # several covered patches per window (multicover.py)
+            covered = random_lattice_masks(count, m.window, self.cover_spacing, generator).to(device)
+        target = patches[covered] if self.cover_spacing else patches[torch.arange(count, device=device), covered]
+        target = target.view(-1, m.channels, m.patch_size, m.patch_size)
         return Batch(patches, covered, window_tokens(r, s, m.grid, m.window), target)
 
     def _rotated_crops(self, image_index: torch.Tensor, r: torch.Tensor, s: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:

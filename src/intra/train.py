@@ -29,7 +29,8 @@ from .errors import IntraError
 from .inference import Detector, resolve_device
 from .losses import inpainting_loss
 from .model import InpaintingTransformer
-from .sampling import WindowSampler
+from .optim import WeightEMA, build_optimizer, lr_factor, set_lr
+from .sampling import Batch, WindowSampler
 
 log = logging.getLogger(__name__)
 
@@ -120,19 +121,43 @@ class Trainer:
         self.sampler = WindowSampler(train_images, cfg)
         self.val_batches = _validation_batches(val_images, cfg)
         self.optimizer = self.build_optimizer()
+        # Weight average (train.ema): validated and kept as the best weights instead of the raw ones.
+        self.ema = WeightEMA(model, cfg.train.ema) if cfg.train.ema else None
         self.steps_per_epoch = math.ceil(cfg.train.windows_per_image * len(train_images) / cfg.train.batch_size)
         self.epoch = 0
+        self.step = 0  # optimisation steps so far (with the elapsed time, drives the lr schedule)
         self.best_loss, self.best_epoch = math.inf, 0
         self.best_state = copy.deepcopy(model.state_dict())
 
-    def build_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.lr)
+    @property
+    def eval_model(self) -> InpaintingTransformer:
+        """The weights that are validated and kept: the EMA copy if there is one."""
+        return self.ema.model if self.ema is not None else self.model
 
-    def train_step(self, batch_number: int) -> dict[str, torch.Tensor]:
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        return build_optimizer(self.model, self.cfg.train)
+
+    def progress(self, seconds: float) -> float:
+        """Training progress in [0, 1] for the lr schedule: the larger of the step and time fractions."""
+        t = self.cfg.train
+        fraction = self.step / (t.max_epochs * self.steps_per_epoch)
+        if t.max_minutes:
+            fraction = max(fraction, seconds / (60 * t.max_minutes))
+        return min(fraction, 1.0)
+
+    def forward(self, model: InpaintingTransformer, batch: Batch) -> torch.Tensor:
+        """Predicted covered patches shaped like batch.target (one or several covered per window)."""
+        if batch.covered.dtype == torch.bool:  # several covered patches per window: (n, P)
+            return model.forward_tokens(batch.patches, batch.covered, batch.positions)[batch.covered].view_as(batch.target)
+        return model(batch.patches, batch.covered, batch.positions).view_as(batch.target)
+
+    def train_step(self, batch_number: int, seconds: float = 0.0) -> dict[str, torch.Tensor]:
         """One optimisation step on a fresh random batch; returns the detached loss terms."""
         t = self.cfg.train
+        lr = t.lr * lr_factor(t, self.progress(seconds))
+        set_lr(self.optimizer, lr)
         batch = self.sampler.sample(t.batch_size, self.generator)
-        pred = self.model(batch.patches, batch.covered, batch.positions).view_as(batch.target)
+        pred = self.forward(self.model, batch)
         loss, parts = inpainting_loss(pred, batch.target, t.alpha, t.beta)
         if not torch.isfinite(loss):
             raise IntraError(
@@ -140,18 +165,25 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if t.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
         parts["loss"] = loss.detach()
+        parts["lr"] = torch.tensor(lr)
         return parts
 
-    def train_epoch(self, deadline: float, progress: bool) -> dict[str, float]:
+    def train_epoch(self, deadline: float, progress: bool, start: float | None = None) -> dict[str, float]:
         """Steps until the epoch is done or the deadline passes; returns mean loss terms and steps."""
         self.model.train()
+        start = time.perf_counter() if start is None else start
         totals: dict[str, float] = {}
         done = 0
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch}", disable=not progress, leave=False)
         for _ in bar:
-            parts = self.train_step(done + 1)
+            parts = self.train_step(done + 1, time.perf_counter() - start)
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
             done += 1
@@ -165,10 +197,10 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> float:
         """Loss on the fixed validation windows."""
-        self.model.eval()
+        model = self.eval_model.eval()
         total, count = 0.0, 0
         for batch in self.val_batches:
-            pred = self.model(batch.patches, batch.covered, batch.positions).view_as(batch.target)
+            pred = self.forward(model, batch)
             loss, _ = inpainting_loss(pred, batch.target, self.cfg.train.alpha, self.cfg.train.beta)
             total += float(loss) * len(pred)
             count += len(pred)
@@ -182,13 +214,13 @@ class Trainer:
         with log_path.open("w", encoding="utf-8") as log_file:
             while self.epoch < t.max_epochs:
                 self.epoch += 1
-                record = {"epoch": self.epoch, **self.train_epoch(deadline, progress)}
+                record = {"epoch": self.epoch, **self.train_epoch(deadline, progress, start)}
                 record["val_loss"] = val_loss = self.validate()
                 record["seconds"] = round(time.perf_counter() - start, 3)
                 improved = val_loss < self.best_loss
                 if improved:
                     self.best_loss, self.best_epoch = val_loss, self.epoch
-                    self.best_state = copy.deepcopy(self.model.state_dict())
+                    self.best_state = copy.deepcopy(self.eval_model.state_dict())
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
                 line = f"epoch {self.epoch:4d}  train {record.get('train_loss', math.nan):.5f}  val {val_loss:.5f}{'  *' if improved else ''}  {record['seconds']:.0f}s"
