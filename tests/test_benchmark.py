@@ -29,6 +29,8 @@ def write_grid(path, data):
 
 def test_benchmark_writes_tables_shares_runs_and_resumes(tmp_path, mvtec_root):
     grid, out = write_grid(tmp_path / "grid.json", mvtec_root), tmp_path / "out"
+    sliced = intra("benchmark", "--grid", grid, "--out", out, "--limit", "1")
+    assert sliced.stdout.count(": done: ") == 1 and len(json.loads((out / "results.json").read_text())["rows"]) == 1
     first = intra("benchmark", "--grid", grid, "--out", out, "--jobs", "2")
     assert "results written" in first.stdout
     rows = json.loads((out / "results.json").read_text())["rows"]

@@ -151,3 +151,25 @@ def test_evaluation_without_masks_reports_image_metrics_only(tmp_path, mvtec_roo
     metrics = evaluate(detector, data, tmp_path / "eval", heatmaps=False)
     assert metrics["pixel_auroc"] is None and metrics["aupro"] is None and 0 <= metrics["image_auroc"] <= 1
     assert set(metrics["per_kind"]) == {"scratch", "spot", "smudge"}
+
+
+def test_zscore_divides_by_the_training_std_and_survives_save_load(tmp_path, mvtec_root):
+    from intra.anomaly_map import normalize
+
+    diff = torch.tensor([[[1.0, 3.0]]])
+    mean, std = torch.tensor([[1.0, 1.0]]), torch.tensor([[0.5, 4.0]])
+    torch.testing.assert_close(normalize(diff, mean, std), torch.tensor([[[0.0, 0.5]]]))
+    torch.testing.assert_close(normalize(diff, mean), torch.tensor([[[0.0, 4.0]]]))  # the paper: squared
+
+    cfg = tiny_config()
+    cfg.model.image_size = 64
+    cfg.train.max_epochs = 1
+    cfg.score.zscore = True
+    detector = fit(cfg, mvtec_root, tmp_path / "run").detector
+    assert detector.std_map.shape == (64, 64) and (detector.std_map >= 0).all()
+    images = torch.rand(2, 3, 64, 64)
+    loaded = Detector.load(tmp_path / "run", device="cpu")
+    assert torch.equal(loaded.std_map, detector.std_map)
+    assert torch.equal(loaded.predict(images)[0], detector.predict(images)[0])
+    expected = (detector.difference_maps(images) - detector.mean_map) / detector.std_map.clamp_min(0.01 * float(detector.std_map.mean()))
+    torch.testing.assert_close(detector.predict(images)[0], expected)

@@ -49,10 +49,20 @@ def difference_map(image: torch.Tensor, reconstruction: torch.Tensor, cfg: Score
     return (total / len(cfg.scales))[:, 0]
 
 
-def normalize(diff: torch.Tensor, mean_map: torch.Tensor | None) -> torch.Tensor:
-    """anomap = (diff - mean_map)^2, (B, H, W) and (H, W) -> (B, H, W); unchanged without a mean map."""
+def normalize(diff: torch.Tensor, mean_map: torch.Tensor | None, std_map: torch.Tensor | None = None) -> torch.Tensor:
+    """anomap = (diff - mean_map)^2, (B, H, W) and (H, W) -> (B, H, W); unchanged without a mean map.
+
+    With `std_map` (score.zscore, beyond the paper): anomap = (diff - mean_map) / std_map, the
+    per-pixel z-score against the training images. Squaring also scores pixels reconstructed
+    *better* than average, most where the mean is high (image borders); the z-score does not, and
+    weighs every pixel by how much it varies on normal images. The std is floored at 1 % of its
+    mean so that constant pixels do not divide by zero.
+    """
     if mean_map is None:
         return diff
+    if std_map is not None:
+        std_map = std_map.to(diff)
+        return (diff - mean_map.to(diff)) / std_map.clamp_min(0.01 * float(std_map.mean()) + 1e-12)
     return (diff - mean_map.to(diff)) ** 2
 
 

@@ -125,20 +125,26 @@ def cell_path(out: Path, cell: Cell) -> Path:
     return out / "cells" / f"{cell.name}.json"
 
 
-def run_cells(cells: list[Cell], out: str | Path, progress: bool = False) -> Iterator[tuple[Cell, dict | None, str]]:
+def run_cells(
+    cells: list[Cell], out: str | Path, progress: bool = False, limit: int = 0
+) -> Iterator[tuple[Cell, dict | None, str]]:
     """Compute every unfinished cell; yields (cell, row, status) with status done, cached or failed.
 
-    Cells claimed by another process are revisited until their result appears.
+    Cells claimed by another process are revisited until their result appears. With `limit`,
+    stop after computing that many cells (a long grid in slices; a rerun continues).
     """
     out = Path(out)
     pending = list(cells)
-    while pending:
+    computed = 0
+    while pending and not (limit and computed >= limit):
         waiting = []
         for cell in pending:
             path = cell_path(out, cell)
             if path.is_file():
                 yield cell, json.loads(path.read_text(encoding="utf-8")), "cached"
                 continue
+            if limit and computed >= limit:
+                break
             with claimed(path.with_suffix(".lock")) as mine:
                 if not mine or path.is_file():
                     waiting.append(cell)
@@ -153,6 +159,7 @@ def run_cells(cells: list[Cell], out: str | Path, progress: bool = False) -> Ite
                     waiting.append(cell)
                     continue
                 write_json(path, row)
+                computed += 1
                 yield cell, row, "done"
         if len(waiting) == len(pending):
             time.sleep(5)

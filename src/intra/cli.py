@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--grid", required=True, help="grid file naming datasets, configurations and seeds")
     bench.add_argument("--out", required=True, help="output folder (runs/, cells/ and the result tables)")
     bench.add_argument("--jobs", type=int, default=1, help="cells computed in parallel, one process each (default: 1); give each few threads")
+    bench.add_argument("--limit", type=int, default=0, help="stop after computing N cells per process (a long grid in slices; rerun to continue; default: no limit)")
 
     demo = commands.add_parser("demo", help="the whole pipeline on generated data, in a few minutes", description="Generate a synthetic defect dataset, train the cpu preset on it, evaluate, and write metrics and heatmaps under OUT.")
     demo.add_argument("--out", required=True, help="folder for the dataset, the run and the evaluation")
@@ -176,14 +177,14 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     from .benchmark import finished_rows, read_grid, run_cells, write_tables
 
     _positive("--jobs", args.jobs)
+    if args.limit < 0:
+        raise IntraError(f"--limit must not be negative, not {args.limit}")
     cells = read_grid(args.grid)
     command = f"intra benchmark --grid {args.grid} --out {args.out}"
-    helpers = [
-        subprocess.Popen([sys.executable, "-m", "intra.cli", "benchmark", "--grid", args.grid, "--out", args.out], stdout=subprocess.DEVNULL)
-        for _ in range(args.jobs - 1)
-    ]  # the same command again: the cells are shared out through file locks
+    again = [sys.executable, "-m", "intra.cli", "benchmark", "--grid", args.grid, "--out", args.out, "--limit", str(args.limit)]
+    helpers = [subprocess.Popen(again, stdout=subprocess.DEVNULL) for _ in range(args.jobs - 1)]  # cells are shared out through file locks
     failed = 0
-    for number, (cell, row, status) in enumerate(run_cells(cells, args.out, progress=args.jobs == 1), start=1):
+    for number, (cell, row, status) in enumerate(run_cells(cells, args.out, args.jobs == 1, args.limit), start=1):
         failed += status == "failed"
         detail = row["error"] if status == "failed" else _summary(row)
         print(f"[{number}/{len(cells)}] {cell.name}: {status}: {detail}", flush=True)

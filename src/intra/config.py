@@ -95,7 +95,9 @@ class ScoreConfig:
     mean_filter: int = 21  # [choice] mean-filter side at full resolution, scaled with each scale
     gaussian_sigma: float = 4.0  # [choice] Gaussian sigma in full-resolution pixels, scaled likewise
     normalize: bool = True  # subtract the training mean difference map, then square
+    zscore: bool = False  # beyond the paper: divide by the training per-pixel std instead of squaring
     chunk_windows: int = 2048  # windows per forward pass at inference (bounds memory)
+    mean_map_images: int = 0  # training images averaged into the mean map: 0 = all, N = N evenly spaced
     # Beyond the paper: 0 = one pass per patch. s >= 2 inpaints a lattice of patches s apart per
     # pass (multicover.py): about (s * ceil(M / L))^2 passes instead of M * N. Needs head "covered".
     cover_spacing: int = 0
@@ -214,6 +216,8 @@ def validate(cfg: Config) -> None:
         for name in names:
             if getattr(getattr(cfg, section), name) <= 0:
                 raise IntraError(f"{section}.{name} must be positive, not {getattr(getattr(cfg, section), name)!r}")
+    if cfg.score.mean_map_images < 0 or cfg.score.cover_spacing < 0:
+        raise IntraError("score.mean_map_images and score.cover_spacing must not be negative")
     for name in ("max_minutes", "alpha", "beta", "threads", "weight_decay", "grad_clip"):
         if getattr(cfg.train, name) < 0:
             raise IntraError(f"train.{name} must not be negative")

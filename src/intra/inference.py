@@ -39,11 +39,14 @@ class Detector:
         mean_map: torch.Tensor | None = None,
         device: str | torch.device = "cpu",
         stats: dict | None = None,
+        std_map: torch.Tensor | None = None,
     ):
         self.cfg = cfg
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.mean_map = None if mean_map is None else mean_map.to(self.device)
+        # Per-pixel std of the training difference maps, for score.zscore (beyond the paper).
+        self.std_map = None if std_map is None else std_map.to(self.device)
         self.stats = stats or {}
         grid = (cfg.model.grid, cfg.model.grid)
         tokens, covered = inference_windows(grid, cfg.model.window)
@@ -54,7 +57,7 @@ class Detector:
     def load(cls, run_dir: str | Path, device: str = "auto") -> "Detector":
         """Load a trained run folder (see `checkpoint`)."""
         cfg, model, tensors, stats = load_checkpoint(run_dir)
-        return cls(model, cfg, tensors.get("mean_map"), resolve_device(device), stats)
+        return cls(model, cfg, tensors.get("mean_map"), resolve_device(device), stats, tensors.get("std_map"))
 
     @torch.inference_mode()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
@@ -90,17 +93,23 @@ class Detector:
         """(B, C, H, W) -> (anomaly maps (B, H, W), image scores (B,)), on the CPU."""
         diff = self.difference_maps(images)
         mean_map = self.mean_map if self.cfg.score.normalize else None
-        maps = anomaly_map.normalize(diff, mean_map)
+        std_map = self.std_map if self.cfg.score.zscore else None
+        maps = anomaly_map.normalize(diff, mean_map, std_map)
         return maps.cpu(), anomaly_map.image_score(maps).cpu()
 
     def fit_mean_map(self, batches: Iterable[torch.Tensor]) -> torch.Tensor:
-        """Mean difference map over training images, given as batches (B, C, H, W) -> (H, W)."""
-        total, count = None, 0
+        """Mean difference map over training images, given as batches (B, C, H, W) -> (H, W).
+
+        Also sets `std_map`, the per-pixel standard deviation of the same maps (for score.zscore).
+        """
+        total, squares, count = None, None, 0
         for images in batches:
-            diff = self.difference_maps(images)
+            diff = self.difference_maps(images).double()
             total = diff.sum(0) if total is None else total + diff.sum(0)
+            squares = (diff**2).sum(0) if squares is None else squares + (diff**2).sum(0)
             count += diff.shape[0]
         if total is None:
             raise ValueError("no images to compute the mean difference map")
-        self.mean_map = total / count
+        self.mean_map = (total / count).float()
+        self.std_map = (squares / count - (total / count) ** 2).clamp_min(0).sqrt().float()
         return self.mean_map

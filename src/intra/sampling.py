@@ -31,12 +31,12 @@ class Batch:
 class WindowSampler:
     """Draws training batches from images (n, C, H, W) already on the training device."""
 
-    def __init__(self, images: torch.Tensor, cfg: Config, augment: bool = True):
+    def __init__(self, images: torch.Tensor, cfg: Config, augment: bool = True, cover_spacing: int | None = None):
         self.images = images
         self.model_cfg = cfg.model
         self.flips = cfg.train.flips and augment
         self.rotation = cfg.train.rotation if augment else "none"
-        self.cover_spacing = cfg.train.cover_spacing
+        self.cover_spacing = cfg.train.cover_spacing if cover_spacing is None else cover_spacing
         k, l = cfg.model.patch_size, cfg.model.window
         # Rotating by any angle needs the pixels around the window: reflect-pad all images once.
         self.margin = math.ceil((math.sqrt(2) - 1) / 2 * l * k) + 1 if self.rotation == "any" else 0

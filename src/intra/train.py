@@ -54,6 +54,14 @@ def split_validation(count: int, cfg: Config, generator: torch.Generator) -> tup
     return order[n_val:].sort().values, order[:n_val].sort().values
 
 
+def mean_map_subset(items, cfg: Config):
+    """The training images (or paths) the mean map averages: all, or score.mean_map_images evenly spaced."""
+    count = cfg.score.mean_map_images
+    if not count or count >= len(items):
+        return items
+    return items[:: math.ceil(len(items) / count)]
+
+
 def configure_threads(threads: int) -> None:
     if threads > 0:
         torch.set_num_threads(threads)
@@ -90,7 +98,7 @@ def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = Fal
     model.load_state_dict(trainer.best_state)
 
     detector = Detector(model, cfg, device=device)
-    batches = images[train_idx].split(max(1, cfg.score.chunk_windows // cfg.model.grid**2))
+    batches = mean_map_subset(images[train_idx], cfg).split(max(1, cfg.score.chunk_windows // cfg.model.grid**2))
     mean_map = detector.fit_mean_map(tqdm(batches, desc="mean map", disable=not progress, leave=False))
     val_maps, val_scores = detector.predict(images[val_idx])
     stats.update(
@@ -101,7 +109,7 @@ def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = Fal
         # Overlays saturate at twice the hottest pixel seen on held-out normal images.
         overlay_vmax=2 * float(val_maps.max()),
     )
-    save_checkpoint(run_dir, model, cfg, {"mean_map": mean_map}, stats)
+    save_checkpoint(run_dir, model, cfg, {"mean_map": mean_map, "std_map": detector.std_map}, stats)
     detector.stats = stats
     return FitResult(detector, stats)
 
@@ -238,8 +246,12 @@ class Trainer:
 
 
 def _validation_batches(val_images: torch.Tensor, cfg: Config) -> list:
-    """A fixed set of validation windows (no augmentation), drawn once from a dedicated seed."""
-    sampler = WindowSampler(val_images, cfg, augment=False)
+    """A fixed set of validation windows (no augmentation), drawn once from a dedicated seed.
+
+    One covered patch per window whatever train.cover_spacing is: the validation loss measures the
+    paper's task, comparable between settings.
+    """
+    sampler = WindowSampler(val_images, cfg, augment=False, cover_spacing=0)
     generator = torch.Generator().manual_seed(cfg.train.seed + 1)
     total = cfg.train.val_windows_per_image * len(val_images)
     sizes = [min(cfg.train.batch_size, total - i) for i in range(0, total, cfg.train.batch_size)]
