@@ -24,7 +24,7 @@ import torch
 
 from intra.checkpoint import load_checkpoint, save_checkpoint, write_json
 from intra.config import apply_overrides, preset
-from intra.data import load_images, resolve_color, training_images
+from intra.data import load_images, resolve_color, standardize, training_images
 from intra.evaluate import evaluate
 from intra.inference import Detector
 from intra.model import InpaintingTransformer
@@ -66,6 +66,8 @@ def train(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", cfg.to_dict())
     images = load_images(paths, cfg.model.image_size, cfg.data.color)
+    if cfg.data.standardize:
+        images = standardize(images)
     train_idx, val_idx = split_validation(len(images), cfg, generator)
     model = InpaintingTransformer(cfg.model)
     model.set_pixel_stats(images[train_idx].mean(dim=(0, 2, 3)), images[train_idx].std(dim=(0, 2, 3)))

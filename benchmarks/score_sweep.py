@@ -57,6 +57,7 @@ def main() -> None:
     samples = test_samples(args.data)
     test = torch.stack([load_image(s.path, cfg.model.image_size, cfg.data.color) for s in samples])
     masks = np.stack([load_mask(s.mask_path, args.eval_size).numpy() if s.mask_path else np.zeros((args.eval_size,) * 2, bool) for s in samples])
+    train, test = detector.prepare(train), detector.prepare(test)
     train_rec, test_rec = reconstruct_all(detector, train), reconstruct_all(detector, test)
     seconds = time.perf_counter() - start
     print(json.dumps({"reconstructed": len(train) + len(test), "seconds": round(seconds, 1)}), flush=True)

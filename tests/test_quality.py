@@ -173,3 +173,21 @@ def test_zscore_divides_by_the_training_std_and_survives_save_load(tmp_path, mvt
     assert torch.equal(loaded.predict(images)[0], detector.predict(images)[0])
     expected = (detector.difference_maps(images) - detector.mean_map) / detector.std_map.clamp_min(0.01 * float(detector.std_map.mean()))
     torch.testing.assert_close(detector.predict(images)[0], expected)
+
+
+def test_standardize_gives_every_image_the_same_mean_and_contrast(tmp_path, mvtec_root):
+    from intra.data import standardize
+
+    images = torch.rand(3, 3, 16, 16) * torch.tensor([0.2, 1.0, 3.0])[:, None, None, None]
+    out = standardize(images)
+    torch.testing.assert_close(out.flatten(1).mean(1), torch.full((3,), 0.5))
+    torch.testing.assert_close(out.flatten(1).std(1), torch.full((3,), 0.1))
+    torch.testing.assert_close(standardize(out), out)  # idempotent
+
+    cfg = tiny_config()
+    cfg.model.image_size = 64
+    cfg.train.max_epochs = 1
+    cfg.data.standardize = True
+    detector = fit(cfg, mvtec_root, tmp_path / "run").detector
+    image = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(detector.predict(image * 0.5 + 0.2)[0], detector.predict(image)[0], atol=1e-4, rtol=1e-3)

@@ -51,6 +51,9 @@ class DataConfig:
     """How images are read."""
 
     color: str = "auto"  # "auto" (gray if every training image is gray), "gray" or "rgb"
+    # Beyond the paper: give every image (training and test) the same mean and contrast, so that
+    # brighter or more contrasted images do not score higher (see data.standardize).
+    standardize: bool = False
 
 
 @dataclass

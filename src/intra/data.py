@@ -179,3 +179,14 @@ def load_images(paths: list[Path], size: int, color: str, threads: int = 4) -> t
     """Load many images in parallel (decoding releases the GIL) -> (n, C, size, size)."""
     with ThreadPoolExecutor(max_workers=threads) as pool:
         return torch.stack(list(pool.map(lambda p: load_image(p, size, color), paths)))
+
+
+def standardize(images: torch.Tensor, mean: float = 0.5, std: float = 0.1) -> torch.Tensor:
+    """Per-image standardisation (data.standardize): (B, C, H, W) -> (B, C, H, W).
+
+    Each image is shifted and scaled to the given mean and standard deviation over all its pixels
+    and channels (colour balance is kept). Values are not clipped to [0, 1].
+    """
+    flat = images.flatten(1)
+    centre, spread = flat.mean(1), flat.std(1).clamp_min(1e-4)
+    return (images - centre[:, None, None, None]) / spread[:, None, None, None] * std + mean

@@ -16,6 +16,7 @@ import torch
 from . import anomaly_map, multicover
 from .checkpoint import load_checkpoint
 from .config import Config
+from .data import standardize
 from .model import InpaintingTransformer
 from .windows import inference_windows, patchify, unpatchify
 
@@ -82,10 +83,15 @@ class Detector:
         out = out.view(b, windows_per_image, m.patch_dim)  # (B, M*N, P), patch t*N+u at t*N+u
         return unpatchify(out, m.channels, (m.grid, m.grid))
 
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """Images as read -> what the network sees: per-image standardised if data.standardize."""
+        images = images.to(self.device, torch.float32)
+        return standardize(images) if self.cfg.data.standardize else images
+
     @torch.inference_mode()
     def difference_maps(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, H, W) multi-scale GMS difference maps, before normalisation."""
-        images = images.to(self.device, torch.float32)
+        images = self.prepare(images)
         return anomaly_map.difference_map(images, self.reconstruct(images), self.cfg.score)
 
     @torch.inference_mode()

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint, write_json
 from .config import Config, validate
-from .data import load_images, resolve_color, training_images
+from .data import load_images, resolve_color, standardize, training_images
 from .errors import IntraError
 from .inference import Detector, resolve_device
 from .losses import inpainting_loss
@@ -87,6 +87,8 @@ def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = Fal
     except OSError as exc:
         raise IntraError(f"cannot write to run folder {run_dir}: {exc}") from None
     images = load_images(paths, cfg.model.image_size, color)  # (n, C, H, W)
+    if cfg.data.standardize:
+        images = standardize(images)
     train_idx, val_idx = split_validation(len(images), cfg, generator)
     log.info("%d training images (%s), %d held out for validation", len(train_idx), color, len(val_idx))
 
