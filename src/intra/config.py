@@ -84,6 +84,10 @@ class ScoreConfig:
     gaussian_sigma: float = 4.0  # [choice] Gaussian sigma in full-resolution pixels, scaled likewise
     normalize: bool = True  # subtract the training mean difference map, then square
     chunk_windows: int = 2048  # windows per forward pass at inference (bounds memory)
+    # Thresholds are calibrated after training on the held-out normal (validation) images only:
+    # quantiles of their image scores and of their pixels, so no labelled anomaly is needed.
+    image_threshold_quantile: float = 0.99
+    pixel_threshold_quantile: float = 0.999
 
 
 @dataclass
@@ -214,6 +218,9 @@ def validate(cfg: Config) -> None:
         raise IntraError(f"model.dim ({m.dim}) must split evenly over model.heads ({m.heads}) (and D/2 for mfsa)")
     if not 0 < cfg.train.val_fraction < 1:
         raise IntraError(f"train.val_fraction must be between 0 and 1, not {cfg.train.val_fraction}")
+    for name in ("image_threshold_quantile", "pixel_threshold_quantile"):
+        if not 0 < getattr(cfg.score, name) <= 1:
+            raise IntraError(f"score.{name} must be in (0, 1], not {getattr(cfg.score, name)}")
     if not cfg.score.scales or any(not 0 < s <= 1 for s in cfg.score.scales):
         raise IntraError(f"score.scales must be fractions in (0, 1], not {cfg.score.scales}")
 

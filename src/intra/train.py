@@ -3,10 +3,14 @@
 Paper section 4: per epoch `windows_per_image` random windows per training image; a validation
 split of 10 % of the images (at most 20) scored on a fixed set of windows; Adam; early stopping
 when the validation loss has not improved for `patience` epochs, keeping the best weights. After
-training, the mean difference map of the training images is computed and stored with the model.
+training, the mean difference map of the training images is computed and stored with the model,
+and the decision thresholds are calibrated on the validation images (see `thresholds`).
 
 Run folder: config.json (resolved config), train_log.jsonl (one line per epoch),
-model.safetensors + model.json (see `checkpoint`).
+model.safetensors + model.json (see `checkpoint`), and while training runs
+training_state.safetensors, rewritten atomically after every epoch: `fit(..., resume=True)`
+(`intra train --resume RUN`) continues from it and, with the same thread count, ends with
+bit-identical weights to an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import save_checkpoint, write_json
+from .checkpoint import TRAINING_STATE, atomic_write, load_training_state, save_checkpoint, save_training_state, write_json
 from .config import Config, validate
 from .data import load_images, resolve_color, training_images
 from .errors import IntraError
@@ -30,6 +34,7 @@ from .inference import Detector, resolve_device
 from .losses import inpainting_loss
 from .model import InpaintingTransformer
 from .sampling import WindowSampler
+from .thresholds import calibrate
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +63,11 @@ def configure_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = False) -> FitResult:
-    """Train on the images of `data` (an MVTec-layout root or a folder of images) into `run_dir`."""
+def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = False, resume: bool = False) -> FitResult:
+    """Train on the images of `data` (an MVTec-layout root or a folder of images) into `run_dir`.
+
+    With `resume`, continue the interrupted training saved in run_dir (cfg must be its config).
+    """
     run_dir = Path(run_dir)
     paths = training_images(data)
     color = resolve_color(cfg.data.color, paths)
@@ -72,12 +80,15 @@ def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = Fal
     torch.manual_seed(cfg.train.seed)
     generator = torch.Generator().manual_seed(cfg.train.seed)
 
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", cfg.to_dict())
-    except OSError as exc:
-        raise IntraError(f"cannot write to run folder {run_dir}: {exc}") from None
+    # Read every image before creating anything: a bad file must not leave a half-made run folder.
     images = load_images(paths, cfg.model.image_size, color)  # (n, C, H, W)
+    if not resume:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / TRAINING_STATE).unlink(missing_ok=True)  # a stale one would be resumed by mistake
+        except OSError as exc:
+            raise IntraError(f"cannot write to run folder {run_dir}: {exc.strerror or exc}") from None
+        write_json(run_dir / "config.json", cfg.to_dict())
     train_idx, val_idx = split_validation(len(images), cfg, generator)
     log.info("%d training images (%s), %d held out for validation", len(train_idx), color, len(val_idx))
 
@@ -85,13 +96,21 @@ def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = Fal
     model.set_pixel_stats(images[train_idx].mean(dim=(0, 2, 3)), images[train_idx].std(dim=(0, 2, 3)))
     model = model.to(device)
     trainer = Trainer(model, images[train_idx].to(device), images[val_idx].to(device), cfg, generator)
-    stats = trainer.run(run_dir / "train_log.jsonl", progress)
+    log_path = run_dir / "train_log.jsonl"
+    if resume:
+        trainer.load_state(*load_training_state(run_dir))
+        _truncate_log(log_path, trainer.epoch)
+        log.info("resuming %s after epoch %d", run_dir, trainer.epoch)
+    data_path = str(Path(data).resolve())
+    stats = trainer.run(log_path, progress, on_epoch=lambda t: save_training_state(run_dir, *t.state_dict(data=data_path)))
     model.load_state_dict(trainer.best_state)
 
     detector = Detector(model, cfg, device=device)
     batches = images[train_idx].split(max(1, cfg.score.chunk_windows // cfg.model.grid**2))
     mean_map = detector.fit_mean_map(tqdm(batches, desc="mean map", disable=not progress, leave=False))
     val_maps, val_scores = detector.predict(images[val_idx])
+    if len(val_idx) < 10:
+        log.warning("thresholds calibrated on only %d validation image(s): expect them to be rough", len(val_idx))
     stats.update(
         train_images=len(train_idx),
         val_images=len(val_idx),
@@ -99,8 +118,10 @@ def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = Fal
         val_score_max=float(val_scores.max()),
         # Overlays saturate at twice the hottest pixel seen on held-out normal images.
         overlay_vmax=2 * float(val_maps.max()),
+        **calibrate(val_scores.numpy(), val_maps.numpy(), cfg.score),
     )
     save_checkpoint(run_dir, model, cfg, {"mean_map": mean_map}, stats)
+    (run_dir / TRAINING_STATE).unlink(missing_ok=True)  # training is over: the model is in model.*
     detector.stats = stats
     return FitResult(detector, stats)
 
@@ -124,6 +145,7 @@ class Trainer:
         self.epoch = 0
         self.best_loss, self.best_epoch = math.inf, 0
         self.best_state = copy.deepcopy(model.state_dict())
+        self.elapsed = 0.0  # seconds spent in earlier sessions of a resumed run
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.lr)
@@ -174,13 +196,17 @@ class Trainer:
             count += len(pred)
         return total / max(count, 1)
 
-    def run(self, log_path: Path, progress: bool = False) -> dict:
-        """Epochs until patience, max_epochs or max_minutes; the best weights end in best_state."""
+    def run(self, log_path: Path, progress: bool = False, on_epoch=None) -> dict:
+        """Epochs until patience, max_epochs or max_minutes; the best weights end in best_state.
+
+        Continues from self.epoch (0, or a resumed state), appending to the log; calls
+        on_epoch(self) after every epoch (fit saves the training state there).
+        """
         t = self.cfg.train
-        start = time.perf_counter()
+        start = time.perf_counter() - self.elapsed
         deadline = start + t.max_minutes * 60 if t.max_minutes else math.inf
-        with log_path.open("w", encoding="utf-8") as log_file:
-            while self.epoch < t.max_epochs:
+        with log_path.open("a" if self.epoch else "w", encoding="utf-8") as log_file:
+            while self.epoch < t.max_epochs and not self._finished(deadline):
                 self.epoch += 1
                 record = {"epoch": self.epoch, **self.train_epoch(deadline, progress)}
                 record["val_loss"] = val_loss = self.validate()
@@ -195,14 +221,93 @@ class Trainer:
                 log.info(line)
                 if progress:
                     tqdm.write(line)
-                if self.epoch - self.best_epoch >= t.patience or time.perf_counter() > deadline:
-                    break
+                self.elapsed = time.perf_counter() - start
+                if on_epoch is not None:
+                    on_epoch(self)
         return {
             "epochs": self.epoch,
             "best_epoch": self.best_epoch,
             "best_val_loss": self.best_loss,
             "train_seconds": round(time.perf_counter() - start, 2),
         }
+
+
+    def _finished(self, deadline: float) -> bool:
+        return self.epoch - self.best_epoch >= self.cfg.train.patience or time.perf_counter() > deadline
+
+    def state_dict(self, **extra) -> tuple[dict[str, torch.Tensor], dict]:
+        """Everything needed to continue bit-identically: (tensors, JSON-able state).
+
+        Tensors: current and best weights, optimizer tensors, RNG states; the rest (epoch, best
+        loss, elapsed time, optimizer hyperparameters) is plain JSON. No pickle.
+        """
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.generator"] = self.generator.get_state()
+        if torch.cuda.is_available() and any(p.is_cuda for p in self.model.parameters()):
+            tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        optim = self.optimizer.state_dict()
+        scalars: dict[str, dict] = {}
+        for index, entries in optim["state"].items():
+            for name, value in entries.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optimizer.{index}.{name}"] = value
+                else:
+                    scalars.setdefault(str(index), {})[name] = value
+        state = {
+            "epoch": self.epoch,
+            "best_epoch": self.best_epoch,
+            "best_loss": self.best_loss,
+            "elapsed": self.elapsed,
+            "optimizer": {"param_groups": optim["param_groups"], "scalars": scalars},
+            **extra,
+        }
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            state["scheduler"] = scheduler.state_dict()
+        return tensors, state
+
+    def load_state(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        """Restore what state_dict saved (the Trainer must be built from the same config)."""
+        device = next(self.model.parameters()).device
+        part = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
+        try:
+            self.model.load_state_dict(part("model."))
+            self.best_state = {k: v.to(device) for k, v in part("best.").items()}
+            optim_state: dict[int, dict] = {}
+            for key, value in part("optimizer.").items():
+                index, name = key.split(".", 1)
+                optim_state.setdefault(int(index), {})[name] = value
+            for index, entries in state["optimizer"]["scalars"].items():
+                optim_state.setdefault(int(index), {}).update(entries)
+            self.optimizer.load_state_dict({"state": optim_state, "param_groups": state["optimizer"]["param_groups"]})
+            if "scheduler" in state and getattr(self, "scheduler", None) is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(tensors["rng.torch"])
+            self.generator.set_state(tensors["rng.generator"])
+            cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+            if cuda:
+                torch.cuda.set_rng_state_all(cuda)
+            self.epoch, self.best_epoch = state["epoch"], state["best_epoch"]
+            self.best_loss, self.elapsed = state["best_loss"], state["elapsed"]
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise IntraError(f"the training state does not fit this run's config: {str(exc).splitlines()[0][:200]}") from None
+
+
+def _truncate_log(log_path: Path, epoch: int) -> None:
+    """Keep the log lines of epochs <= epoch: later ones were written after the last saved state."""
+    if not log_path.is_file():
+        return
+    lines = [line for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["epoch"] <= epoch:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            break  # a line cut by the interruption
+    atomic_write(log_path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8"))
 
 
 def _validation_batches(val_images: torch.Tensor, cfg: Config) -> list:
