@@ -67,13 +67,18 @@ def data_uri(png: bytes) -> str:
 
 
 def gallery_indices(scores: np.ndarray, labels: np.ndarray, count: int) -> dict[str, list[int]]:
-    """Indices of the `count` highest- and lowest-scored normal and defective images, by title."""
+    """Indices of the `count` highest- and lowest-scored normal and defective images, by title.
+
+    A small group is split in two halves, so that no image appears in both of its galleries.
+    """
     groups = {}
     for label, name in ((0, "normal"), (1, "defective")):
         chosen = np.flatnonzero(labels == label)
         ordered = chosen[np.argsort(-scores[chosen], kind="stable")]
-        groups[f"Highest-scored {name} images"] = ordered[:count].tolist()
-        groups[f"Lowest-scored {name} images"] = ordered[::-1][:count].tolist()
+        high = min(count, (len(ordered) + 1) // 2)
+        low = min(count, len(ordered) - high)
+        groups[f"Highest-scored {name} images"] = ordered[:high].tolist()
+        groups[f"Lowest-scored {name} images"] = ordered[len(ordered) - low :][::-1].tolist()
     return groups
 
 
