@@ -271,7 +271,10 @@ class Trainer:
     def load_state(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
         """Restore what state_dict saved (the Trainer must be built from the same config)."""
         device = next(self.model.parameters()).device
-        part = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
+
+        def part(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
         try:
             self.model.load_state_dict(part("model."))
             self.best_state = {k: v.to(device) for k, v in part("best.").items()}
