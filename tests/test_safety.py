@@ -54,3 +54,23 @@ def test_damaged_or_mismatched_checkpoints_are_refused(cli_run, mvtec_root, tmp_
     meta["format_version"] = 2
     (run / "model.json").write_text(json.dumps(meta))
     user_error(intra("evaluate", "--run", run, "--data", mvtec_root, check=False), "format version 2")
+
+
+def test_a_full_disk_leaves_the_previous_file_intact(tmp_path):
+    import errno
+
+    import pytest
+
+    from intra.checkpoint import atomic_write
+    from intra.errors import IntraError
+
+    target = tmp_path / "model.json"
+    target.write_text("the previous, complete file")
+
+    def fill_the_disk(tmp):
+        tmp.write_text("half of a new")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(IntraError, match="cannot write .*model.json: No space left on device"):
+        atomic_write(target, fill_the_disk)
+    assert target.read_text() == "the previous, complete file" and os.listdir(tmp_path) == ["model.json"]
