@@ -55,8 +55,9 @@ def user_error(result, *needles) -> str:
     """Check a CLI failure: exit 2, no traceback, last stderr line an 'intra: error:' naming the needles."""
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1].split("\r")[-1].strip()
-    assert last.startswith("intra: error:"), result.stderr
+    # Progress bars share stderr (their carriage returns split lines too): find the one error line.
+    errors = [line for line in result.stderr.splitlines() if line.startswith("intra: error:")]
+    assert len(errors) == 1, result.stderr
     for needle in needles:
-        assert str(needle) in last, last
-    return last
+        assert str(needle) in errors[0], errors[0]
+    return errors[0]

@@ -32,6 +32,7 @@ from . import metrics, plots
 from .anomaly_map import filter_sizes
 from .checkpoint import atomic_write, write_json
 from .data import GOOD, Sample, load_image, load_mask, test_samples
+from .errors import IntraError
 from .inference import Detector
 from .report import gallery_indices, html_report, overlay_panel, png_bytes, save_png, to_rgb_uint8
 from .thresholds import f1_report
@@ -54,6 +55,10 @@ def evaluate(
     size = cfg.model.image_size
     eval_size = eval_size or size
     samples = test_samples(root)
+    try:  # before the long inference: an unwritable folder should fail at once
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IntraError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
     maps = np.zeros((len(samples), eval_size, eval_size), dtype=np.float32)
     masks = np.zeros((len(samples), eval_size, eval_size), dtype=bool)
     scores = np.zeros(len(samples), dtype=np.float64)
@@ -88,7 +93,6 @@ def evaluate(
         threads=torch.get_num_threads(),
         anomaly_map_filters=filter_sizes(cfg.score),
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
     _write_scores(out_dir / "scores.csv", samples, scores, root)
     if heatmaps:
         _write_heatmaps(out_dir / "heatmaps", samples, pictures, maps, masks, progress)
