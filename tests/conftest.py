@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
@@ -55,8 +56,8 @@ def user_error(result, *needles) -> str:
     """Check a CLI failure: exit 2, no traceback, last stderr line an 'intra: error:' naming the needles."""
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    # Progress bars share stderr (their carriage returns split lines too): find the one error line.
-    errors = [line for line in result.stderr.splitlines() if line.startswith("intra: error:")]
+    # Progress bars share stderr without always ending their line: find the one error message.
+    errors = re.findall(r"intra: error: [^\r\n]*", result.stderr)
     assert len(errors) == 1, result.stderr
     for needle in needles:
         assert str(needle) in errors[0], errors[0]

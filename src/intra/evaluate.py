@@ -55,13 +55,16 @@ def evaluate(
     size = cfg.model.image_size
     eval_size = eval_size or size
     samples = test_samples(root)
+    maps = np.zeros((len(samples), eval_size, eval_size), dtype=np.float32)
+    masks = np.zeros((len(samples), eval_size, eval_size), dtype=bool)
+    scores = np.zeros(len(samples), dtype=np.float64)
+    for i, sample in enumerate(samples):  # masks first: a bad one fails before the long inference
+        if sample.mask_path is not None:
+            masks[i] = load_mask(sample.mask_path, eval_size).numpy()
     try:  # before the long inference: an unwritable folder should fail at once
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise IntraError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
-    maps = np.zeros((len(samples), eval_size, eval_size), dtype=np.float32)
-    masks = np.zeros((len(samples), eval_size, eval_size), dtype=bool)
-    scores = np.zeros(len(samples), dtype=np.float64)
     pictures = []  # uint8 copies of the inputs, for the overlays
     start = time.perf_counter()
     bar = tqdm(total=len(samples), desc="evaluate", unit="img", disable=not progress, leave=False)
@@ -74,9 +77,6 @@ def evaluate(
         maps[first : first + len(chunk)] = batch_maps.numpy()
         pictures.extend(to_rgb_uint8(image) for image in images)
         scores[first : first + len(chunk)] = batch_scores.numpy()
-        for i, sample in enumerate(chunk):
-            if sample.mask_path is not None:
-                masks[first + i] = load_mask(sample.mask_path, eval_size).numpy()
         bar.update(len(chunk))
     bar.close()
     seconds = time.perf_counter() - start
