@@ -121,15 +121,16 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     if args.resume:
         cfg, data = resolve_resume(args)
-        result = fit(cfg, data, args.resume, progress=True, resume=True)
-        args.out = args.resume
+        run = args.resume
+        result = fit(cfg, data, run, progress=True, resume=True)
     else:
         if not args.data or not args.out:
             raise IntraError("intra train needs --data and --out (or --resume RUN)")
-        result = fit(resolve_train_config(args), args.data, args.out, progress=True)
+        run = args.out
+        result = fit(resolve_train_config(args), args.data, run, progress=True)
     s = result.stats
     print(f"trained {s['epochs']} epochs in {s['train_seconds']:.0f}s; best validation loss {s['best_val_loss']:.5f} (epoch {s['best_epoch']}); "
-          f"thresholds: image {s['image_threshold']:.4g}, pixel {s['pixel_threshold']:.4g}; run saved to {args.out}")
+          f"thresholds: image {s['image_threshold']:.4g}, pixel {s['pixel_threshold']:.4g}; run saved to {run}")
 
 
 def resolve_resume(args: argparse.Namespace) -> tuple[Config, str]:
