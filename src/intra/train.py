@@ -12,6 +12,7 @@ model.safetensors + model.json (see `checkpoint`).
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import save_checkpoint, write_json
 from .config import Config, validate
 from .data import load_images, resolve_color, training_images
@@ -29,7 +31,7 @@ from .errors import IntraError
 from .inference import Detector, resolve_device
 from .losses import inpainting_loss
 from .model import InpaintingTransformer
-from .sampling import WindowSampler
+from .sampling import Batch, WindowSampler, concat_batches
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 class FitResult:
     detector: Detector
     stats: dict
+    main: bool = True  # False in the processes of a distributed run other than rank 0 (they write nothing)
 
 
 def split_validation(count: int, cfg: Config, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,13 +71,14 @@ def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = Fal
     cfg.model.channels = 1 if color == "gray" else 3
     validate(cfg)
     configure_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
+    world, device = distributed.setup(resolve_device(cfg.train.device))
     torch.manual_seed(cfg.train.seed)
     generator = torch.Generator().manual_seed(cfg.train.seed)
 
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", cfg.to_dict())
+        if world.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(run_dir / "config.json", cfg.to_dict())
     except OSError as exc:
         raise IntraError(f"cannot write to run folder {run_dir}: {exc}") from None
     images = load_images(paths, cfg.model.image_size, color)  # (n, C, H, W)
@@ -84,11 +88,14 @@ def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = Fal
     model = InpaintingTransformer(cfg.model)
     model.set_pixel_stats(images[train_idx].mean(dim=(0, 2, 3)), images[train_idx].std(dim=(0, 2, 3)))
     model = model.to(device)
-    trainer = Trainer(model, images[train_idx].to(device), images[val_idx].to(device), cfg, generator)
-    stats = trainer.run(run_dir / "train_log.jsonl", progress)
+    trainer = Trainer(model, images[train_idx].to(device), images[val_idx].to(device), cfg, generator, world)
+    stats = trainer.run(run_dir / "train_log.jsonl" if world.main else None, progress and world.main)
     model.load_state_dict(trainer.best_state)
 
     detector = Detector(model, cfg, device=device)
+    if not world.main:
+        world.barrier()  # wait for rank 0's mean map and checkpoint
+        return FitResult(detector, stats, main=False)
     batches = images[train_idx].split(max(1, cfg.score.chunk_windows // cfg.model.grid**2))
     mean_map = detector.fit_mean_map(tqdm(batches, desc="mean map", disable=not progress, leave=False))
     val_maps, val_scores = detector.predict(images[val_idx])
@@ -102,6 +109,7 @@ def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = Fal
     )
     save_checkpoint(run_dir, model, cfg, {"mean_map": mean_map}, stats)
     detector.stats = stats
+    world.barrier()
     return FitResult(detector, stats)
 
 
@@ -115,10 +123,22 @@ class Trainer:
         val_images: torch.Tensor,
         cfg: Config,
         generator: torch.Generator,
+        world: distributed.World | None = None,
     ):
         self.model, self.cfg, self.generator = model, cfg, generator
+        self.world = world or distributed.World()
+        self.device = train_images.device
         self.sampler = WindowSampler(train_images, cfg)
-        self.val_batches = _validation_batches(val_images, cfg)
+        # This process's share of each global batch, one generator per sampling shard.
+        t = cfg.train
+        self.generators = self.world.shard_generators(generator, t.sample_shards, t.batch_size, t.seed)
+        self.shard_size = t.batch_size // (len(self.generators) * self.world.size)
+        # The network as train_step calls it: DDP-wrapped when distributed, compiled on request.
+        self.network = self.world.wrap(model, self.device)
+        if t.compile:
+            self.network = torch.compile(self.network)
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.dtype == "bf16")
+        self.val_batches = _validation_batches(val_images, cfg)[self.world.rank :: self.world.size]
         self.optimizer = self.build_optimizer()
         self.steps_per_epoch = math.ceil(cfg.train.windows_per_image * len(train_images) / cfg.train.batch_size)
         self.epoch = 0
@@ -126,40 +146,60 @@ class Trainer:
         self.best_state = copy.deepcopy(model.state_dict())
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.lr)
+        # The fused kernel updates all parameters in one launch on a GPU.
+        return torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.lr, fused=self.device.type == "cuda")
 
     def train_step(self, batch_number: int) -> dict[str, torch.Tensor]:
         """One optimisation step on a fresh random batch; returns the detached loss terms."""
         t = self.cfg.train
-        batch = self.sampler.sample(t.batch_size, self.generator)
-        pred = self.model(batch.patches, batch.covered, batch.positions).view_as(batch.target)
+        batch = self.sample()
+        with self.autocast:
+            pred = self.network(batch.patches, batch.covered, batch.positions)
+        pred = pred.float().view_as(batch.target)  # the loss in fp32 also under bf16
         loss, parts = inpainting_loss(pred, batch.target, t.alpha, t.beta)
-        if not torch.isfinite(loss):
-            raise IntraError(
-                f"training diverged: loss is {float(loss)} in epoch {self.epoch}, batch {batch_number} (try a lower train.lr)"
-            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         parts["loss"] = loss.detach()
         return parts
 
+    def sample(self) -> Batch:
+        """This process's share of a global batch: one piece per sampling shard."""
+        if len(self.generators) == 1:
+            return self.sampler.sample(self.shard_size, self.generators[0])
+        return concat_batches([self.sampler.sample(self.shard_size, g) for g in self.generators])
+
+    def mean_loss(self, totals: dict[str, torch.Tensor], steps: int) -> float:
+        """The mean training loss of the epoch so far; IntraError if it is not finite."""
+        loss = float(totals["loss"]) / max(steps, 1)
+        if not math.isfinite(loss):
+            raise IntraError(f"training diverged: loss is {loss} in epoch {self.epoch}, by batch {steps} (try a lower train.lr)")
+        return loss
+
+    def out_of_time(self, deadline: float) -> bool:
+        """Past the deadline, agreed by all processes (they must stop at the same step)."""
+        if deadline == math.inf:
+            return False
+        return self.world.any(time.perf_counter() > deadline, self.device)
+
     def train_epoch(self, deadline: float, progress: bool) -> dict[str, float]:
         """Steps until the epoch is done or the deadline passes; returns mean loss terms and steps."""
         self.model.train()
-        totals: dict[str, float] = {}
+        totals: dict[str, torch.Tensor] = {}  # summed on the device: reading a value waits for it
         done = 0
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch}", disable=not progress, leave=False)
         for _ in bar:
             parts = self.train_step(done + 1)
             for k, v in parts.items():
-                totals[k] = totals.get(k, 0.0) + float(v)
+                totals[k] = totals[k] + v if k in totals else v
             done += 1
             if done % 20 == 0:
-                bar.set_postfix(loss=f"{totals['loss'] / done:.4f}")
-            if time.perf_counter() > deadline:
+                bar.set_postfix(loss=f"{self.mean_loss(totals, done):.4f}")
+            if self.out_of_time(deadline):
                 break
-        means = {f"train_{k}": v / max(done, 1) for k, v in totals.items()}
+        self.mean_loss(totals, done)
+        sums = self.world.all_sum([float(v) for v in totals.values()], self.device)  # mean over the processes' windows
+        means = {f"train_{k}": v / max(done * self.world.size, 1) for k, v in zip(totals, sums)}
         return {**means, "steps": done}
 
     @torch.no_grad()
@@ -172,14 +212,18 @@ class Trainer:
             loss, _ = inpainting_loss(pred, batch.target, self.cfg.train.alpha, self.cfg.train.beta)
             total += float(loss) * len(pred)
             count += len(pred)
+        total, count = self.world.all_sum([total, count], self.device)
         return total / max(count, 1)
 
-    def run(self, log_path: Path, progress: bool = False) -> dict:
-        """Epochs until patience, max_epochs or max_minutes; the best weights end in best_state."""
+    def run(self, log_path: Path | None, progress: bool = False) -> dict:
+        """Epochs until patience, max_epochs or max_minutes; the best weights end in best_state.
+
+        log_path None writes no log (the processes of a distributed run other than rank 0).
+        """
         t = self.cfg.train
         start = time.perf_counter()
         deadline = start + t.max_minutes * 60 if t.max_minutes else math.inf
-        with log_path.open("w", encoding="utf-8") as log_file:
+        with log_path.open("w", encoding="utf-8") if log_path else io.StringIO() as log_file:
             while self.epoch < t.max_epochs:
                 self.epoch += 1
                 record = {"epoch": self.epoch, **self.train_epoch(deadline, progress)}
@@ -195,7 +239,7 @@ class Trainer:
                 log.info(line)
                 if progress:
                     tqdm.write(line)
-                if self.epoch - self.best_epoch >= t.patience or time.perf_counter() > deadline:
+                if self.epoch - self.best_epoch >= t.patience or self.out_of_time(deadline):
                     break
         return {
             "epochs": self.epoch,

@@ -1,0 +1,189 @@
+"""One device run: correctness on the GPU, then the speed of the paper and cpu presets.
+
+    PYTHONPATH=src python3 scripts/gpu_check.py            # on the GPU machine; results under $OUT
+    PYTHONPATH=src python3 scripts/gpu_check.py --device cpu --quick   # a dry run of the script here
+
+Checks (fp32 batched vs naive reconstruction, bf16 vs fp32 anomaly maps), then times in one process
+the pieces `intra bench` is made of (bench.inference_throughput, naive_throughput,
+train_throughput, matmul_ceiling) for several variants: eager and torch.compile, chunk sizes,
+training batch sizes. Variants run in order of importance and are skipped when the time budget
+runs short. Every result is appended to OUT/gpu_check.jsonl as soon as it exists; a short table
+is printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from intra import bench
+from intra.bench import BenchOptions, bench_config
+from intra.config import preset
+from intra.inference import Detector
+from intra.model import InpaintingTransformer
+
+log = logging.getLogger("gpu_check")
+
+
+def lively(cfg, seed: int = 0) -> InpaintingTransformer:
+    """A random network whose output depends strongly on its input (as in tests/test_inference.py)."""
+    torch.manual_seed(seed)
+    model = InpaintingTransformer(cfg.model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(1.0 if name.endswith(("norm1.weight", "norm2.weight")) else 0.0, 0.15 if cfg.model.dim < 128 else 0.05)
+    model.set_pixel_stats(torch.full((cfg.model.channels,), 0.5), torch.full((cfg.model.channels,), 0.25))
+    return model
+
+
+def correctness(device: torch.device, quick: bool) -> list[dict]:
+    """Batched vs naive (fp32, max abs diff) and bf16 vs fp32 anomaly maps (relative L2 error)."""
+    rows = []
+    for name, size in (("cpu", 64), ("paper", 128 if quick else 256)):
+        cfg = preset(name)
+        cfg.model.image_size = size
+        cfg.model.channels = 3
+        model = lively(cfg)
+        fp32 = Detector(model, cfg, device=device)
+        bf16 = Detector(model, cfg, device=device, dtype="bf16")
+        images = torch.rand(2, 3, size, size, device=device)
+        batched = fp32.reconstruct(images)
+        naive = fp32.reconstruct_naive(images[:1])
+        fp32.fit_mean_map([torch.rand(2, 3, size, size, device=device)])
+        bf16.mean_map = fp32.mean_map
+        maps32, _ = fp32.predict(images)
+        maps16, _ = bf16.predict(images)
+        rows.append({
+            "check": f"{name} preset {size}px",
+            "batched_vs_naive_max_abs": float((batched[:1] - naive).abs().max()),
+            "reconstruction_std": float(naive.std()),
+            "bf16_map_rel_err": float((maps16 - maps32).norm() / maps32.norm()),
+        })
+        log.info("correctness %s", rows[-1])
+    return rows
+
+
+def inference_variant(name: str, size: int, device: torch.device, dtype: str, compile: bool, batch: int, chunk: int) -> dict:
+    cfg = bench_config(BenchOptions(name, size, str(device), dtype=dtype, compile=compile))
+    cfg.score.chunk_windows, cfg.score.memory_mb = chunk, 1e6  # the chunk is the variable here
+    torch.manual_seed(0)
+    detector = Detector(InpaintingTransformer(cfg.model), cfg, device=device, dtype=dtype, compile=compile)
+    images = torch.rand(batch, 3, size, size, device=device)
+    row = {"kind": "inference", "preset": name, "image_size": size, "dtype": dtype, "compile": compile, "batch": batch, "chunk": chunk}
+    row.update(bench.inference_throughput(detector, images, repeat=5))
+    row["command"] = f"intra bench --preset {name} --image-size {size} --device cuda --dtype {dtype} --batch {batch}" + (
+        " --compile" if compile else "") + f" --set score.chunk_windows={chunk} --set score.memory_mb=1e6"
+    return row
+
+
+def train_variant(name: str, size: int, device: torch.device, dtype: str, compile: bool, batch: int) -> dict:
+    opts = BenchOptions(name, size, str(device), dtype=dtype, compile=compile, train_batch=batch, repeat=5)
+    row = {"kind": "training", "preset": name, "image_size": size, "dtype": dtype, "compile": compile, "batch": batch}
+    row.update(bench.train_throughput(bench_config(opts), opts, device))
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
+    parser.add_argument("--budget-s", type=float, default=400, help="stop starting new variants after this many seconds")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a dry run on the CPU")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        handlers=[logging.FileHandler(out / "gpu_check.log"), logging.StreamHandler(sys.stderr)])
+    torch._dynamo.config.cache_size_limit = 64  # many shapes of one compiled function in one process
+    device = torch.device(args.device)
+    start = time.time()
+    results: list[dict] = []
+
+    def record(row: dict) -> None:
+        row["t_s"] = round(time.time() - start, 1)
+        results.append(row)
+        with (out / "gpu_check.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        log.info("%s", row)
+
+    def attempt(fn, *a) -> None:
+        if time.time() - start > args.budget_s:
+            log.info("skipped (time budget): %s %s", fn.__name__, a)
+            return
+        try:
+            record(fn(*a))
+        except Exception as exc:  # one failing variant must not lose the others
+            log.exception("failed: %s %s", fn.__name__, a)
+            record({"kind": "error", "what": f"{fn.__name__}{a}", "error": repr(exc)[:300]})
+
+    env = {"kind": "env", "torch": torch.__version__, "device": bench.device_name(device)}
+    if device.type == "cuda":
+        env["smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit",
+                                     "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+    record(env)
+    for row in correctness(device, args.quick):
+        record({"kind": "check", **row})
+
+    q = args.quick
+    paper = ("cpu", 64) if q else ("paper", 256)  # a dry run on a CPU times the small network only
+    small = ("cpu", 64 if q else 128)
+    record({"kind": "matmul", "dtype": "bf16", **bench.matmul_ceiling(device, torch.bfloat16)})
+    record({"kind": "matmul", "dtype": "fp32", **bench.matmul_ceiling(device, torch.float32)})
+    # The full `intra bench` (every key), eager bf16.
+    attempt(lambda: {"kind": "bench", **bench.run_bench(BenchOptions(*paper, str(device), batch=2 if q else 8, dtype="bf16",
+                                                                      train_batch=8 if q else 256))})
+    # Inference variants, most informative first.
+    b = 2 if q else 16
+    for compile, chunk in ((False, 1024), (True, 1024), (False, 4096), (True, 4096), (True, 256), (False, 256)):
+        attempt(inference_variant, *paper, device, "bf16", compile, b, 64 if q else chunk)
+    attempt(inference_variant, *paper, device, "fp32", False, 2 if q else 8, 64 if q else 1024)
+    # Training variants.
+    for compile, batch in ((False, 256), (True, 256), (True, 1024), (False, 1024)):
+        attempt(train_variant, *paper, device, "bf16", compile, 8 if q else batch)
+    attempt(train_variant, *paper, device, "fp32", False, 8 if q else 256)
+    # The cpu preset on the GPU: a small network, so large chunks and batches.
+    for compile, chunk in ((False, 4096), (True, 4096), (False, 16384)):
+        attempt(inference_variant, *small, device, "bf16", compile, 4 if q else 64, 64 if q else chunk)
+    for compile, batch in ((False, 32), (False, 1024), (True, 1024)):
+        attempt(train_variant, *small, device, "bf16", compile, 8 if q else batch)
+    attempt(lambda: {"kind": "bench", **bench.run_bench(BenchOptions(*small, str(device), batch=4 if q else 64, dtype="fp32",
+                                                                      train_batch=8 if q else 32))})
+    print(summary(results))
+    return 0
+
+
+def summary(results: list[dict]) -> str:
+    lines = [f"{'what':58s} {'windows/s':>10s} {'ms/image':>9s} {'GFLOP/s':>9s} {'peak MB':>8s} {'warmup s':>8s}"]
+    for r in results:
+        if r["kind"] == "env":
+            lines.insert(0, f"{r['device']} | torch {r['torch']} | {r.get('smi', '')}")
+        elif r["kind"] == "check":
+            lines.append(f"check {r['check']}: batched-naive {r['batched_vs_naive_max_abs']:.2e}, bf16 map rel err {r['bf16_map_rel_err']:.2e}")
+        elif r["kind"] == "matmul":
+            lines.append(f"matmul {r['dtype']} {r['matmul_size']}^3: {r['matmul_gflops']:.0f} GFLOP/s")
+        elif r["kind"] == "inference":
+            what = f"infer {r['preset']} {r['image_size']} {r['dtype']} {'compiled' if r['compile'] else 'eager'} batch {r['batch']} chunk {r['chunk']}"
+            lines.append(f"{what:58s} {r['windows_per_s']:10.0f} {r['ms_per_image']:9.3f} {r['achieved_gflops']:9.0f} "
+                         f"{r['peak_mem_mb']:8.0f} {r['warmup_s']:8.1f}")
+        elif r["kind"] == "training":
+            what = f"train {r['preset']} {r['image_size']} {r['dtype']} {'compiled' if r['compile'] else 'eager'} batch {r['batch']}"
+            lines.append(f"{what:58s} {r['train_windows_per_s']:10.0f} {'':9s} {r['train_gflops']:9.0f} {'':8s} {r['train_warmup_s']:8.1f}")
+        elif r["kind"] == "bench":
+            lines.append(f"bench {r['preset']} {r['dtype']}: {r['windows_per_s']:.0f} win/s, {r['ms_per_image']:.3f} ms/img, naive "
+                         f"{r['naive_windows_per_s']:.0f} win/s (x{r['speedup']:.1f}), train {r['train_windows_per_s']:.0f} win/s, "
+                         f"{100 * r['fraction_of_matmul']:.0f}% of matmul")
+        elif r["kind"] == "error":
+            lines.append(f"ERROR {r['what'][:60]}: {r['error'][:80]}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
