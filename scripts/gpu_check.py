@@ -102,7 +102,9 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         handlers=[logging.FileHandler(out / "gpu_check.log"), logging.StreamHandler(sys.stderr)])
-    torch._dynamo.config.cache_size_limit = 64  # many shapes of one compiled function in one process
+    for name in ("cache_size_limit", "recompile_limit"):  # many shapes of one compiled function in one process
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 64)
     device = torch.device(args.device)
     start = time.time()
     results: list[dict] = []
@@ -140,22 +142,27 @@ def main() -> int:
     # The full `intra bench` (every key), eager bf16.
     attempt(lambda: {"kind": "bench", **bench.run_bench(BenchOptions(*paper, str(device), batch=2 if q else 8, dtype="bf16",
                                                                       train_batch=8 if q else 256))})
-    # Inference variants, most informative first.
     b = 2 if q else 16
-    for compile, chunk in ((False, 1024), (True, 1024), (False, 4096), (True, 4096), (True, 256), (False, 256)):
-        attempt(inference_variant, *paper, device, "bf16", compile, b, 64 if q else chunk)
-    attempt(inference_variant, *paper, device, "fp32", False, 2 if q else 8, 64 if q else 1024)
-    # Training variants.
-    for compile, batch in ((False, 256), (True, 256), (True, 1024), (False, 1024)):
-        attempt(train_variant, *paper, device, "bf16", compile, 8 if q else batch)
-    attempt(train_variant, *paper, device, "fp32", False, 8 if q else 256)
-    # The cpu preset on the GPU: a small network, so large chunks and batches.
-    for compile, chunk in ((False, 4096), (True, 4096), (False, 16384)):
-        attempt(inference_variant, *small, device, "bf16", compile, 4 if q else 64, 64 if q else chunk)
-    for compile, batch in ((False, 32), (False, 1024), (True, 1024)):
-        attempt(train_variant, *small, device, "bf16", compile, 8 if q else batch)
+    infer = lambda setup, dtype, compile, batch, chunk: attempt(inference_variant, *setup, device, dtype, compile, batch, 64 if q else chunk)  # noqa: E731
+    train = lambda setup, dtype, compile, batch: attempt(train_variant, *setup, device, dtype, compile, 8 if q else batch)  # noqa: E731
+    # Most informative first: later ones are skipped if the time budget runs out.
+    infer(paper, "bf16", True, b, 1024)
+    infer(paper, "bf16", False, b, 4096)
+    infer(paper, "bf16", True, b, 4096)
+    train(paper, "bf16", False, 256)
+    train(paper, "bf16", True, 256)
+    infer(small, "bf16", False, 4 if q else 64, 16384)
+    train(small, "bf16", False, 32)
+    train(small, "bf16", False, 1024)
     attempt(lambda: {"kind": "bench", **bench.run_bench(BenchOptions(*small, str(device), batch=4 if q else 64, dtype="fp32",
                                                                       train_batch=8 if q else 32))})
+    train(paper, "bf16", True, 1024)
+    infer(paper, "bf16", False, b, 1024)
+    infer(paper, "bf16", True, b, 256)
+    infer(small, "bf16", True, 4 if q else 64, 4096)
+    train(small, "bf16", True, 1024)
+    infer(paper, "fp32", False, 2 if q else 8, 1024)
+    train(paper, "fp32", False, 256)
     print(summary(results))
     return 0
 

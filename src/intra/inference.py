@@ -104,11 +104,12 @@ class Detector:
     def network(self) -> InpaintingTransformer:
         """The network `reconstruct` runs: on the CPU a oneDNN-packed copy of `model`, else `model`.
 
-        The copy is rebuilt whenever `model`'s weights have changed since it was made.
+        The copy is rebuilt whenever `model`'s weights have changed since it was made. Compiled
+        code uses the plain network: torch.compile makes its own choice of CPU kernels.
         """
         key = tuple(t._version for t in self.model.state_dict().values()) + (id(self.model),)
         if self._network is None or key != self._network_key:
-            packed = self.device.type == "cpu" and packed_available()
+            packed = self.device.type == "cpu" and packed_available() and not self.compile
             self._network = pack_for_cpu(self.model, self.dtype) if packed else self.model
             self._network_key, self._forward = key, None
         return self._network
