@@ -91,12 +91,77 @@ def train_variant(name: str, size: int, device: torch.device, dtype: str, compil
     return row
 
 
+def train_phases(name: str, size: int, device: torch.device, dtype: str, compile: bool, batch: int, steps: int = 5) -> dict:
+    """Median seconds of each part of a training step, with the device synchronised between parts."""
+    opts = BenchOptions(name, size, str(device), dtype=dtype, compile=compile, train_batch=batch)
+    trainer = bench.bench_trainer(bench_config(opts), opts, device)
+    t = trainer.cfg.train
+    for _ in range(2):
+        trainer.train_step(0)
+    times: dict[str, list[float]] = {}
+
+    def tick(label: str, begin: float) -> float:
+        bench.synchronize(device)
+        now = time.perf_counter()
+        times.setdefault(label, []).append(now - begin)
+        return now
+
+    for _ in range(steps):
+        bench.synchronize(device)
+        now = time.perf_counter()
+        batch_ = trainer.sample()
+        now = tick("sample", now)
+        with trainer.autocast:
+            pred = trainer.network(batch_.patches, batch_.covered, batch_.positions)
+        now = tick("forward", now)
+        loss, _ = trainer.loss(pred.float().view_as(batch_.target), batch_.target, t.alpha, t.beta)
+        now = tick("loss", now)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        now = tick("backward", now)
+        trainer.optimizer.step()
+        tick("adam", now)
+    row = {"kind": "phases", "preset": name, "dtype": dtype, "compile": compile, "batch": batch}
+    row.update({k: round(1000 * sorted(v)[len(v) // 2], 3) for k, v in times.items()})  # ms
+    return row
+
+
+def profiled(label: str, fn, out: Path, steps: int = 3) -> dict:
+    """torch.profiler over `steps` calls of fn: top kernels by device time, host syncs, to a file."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    bench.synchronize(torch.device("cuda")) if torch.cuda.is_available() else None
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    wall = (time.perf_counter() - start) / steps
+    events = prof.key_averages()
+    device_time = lambda e: getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)  # noqa: E731
+    total = sum(device_time(e) for e in events) or 1
+    top = sorted(events, key=device_time, reverse=True)[:12]
+    syncs = sum(e.count for e in events if "Synchronize" in e.key or (torch.cuda.is_available() and e.key == "aten::_local_scalar_dense")) / steps
+    sort = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+    with (out / f"profile_{label}.txt").open("w") as f:
+        f.write(events.table(sort_by=sort, row_limit=40) + "\n\n" + events.table(sort_by="self_cpu_time_total", row_limit=40))
+    return {
+        "kind": "profile", "label": label, "wall_ms": round(1000 * wall, 3),
+        "device_busy_ms": round(total / 1000 / steps, 3), "host_syncs_per_call": syncs,
+        "top": [(e.key[:60], round(100 * device_time(e) / total, 1)) for e in top],
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
     parser.add_argument("--budget-s", type=float, default=400, help="stop starting new variants after this many seconds")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a dry run on the CPU")
+    parser.add_argument("--part", default="full", choices=["full", "focus"], help="full: everything; focus: profiles and the key variants")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,6 +202,10 @@ def main() -> int:
     q = args.quick
     paper = ("cpu", 64) if q else ("paper", 256)  # a dry run on a CPU times the small network only
     small = ("cpu", 64 if q else 128)
+    if args.part == "focus":
+        focus(args, device, paper, small, attempt, record, out)
+        print(summary(results))
+        return 0
     record({"kind": "matmul", "dtype": "bf16", **bench.matmul_ceiling(device, torch.bfloat16)})
     record({"kind": "matmul", "dtype": "fp32", **bench.matmul_ceiling(device, torch.float32)})
     # The full `intra bench` (every key), eager bf16.
@@ -167,6 +236,36 @@ def main() -> int:
     return 0
 
 
+def focus(args, device, paper, small, attempt, record, out) -> None:
+    """Where the time goes (phases, profiles), then the variants that decide the targets."""
+    q = args.quick
+    attempt(train_phases, *small, device, "bf16", False, 8 if q else 1024)
+    attempt(train_phases, *paper, device, "bf16", False, 8 if q else 256)
+
+    def profile_training(setup, batch):
+        opts = BenchOptions(*setup, str(device), dtype="bf16", train_batch=batch)
+        trainer = bench.bench_trainer(bench_config(opts), opts, device)
+        return profiled(f"train_{setup[0]}_{batch}", lambda: trainer.train_step(0), out)
+
+    def profile_inference(setup, batch, chunk, compile):
+        cfg = bench_config(BenchOptions(*setup, str(device), dtype="bf16", compile=compile))
+        cfg.score.chunk_windows, cfg.score.memory_mb = chunk, 1e6
+        detector = Detector(InpaintingTransformer(cfg.model), cfg, device=device, dtype="bf16", compile=compile)
+        images = torch.rand(batch, 3, setup[1], setup[1], device=device)
+        return profiled(f"infer_{setup[0]}_{chunk}_{'compiled' if compile else 'eager'}", lambda: detector.reconstruct(images), out)
+
+    attempt(profile_training, small, 8 if q else 1024)
+    attempt(profile_training, paper, 8 if q else 256)
+    attempt(profile_inference, paper, 2 if q else 16, 64 if q else 4096, False)
+    attempt(train_variant, *paper, device, "bf16", False, 8 if q else 256)
+    attempt(train_variant, *small, device, "bf16", False, 8 if q else 32)
+    attempt(train_variant, *paper, device, "bf16", True, 8 if q else 256)
+    attempt(train_variant, *paper, device, "bf16", True, 8 if q else 512)
+    attempt(inference_variant, *paper, device, "bf16", True, 2 if q else 32, 64 if q else 8192)
+    attempt(profile_inference, paper, 2 if q else 16, 64 if q else 4096, True)
+    attempt(train_variant, *small, device, "bf16", True, 8 if q else 32)
+
+
 def summary(results: list[dict]) -> str:
     lines = [f"{'what':58s} {'windows/s':>10s} {'ms/image':>9s} {'GFLOP/s':>9s} {'peak MB':>8s} {'warmup s':>8s}"]
     for r in results:
@@ -187,6 +286,13 @@ def summary(results: list[dict]) -> str:
             lines.append(f"bench {r['preset']} {r['dtype']}: {r['windows_per_s']:.0f} win/s, {r['ms_per_image']:.3f} ms/img, naive "
                          f"{r['naive_windows_per_s']:.0f} win/s (x{r['speedup']:.1f}), train {r['train_windows_per_s']:.0f} win/s, "
                          f"{100 * r['fraction_of_matmul']:.0f}% of matmul")
+        elif r["kind"] == "phases":
+            parts = ", ".join(f"{k} {r[k]:.2f}" for k in ("sample", "forward", "loss", "backward", "adam"))
+            lines.append(f"phases {r['preset']} {r['dtype']} batch {r['batch']} (ms): {parts}")
+        elif r["kind"] == "profile":
+            lines.append(f"profile {r['label']}: wall {r['wall_ms']:.2f} ms/call, device busy {r['device_busy_ms']:.2f} ms, "
+                         f"host syncs {r['host_syncs_per_call']:.0f}; top: "
+                         + "; ".join(f"{k} {v}%" for k, v in r["top"][:6]))
         elif r["kind"] == "error":
             lines.append(f"ERROR {r['what'][:60]}: {r['error'][:80]}")
     return "\n".join(lines)

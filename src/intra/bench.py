@@ -130,19 +130,12 @@ def naive_throughput(detector: Detector, image: torch.Tensor, windows: int, repe
 
 def train_throughput(cfg: Config, opts: BenchOptions, device: torch.device) -> dict:
     """Windows/s of `Trainer.train_step` (sampling, forward, loss, backward, Adam) on random images."""
-    from .train import Trainer
-
-    cpu = device.type == "cpu"
-    cfg.train.batch_size = opts.train_batch or (min(32, cfg.train.batch_size) if cpu else cfg.train.batch_size)
-    size = cfg.model.image_size
-    generator = torch.Generator().manual_seed(0)
-    images = torch.rand(8, cfg.model.channels, size, size, generator=generator).to(device)
-    model = InpaintingTransformer(cfg.model).to(device)
-    trainer = Trainer(model, images, images[:1], cfg, generator)
+    trainer = bench_trainer(cfg, opts, device)
     log.info("training: batches of %d windows, %d repetitions", cfg.train.batch_size, opts.repeat)
     start = time.perf_counter()
     trainer.train_step(0)  # warm-up (and compilation)
     trainer.train_step(0)
+    synchronize(device)
     warmup = time.perf_counter() - start
     seconds = timed(lambda: trainer.train_step(0), opts.repeat, device)
     windows_per_s = cfg.train.batch_size / seconds
@@ -152,6 +145,19 @@ def train_throughput(cfg: Config, opts: BenchOptions, device: torch.device) -> d
         "train_windows_per_s": windows_per_s,
         "train_gflops": windows_per_s * train_window_flops(cfg.model) / 1e9,
     }
+
+
+def bench_trainer(cfg: Config, opts: BenchOptions, device: torch.device):
+    """A Trainer on 8 random images, with the benchmark's batch size."""
+    from .train import Trainer
+
+    cpu = device.type == "cpu"
+    cfg.train.batch_size = opts.train_batch or (min(32, cfg.train.batch_size) if cpu else cfg.train.batch_size)
+    size = cfg.model.image_size
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(8, cfg.model.channels, size, size, generator=generator).to(device)
+    model = InpaintingTransformer(cfg.model).to(device)
+    return Trainer(model, images, images[:1], cfg, generator)
 
 
 def matmul_ceiling(device: torch.device, dtype: torch.dtype) -> dict:

@@ -146,7 +146,8 @@ class InpaintingTransformer(nn.Module):
         blocks) before the position embedding is added. `positions` indexes the global table
         (absolute grid positions); with local embeddings it is ignored and token i gets embedding i.
         """
-        is_covered = F.one_hot(covered, x.shape[1]).bool()[..., None]  # (B, T, 1)
+        # A comparison, not F.one_hot: that checks its input's range, which makes a GPU wait.
+        is_covered = (torch.arange(x.shape[1], device=x.device) == covered[:, None])[..., None]  # (B, T, 1)
         x = torch.where(is_covered, self.inpaint_token.to(x.dtype), x)
         if self.cfg.position == "global":
             if positions is None:

@@ -135,6 +135,7 @@ class Trainer:
         self.shard_size = t.batch_size // (len(self.generators) * self.world.size)
         # The network as train_step calls it: DDP-wrapped when distributed, compiled on request.
         self.network = self.world.wrap(model, self.device)
+        self.loss = inpainting_loss  # not compiled: inductor miscompiles the replicate-padding backward
         if t.compile:
             self.network = torch.compile(self.network)
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.dtype == "bf16")
@@ -156,7 +157,7 @@ class Trainer:
         with self.autocast:
             pred = self.network(batch.patches, batch.covered, batch.positions)
         pred = pred.float().view_as(batch.target)  # the loss in fp32 also under bf16
-        loss, parts = inpainting_loss(pred, batch.target, t.alpha, t.beta)
+        loss, parts = self.loss(pred, batch.target, t.alpha, t.beta)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
