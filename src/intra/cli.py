@@ -85,12 +85,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", required=True, help="folder for the dataset, the run and the evaluation")
     demo.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     demo.add_argument("--seed", type=int, default=0, help="seed for the data and the training (default: 0)")
+
+    bench = commands.add_parser("bench", help="measure inference and training speed", description="Time batched inference, the naive one-window-per-forward loop and training steps on random images, against a matrix-product ceiling measured in the same run; prints a table, then one JSON line.")
+    bench.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="model configuration to time (default: paper)")
+    bench.add_argument("--image-size", type=int, default=256, help="image side in pixels (default: 256)")
+    bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    bench.add_argument("--batch", type=int, default=0, help="images per inference call (default: 1 on the CPU, 8 on a GPU)")
+    bench.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="precision of the matrix products (default: fp32)")
+    bench.add_argument("--compile", action="store_true", help="run the network through torch.compile")
+    bench.add_argument("--train-batch", type=int, default=0, help="windows per training step (default: the preset's, at most 32 on the CPU)")
+    bench.add_argument("--naive-windows", type=int, default=0, help="windows timed in the naive loop (default: 16 on the CPU, 64 on a GPU)")
+    bench.add_argument("--repeat", type=int, default=3, help="timed repetitions of each measurement (default: 3)")
+    bench.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. --set score.memory_mb=512 (repeatable)")
     return parser
 
 
 def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="precision of the network's matrix products (default: fp32)")
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -108,12 +122,19 @@ def resolve_train_config(args: argparse.Namespace) -> Config:
         except IntraError as exc:
             raise IntraError(f"{args.config}: {exc}") from None
     flags = {key: getattr(args, key) for key, _, _ in TRAIN_FLAGS.values() if getattr(args, key) is not None}
-    for item in args.set:
+    flags.update(_key_values(args.set))
+    return apply_overrides(cfg, flags)
+
+
+def _key_values(items: list[str]) -> dict[str, str]:
+    """["a.b=1", ...] from repeated --set flags -> {"a.b": "1", ...}."""
+    pairs = {}
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise IntraError(f"--set expects KEY=VALUE, got {item!r}")
-        flags[key.strip()] = value.strip()
-    return apply_overrides(cfg, flags)
+        pairs[key.strip()] = value.strip()
+    return pairs
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -128,6 +149,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise IntraError("intra train needs --data and --out (or --resume RUN)")
         run = args.out
         result = fit(resolve_train_config(args), args.data, run, progress=True)
+    if not result.main:
+        return  # a distributed run's other processes: rank 0 reports
     s = result.stats
     print(f"trained {s['epochs']} epochs in {s['train_seconds']:.0f}s; best validation loss {s['best_val_loss']:.5f} (epoch {s['best_epoch']}); "
           f"thresholds: image {s['image_threshold']:.4g}, pixel {s['pixel_threshold']:.4g}; run saved to {run}")
@@ -158,7 +181,7 @@ def _load_detector(args: argparse.Namespace):
     if args.threads < 0:
         raise IntraError(f"--threads must not be negative, not {args.threads}")
     configure_threads(args.threads)
-    detector = Detector.load(args.run, device=args.device)
+    detector = Detector.load(args.run, device=args.device, dtype=args.dtype)
     if getattr(args, "backend", "torch") == "onnx":
         from .export import OnnxNetwork
 
@@ -231,12 +254,27 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"demo finished in {time.perf_counter() - start:.0f}s; metrics in {Path(args.out) / 'evaluation' / 'metrics.json'}")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import BenchOptions, format_table, run_bench
+    from .train import configure_threads
+
+    for name in ("image_size", "batch", "train_batch", "naive_windows", "repeat"):
+        if getattr(args, name) < (1 if name in ("image_size", "repeat") else 0):
+            raise IntraError(f"--{name.replace('_', '-')} must be positive, not {getattr(args, name)}")
+    configure_threads(args.threads)
+    opts = BenchOptions(args.preset, args.image_size, args.device, args.batch, args.dtype, args.compile, args.repeat,
+                        args.naive_windows, args.train_batch, overrides=_key_values(args.set))
+    result = run_bench(opts)
+    print(format_table(result))
+    print(json.dumps(result))
+
+
 def _summary(m: dict) -> str:
     kinds = ", ".join(f"{k} {v:.3f}" for k, v in m["per_kind"].items())
     return f"image AUROC {m['image_auroc']:.3f}  pixel AUROC {m['pixel_auroc']:.3f}  AUPRO {m['aupro']:.3f}  ({kinds})"
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "demo": cmd_demo, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,6 +73,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     threads: int = 0  # torch CPU threads; 0 = one per physical core, as torch decides
+    dtype: str = "fp32"  # "bf16": the network's forward and backward under bfloat16 autocast (loss in fp32)
+    compile: bool = False  # run the network through torch.compile (pays off on a GPU)
+    sample_shards: int = 0  # random-window streams per global batch; 0 = one per process (see distributed.py)
 
 
 @dataclass
@@ -83,7 +86,10 @@ class ScoreConfig:
     mean_filter: int = 21  # [choice] mean-filter side at full resolution, scaled with each scale
     gaussian_sigma: float = 4.0  # [choice] Gaussian sigma in full-resolution pixels, scaled likewise
     normalize: bool = True  # subtract the training mean difference map, then square
-    chunk_windows: int = 2048  # windows per forward pass at inference (bounds memory)
+    chunk_windows: int = 2048  # windows per forward pass at inference, at most
+    # Inference activation budget; chunks shrink to fit it (inference.window_bytes). 0 = automatic:
+    # 160 MB on a CPU (the fastest chunks measured there: they stay near the caches), 4096 MB on a GPU.
+    memory_mb: float = 0.0
     # Thresholds are calibrated after training on the held-out normal (validation) images only:
     # quantiles of their image scores and of their pixels, so no labelled anomaly is needed.
     image_threshold_quantile: float = 0.99
@@ -182,6 +188,7 @@ _CHOICES = {
     ("model", "head"): ("mean", "covered"),
     ("data", "color"): ("auto", "gray", "rgb"),
     ("train", "rotation"): ("none", "rot90", "any"),
+    ("train", "dtype"): ("fp32", "bf16"),
 }
 _POSITIVE = {
     "model": ("image_size", "patch_size", "window", "dim", "depth", "heads", "mlp_ratio"),
@@ -201,7 +208,7 @@ def validate(cfg: Config) -> None:
         for name in names:
             if getattr(getattr(cfg, section), name) <= 0:
                 raise IntraError(f"{section}.{name} must be positive, not {getattr(getattr(cfg, section), name)!r}")
-    for name in ("max_minutes", "alpha", "beta", "threads"):
+    for name in ("max_minutes", "alpha", "beta", "threads", "sample_shards"):
         if getattr(cfg.train, name) < 0:
             raise IntraError(f"train.{name} must not be negative")
     m = cfg.model
@@ -216,6 +223,8 @@ def validate(cfg: Config) -> None:
         )
     if m.dim % m.heads or (m.attention == "mfsa" and (m.dim // 2) % m.heads):
         raise IntraError(f"model.dim ({m.dim}) must split evenly over model.heads ({m.heads}) (and D/2 for mfsa)")
+    if cfg.score.memory_mb < 0:
+        raise IntraError(f"score.memory_mb must not be negative, not {cfg.score.memory_mb}")
     if not 0 < cfg.train.val_fraction < 1:
         raise IntraError(f"train.val_fraction must be between 0 and 1, not {cfg.train.val_fraction}")
     for name in ("image_threshold_quantile", "pixel_threshold_quantile"):

@@ -16,6 +16,7 @@ bit-identical weights to an uninterrupted run.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import TRAINING_STATE, atomic_write, load_training_state, save_checkpoint, save_training_state, write_json
 from .config import Config, validate
 from .data import load_images, resolve_color, training_images
@@ -33,7 +35,7 @@ from .errors import IntraError
 from .inference import Detector, resolve_device
 from .losses import inpainting_loss
 from .model import InpaintingTransformer
-from .sampling import WindowSampler
+from .sampling import Batch, WindowSampler, concat_batches
 from .thresholds import calibrate
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 class FitResult:
     detector: Detector
     stats: dict
+    main: bool = True  # False in the processes of a distributed run other than rank 0 (they write nothing)
 
 
 def split_validation(count: int, cfg: Config, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,13 +79,15 @@ def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = Fal
     cfg.model.channels = 1 if color == "gray" else 3
     validate(cfg)
     configure_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
+    world, device = distributed.setup(resolve_device(cfg.train.device))
     torch.manual_seed(cfg.train.seed)
     generator = torch.Generator().manual_seed(cfg.train.seed)
 
+    if resume and world.active:
+        raise IntraError("--resume continues single-process runs only: resume without torchrun")
     # Read every image before creating anything: a bad file must not leave a half-made run folder.
     images = load_images(paths, cfg.model.image_size, color)  # (n, C, H, W)
-    if not resume:
+    if not resume and world.main:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / TRAINING_STATE).unlink(missing_ok=True)  # a stale one would be resumed by mistake
@@ -95,17 +100,23 @@ def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = Fal
     model = InpaintingTransformer(cfg.model)
     model.set_pixel_stats(images[train_idx].mean(dim=(0, 2, 3)), images[train_idx].std(dim=(0, 2, 3)))
     model = model.to(device)
-    trainer = Trainer(model, images[train_idx].to(device), images[val_idx].to(device), cfg, generator)
+    trainer = Trainer(model, images[train_idx].to(device), images[val_idx].to(device), cfg, generator, world)
     log_path = run_dir / "train_log.jsonl"
     if resume:
         trainer.load_state(*load_training_state(run_dir))
         _truncate_log(log_path, trainer.epoch)
         log.info("resuming %s after epoch %d", run_dir, trainer.epoch)
     data_path = str(Path(data).resolve())
-    stats = trainer.run(log_path, progress, on_epoch=lambda t: save_training_state(run_dir, *t.state_dict(data=data_path)))
+    if world.main:
+        stats = trainer.run(log_path, progress, on_epoch=lambda t: save_training_state(run_dir, *t.state_dict(data=data_path)))
+    else:
+        stats = trainer.run(None)  # only rank 0 writes the log and the training state
     model.load_state_dict(trainer.best_state)
 
     detector = Detector(model, cfg, device=device)
+    if not world.main:
+        world.barrier()  # wait for rank 0's mean map and checkpoint
+        return FitResult(detector, stats, main=False)
     batches = images[train_idx].split(max(1, cfg.score.chunk_windows // cfg.model.grid**2))
     mean_map = detector.fit_mean_map(tqdm(batches, desc="mean map", disable=not progress, leave=False))
     val_maps, val_scores = detector.predict(images[val_idx])
@@ -123,6 +134,7 @@ def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = Fal
     save_checkpoint(run_dir, model, cfg, {"mean_map": mean_map}, stats)
     (run_dir / TRAINING_STATE).unlink(missing_ok=True)  # training is over: the model is in model.*
     detector.stats = stats
+    world.barrier()
     return FitResult(detector, stats)
 
 
@@ -136,10 +148,23 @@ class Trainer:
         val_images: torch.Tensor,
         cfg: Config,
         generator: torch.Generator,
+        world: distributed.World | None = None,
     ):
         self.model, self.cfg, self.generator = model, cfg, generator
+        self.world = world or distributed.World()
+        self.device = train_images.device
         self.sampler = WindowSampler(train_images, cfg)
-        self.val_batches = _validation_batches(val_images, cfg)
+        # This process's share of each global batch, one generator per sampling shard.
+        t = cfg.train
+        self.generators = self.world.shard_generators(generator, t.sample_shards, t.batch_size, t.seed)
+        self.shard_size = t.batch_size // (len(self.generators) * self.world.size)
+        # The network as train_step calls it: DDP-wrapped when distributed, compiled on request.
+        self.network = self.world.wrap(model, self.device)
+        self.loss = inpainting_loss  # not compiled: inductor miscompiles the replicate-padding backward
+        if t.compile:
+            self.network = torch.compile(self.network)
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.dtype == "bf16")
+        self.val_batches = _validation_batches(val_images, cfg)[self.world.rank :: self.world.size]
         self.optimizer = self.build_optimizer()
         self.steps_per_epoch = math.ceil(cfg.train.windows_per_image * len(train_images) / cfg.train.batch_size)
         self.epoch = 0
@@ -148,40 +173,60 @@ class Trainer:
         self.elapsed = 0.0  # seconds spent in earlier sessions of a resumed run
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.lr)
+        # The fused kernel updates all parameters in one launch on a GPU.
+        return torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.lr, fused=self.device.type == "cuda")
 
     def train_step(self, batch_number: int) -> dict[str, torch.Tensor]:
         """One optimisation step on a fresh random batch; returns the detached loss terms."""
         t = self.cfg.train
-        batch = self.sampler.sample(t.batch_size, self.generator)
-        pred = self.model(batch.patches, batch.covered, batch.positions).view_as(batch.target)
-        loss, parts = inpainting_loss(pred, batch.target, t.alpha, t.beta)
-        if not torch.isfinite(loss):
-            raise IntraError(
-                f"training diverged: loss is {float(loss)} in epoch {self.epoch}, batch {batch_number} (try a lower train.lr)"
-            )
+        batch = self.sample()
+        with self.autocast:
+            pred = self.network(batch.patches, batch.covered, batch.positions)
+        pred = pred.float().view_as(batch.target)  # the loss in fp32 also under bf16
+        loss, parts = self.loss(pred, batch.target, t.alpha, t.beta)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         parts["loss"] = loss.detach()
         return parts
 
+    def sample(self) -> Batch:
+        """This process's share of a global batch: one piece per sampling shard."""
+        if len(self.generators) == 1:
+            return self.sampler.sample(self.shard_size, self.generators[0])
+        return concat_batches([self.sampler.sample(self.shard_size, g) for g in self.generators])
+
+    def mean_loss(self, totals: dict[str, torch.Tensor], steps: int) -> float:
+        """The mean training loss of the epoch so far; IntraError if it is not finite."""
+        loss = float(totals["loss"]) / max(steps, 1)
+        if not math.isfinite(loss):
+            raise IntraError(f"training diverged: loss is {loss} in epoch {self.epoch}, by batch {steps} (try a lower train.lr)")
+        return loss
+
+    def out_of_time(self, deadline: float) -> bool:
+        """Past the deadline, agreed by all processes (they must stop at the same step)."""
+        if deadline == math.inf:
+            return False
+        return self.world.any(time.perf_counter() > deadline, self.device)
+
     def train_epoch(self, deadline: float, progress: bool) -> dict[str, float]:
         """Steps until the epoch is done or the deadline passes; returns mean loss terms and steps."""
         self.model.train()
-        totals: dict[str, float] = {}
+        totals: dict[str, torch.Tensor] = {}  # summed on the device: reading a value waits for it
         done = 0
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch}", disable=not progress, leave=False)
         for _ in bar:
             parts = self.train_step(done + 1)
             for k, v in parts.items():
-                totals[k] = totals.get(k, 0.0) + float(v)
+                totals[k] = totals[k] + v if k in totals else v
             done += 1
             if done % 20 == 0:
-                bar.set_postfix(loss=f"{totals['loss'] / done:.4f}")
-            if time.perf_counter() > deadline:
+                bar.set_postfix(loss=f"{self.mean_loss(totals, done):.4f}")
+            if self.out_of_time(deadline):
                 break
-        means = {f"train_{k}": v / max(done, 1) for k, v in totals.items()}
+        self.mean_loss(totals, done)
+        sums = self.world.all_sum([float(v) for v in totals.values()], self.device)  # mean over the processes' windows
+        means = {f"train_{k}": v / max(done * self.world.size, 1) for k, v in zip(totals, sums)}
         return {**means, "steps": done}
 
     @torch.no_grad()
@@ -194,19 +239,21 @@ class Trainer:
             loss, _ = inpainting_loss(pred, batch.target, self.cfg.train.alpha, self.cfg.train.beta)
             total += float(loss) * len(pred)
             count += len(pred)
+        total, count = self.world.all_sum([total, count], self.device)
         return total / max(count, 1)
 
-    def run(self, log_path: Path, progress: bool = False, on_epoch=None) -> dict:
+    def run(self, log_path: Path | None, progress: bool = False, on_epoch=None) -> dict:
         """Epochs until patience, max_epochs or max_minutes; the best weights end in best_state.
 
         Continues from self.epoch (0, or a resumed state), appending to the log; calls
-        on_epoch(self) after every epoch (fit saves the training state there).
+        on_epoch(self) after every epoch (fit saves the training state there). log_path None
+        writes no log (the processes of a distributed run other than rank 0).
         """
         t = self.cfg.train
         start = time.perf_counter() - self.elapsed
         deadline = start + t.max_minutes * 60 if t.max_minutes else math.inf
-        with log_path.open("a" if self.epoch else "w", encoding="utf-8") as log_file:
-            while self.epoch < t.max_epochs and not self._finished(deadline):
+        with log_path.open("a" if self.epoch else "w", encoding="utf-8") if log_path else io.StringIO() as log_file:
+            while self.epoch < t.max_epochs and self.epoch - self.best_epoch < t.patience and not self.out_of_time(deadline):
                 self.epoch += 1
                 record = {"epoch": self.epoch, **self.train_epoch(deadline, progress)}
                 record["val_loss"] = val_loss = self.validate()
@@ -232,9 +279,6 @@ class Trainer:
         }
 
 
-    def _finished(self, deadline: float) -> bool:
-        return self.epoch - self.best_epoch >= self.cfg.train.patience or time.perf_counter() > deadline
-
     def state_dict(self, **extra) -> tuple[dict[str, torch.Tensor], dict]:
         """Everything needed to continue bit-identically: (tensors, JSON-able state).
 
@@ -245,6 +289,7 @@ class Trainer:
         tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["rng.generator"] = self.generator.get_state()
+        tensors.update({f"rng.shard.{j}": g.get_state() for j, g in enumerate(self.generators) if g is not self.generator})
         if torch.cuda.is_available() and any(p.is_cuda for p in self.model.parameters()):
             tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
         optim = self.optimizer.state_dict()
@@ -289,6 +334,9 @@ class Trainer:
                 self.scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(tensors["rng.torch"])
             self.generator.set_state(tensors["rng.generator"])
+            for j, g in enumerate(self.generators):
+                if g is not self.generator:
+                    g.set_state(tensors[f"rng.shard.{j}"])
             cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
             if cuda:
                 torch.cuda.set_rng_state_all(cuda)
