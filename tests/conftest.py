@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
@@ -39,3 +40,25 @@ def tiny_cfg() -> Config:
 def mvtec_root(tmp_path_factory):
     """A small synthetic MVTec-layout dataset (64 px images) shared by the slower tests."""
     return make_dataset(tmp_path_factory.mktemp("data") / "synthetic", size=64, train=12, test_good=4, per_defect=2)
+
+
+@pytest.fixture(scope="session")
+def cli_run(tmp_path_factory, mvtec_root):
+    """A tiny run trained once through the real CLI, shared by the product tests (predict, export, report)."""
+    from test_cli import TINY, intra
+
+    run = tmp_path_factory.mktemp("product") / "run"
+    intra("train", "--data", mvtec_root, "--out", run, *TINY, "--set", "score.mean_filter=5", "--set", "train.val_fraction=0.4")
+    return run
+
+
+def user_error(result, *needles) -> str:
+    """Check a CLI failure: exit 2, no traceback, last stderr line an 'intra: error:' naming the needles."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    # Progress bars share stderr without always ending their line: find the one error message.
+    errors = re.findall(r"intra: error: [^\r\n]*", result.stderr)
+    assert len(errors) == 1, result.stderr
+    for needle in needles:
+        assert str(needle) in errors[0], errors[0]
+    return errors[0]

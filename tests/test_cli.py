@@ -44,7 +44,7 @@ def test_train_evaluate_predict(trained_run, mvtec_root, tmp_path):
     predicted = intra("predict", "--run", trained_run, mvtec_root / "test" / "spot", "--out", tmp_path / "pred", "--threads", "1")
     records = [json.loads(line) for line in predicted.stdout.splitlines()]
     assert len(records) == 2 and all(r["pred_score"] >= 0 for r in records)
-    assert len(list((tmp_path / "pred").glob("*_overlay.png"))) == 2
+    assert len(list((tmp_path / "pred" / "overlays").glob("*.png"))) == 2
 
 
 def test_every_command_documents_every_option():

@@ -76,7 +76,7 @@ def test_one_covered_token_matches_the_single_patch_forward():
     mask = torch.nn.functional.one_hot(batch.covered, 9).bool()
     with torch.no_grad():
         single = model(batch.patches, batch.covered, batch.positions)
-        several = model.forward_tokens(batch.patches, mask, batch.positions)[mask]
+        several = model.forward_multi(batch.patches, mask, batch.positions)[mask]
     torch.testing.assert_close(single, several)
 
 
@@ -114,7 +114,7 @@ def test_multicover_reconstruction_matches_a_pass_by_pass_loop():
     with torch.no_grad():
         for b in range(2):
             for w in range(len(tokens)):
-                out = model.forward_tokens(patches[b, tokens[w]][None], covered[w][None], tokens[w][None])[0]
+                out = model.forward_multi(patches[b, tokens[w]][None], covered[w][None], tokens[w][None])[0]
                 expected[b, tokens[w][read[w]]] = out[read[w]]
     cfg.score.chunk_windows = 7  # chunks that straddle images
     got = Detector(model, cfg).reconstruct(images)

@@ -3,11 +3,19 @@
 No pickle anywhere: loading someone else's run cannot execute code. The JSON holds the format
 version, the resolved config and scalar statistics; the safetensors file holds the network's
 weights under "model." and tensors such as the training mean difference map under "stats.".
-Writes are atomic (temporary file, then rename), so a crash never leaves half a checkpoint.
+Writes are atomic (temporary file, then rename), so a crash never leaves half a checkpoint, and
+model.json (written last) records the SHA-256 of the weights it belongs to, so weights and metadata
+from two different saves, or weights damaged on disk, are refused instead of silently mixed.
+
+A training run in progress also keeps `training_state.safetensors` (see `save_training_state`):
+weights, best weights, optimizer state and random-generator states as tensors, and everything else
+(epoch, best loss, elapsed time, optimizer hyperparameters) as JSON in the file's metadata, so
+`intra train --resume` continues exactly where an interrupted run stopped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -16,6 +24,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import Config
@@ -25,17 +34,33 @@ from .model import InpaintingTransformer
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 METADATA = "model.json"
+TRAINING_STATE = "training_state.safetensors"
+# Files that other tools load with pickle (which can run code): never opened, only named in errors.
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # reading the umask means setting it: put it back at once
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then rename tmp_path to path (same folder, so the rename is atomic)."""
+    """Call write(tmp_path), then rename tmp_path to path (same folder, so the rename is atomic).
+
+    Any OS failure (no space, no permission) becomes an IntraError naming the file; the temporary
+    file is removed, and an existing file at `path` is left as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise IntraError(f"cannot write {path}: {exc.strerror or exc}") from None
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as exc:  # a full disk, a read-only folder...
+        Path(tmp).unlink(missing_ok=True)
+        raise IntraError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -57,8 +82,28 @@ def save_checkpoint(
     state = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     state.update({f"stats.{k}": v.detach().cpu().float().contiguous() for k, v in (tensors or {}).items()})
     atomic_write(run_dir / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format_version": str(FORMAT_VERSION)}))
-    meta = {"format_version": FORMAT_VERSION, "config": cfg.to_dict(), "stats": stats or {}}
+    meta = {"format_version": FORMAT_VERSION, "config": cfg.to_dict(), "stats": stats or {}, "weights_sha256": sha256(run_dir / WEIGHTS)}
     write_json(run_dir / METADATA, meta)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file; a pickle or a damaged file is refused, never unpickled."""
+    try:
+        return load_file(str(path))  # parses a JSON header and raw arrays: cannot run code
+    except (SafetensorError, OSError, ValueError) as exc:
+        with open(path, "rb") as file:
+            head = file.read(2)
+        if (head[:1] == b"\x80" and head[1:] in (b"\x02", b"\x03", b"\x04", b"\x05")) or head == b"PK":
+            raise IntraError(f"{path} is a pickle file (torch.save), not safetensors: intra never unpickles files, they can run code") from None
+        raise IntraError(f"{path} is corrupted or not a safetensors file: {exc}") from None
 
 
 def read_metadata(run_dir: str | Path) -> dict[str, Any]:
@@ -90,11 +135,13 @@ def load_checkpoint(
         raise IntraError(f"{run_dir / METADATA}: config does not match this intra ({exc})") from None
     path = run_dir / WEIGHTS
     if not path.is_file():
-        raise IntraError(f"{run_dir} has no {WEIGHTS}")
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise IntraError(f"{path} is corrupted or not a safetensors file: {exc}") from None
+        pickles = sorted(p.name for p in run_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        hint = f" ({', '.join(pickles)} not loaded: intra never unpickles files)" if pickles else ""
+        raise IntraError(f"{run_dir} has no {WEIGHTS}{hint}")
+    state = read_tensors(path)
+    expected = meta.get("weights_sha256")
+    if expected and sha256(path) != expected:
+        raise IntraError(f"{path} does not match {METADATA} (damaged, or the two come from different saves)")
     model = InpaintingTransformer(cfg.model)
     weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     try:
@@ -104,3 +151,26 @@ def load_checkpoint(
         raise IntraError(f"{path} does not fit the config in {METADATA}: {details[:300]}") from None
     tensors = {k[len("stats."):]: v for k, v in state.items() if k.startswith("stats.")}
     return cfg, model.eval(), tensors, meta.get("stats", {})
+
+
+def save_training_state(run_dir: str | Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """One atomic file: tensors (weights, optimizer moments, RNG states) + `state` as JSON metadata."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    metadata = {"format_version": str(FORMAT_VERSION), "state": json.dumps(state)}
+    atomic_write(Path(run_dir) / TRAINING_STATE, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def load_training_state(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, state) written by save_training_state; IntraError if missing, damaged or of another version."""
+    path = Path(run_dir) / TRAINING_STATE
+    if not path.is_file():
+        raise IntraError(f"{run_dir} has no {TRAINING_STATE} to resume from (its training finished, or never saved an epoch)")
+    tensors = read_tensors(path)
+    with safe_open(str(path), framework="pt") as file:
+        metadata = file.metadata() or {}
+    if metadata.get("format_version") != str(FORMAT_VERSION):
+        raise IntraError(f"{path} has format version {metadata.get('format_version')!r}; this intra reads version {FORMAT_VERSION}")
+    try:
+        return tensors, json.loads(metadata["state"])
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise IntraError(f"{path} is corrupted: {exc}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a model on defect-free images", description="Train InTra on defect-free images and write a run folder (config.json, train_log.jsonl, model.safetensors, model.json).")
-    train.add_argument("--data", required=True, help="an MVTec-layout root (uses DATA/train/good) or a folder of images")
-    train.add_argument("--out", required=True, help="run folder to create")
+    train.add_argument("--data", help="an MVTec-layout root (uses DATA/train/good) or a folder of images (required unless --resume)")
+    train.add_argument("--out", help="run folder to create (required unless --resume)")
+    train.add_argument("--resume", metavar="RUN", help="continue the interrupted training of RUN with its saved config and data (only --threads, --device and --data may be given)")
     train.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="starting configuration (default: cpu)")
     train.add_argument("--config", help="a .json, .toml or .yaml file overriding the preset")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key, e.g. --set train.lr=3e-4 (repeatable; applied last)")
@@ -65,29 +67,50 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--set", action="append", default=[], metavar="score.KEY=VALUE", help="change a scoring setting without retraining, e.g. --set score.scales=1,0.5,0.25 (repeatable; new scales or filters refit the training mean map from DATA/train/good)")
     _add_runtime_flags(evaluate)
 
-    predict = commands.add_parser("predict", help="score images and write anomaly heatmaps", description="Score images (files, folders or glob patterns): one JSON line per image on stdout, overlays in --out.")
+    predict = commands.add_parser("predict", help="score images and write anomaly maps, overlays and masks", description="Score images (files, folders or glob patterns): one JSON line per image on stdout (pred_score, pred_label, defect_area...), a summary on stderr; with --out also predictions.jsonl, anomaly_maps/, overlays/ and masks/. Rerun with the same --out to resume.")
     predict.add_argument("--run", required=True, help="a trained run folder")
     predict.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders of images or glob patterns")
-    predict.add_argument("--out", help="folder for heatmap overlays (default: none written)")
+    predict.add_argument("--out", help="output folder (default: records on stdout only); an interrupted run resumes in it")
     predict.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default: 8)")
+    predict.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="run the network with torch or with onnxruntime on RUN/model.onnx (see intra export)")
+    predict.add_argument("--image-threshold", type=float, help="pred_label threshold on pred_score (default: the run's calibrated one)")
+    predict.add_argument("--pixel-threshold", type=float, help="pred_mask threshold on the anomaly map (default: the run's calibrated one)")
     _add_runtime_flags(predict)
 
-    bench = commands.add_parser("benchmark", help="train and evaluate a grid of configurations", description="Train and evaluate every (dataset, configuration, seed) of a grid file (.toml or .json; see intra.benchmark) and write OUT/results.md, results.csv and results.json. Finished cells are kept: rerunning resumes.")
-    bench.add_argument("--grid", required=True, help="grid file naming datasets, configurations and seeds")
-    bench.add_argument("--out", required=True, help="output folder (runs/, cells/ and the result tables)")
-    bench.add_argument("--jobs", type=int, default=1, help="cells computed in parallel, one process each (default: 1); give each few threads")
-    bench.add_argument("--limit", type=int, default=0, help="stop after computing N cells per process (a long grid in slices; rerun to continue; default: no limit)")
+    benchmark = commands.add_parser("benchmark", help="train and evaluate a grid of configurations", description="Train and evaluate every (dataset, configuration, seed) of a grid file (.toml or .json; see intra.benchmark) and write OUT/results.md, results.csv and results.json. Finished cells are kept: rerunning resumes.")
+    benchmark.add_argument("--grid", required=True, help="grid file naming datasets, configurations and seeds")
+    benchmark.add_argument("--out", required=True, help="output folder (runs/, cells/ and the result tables)")
+    benchmark.add_argument("--jobs", type=int, default=1, help="cells computed in parallel, one process each (default: 1); give each few threads")
+    benchmark.add_argument("--limit", type=int, default=0, help="stop after computing N cells per process (a long grid in slices; rerun to continue; default: no limit)")
+    export = commands.add_parser("export", help="export the inpainting network (ONNX)", description="Export the run's inpainting network to ONNX with a dynamic batch dimension, for `intra predict --backend onnx` or other runtimes.")
+    export.add_argument("--run", required=True, help="a trained run folder")
+    export.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
+    export.add_argument("--out", help="output file (default: RUN/model.onnx)")
 
     demo = commands.add_parser("demo", help="the whole pipeline on generated data, in a few minutes", description="Generate a synthetic defect dataset, train the cpu preset on it, evaluate, and write metrics and heatmaps under OUT.")
     demo.add_argument("--out", required=True, help="folder for the dataset, the run and the evaluation")
     demo.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     demo.add_argument("--seed", type=int, default=0, help="seed for the data and the training (default: 0)")
+
+    bench = commands.add_parser("bench", help="measure inference and training speed", description="Time batched inference, the naive one-window-per-forward loop and training steps on random images, against a matrix-product ceiling measured in the same run; prints a table, then one JSON line.")
+    bench.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="model configuration to time (default: paper)")
+    bench.add_argument("--image-size", type=int, default=256, help="image side in pixels (default: 256)")
+    bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    bench.add_argument("--batch", type=int, default=0, help="images per inference call (default: 1 on the CPU, 8 on a GPU)")
+    bench.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="precision of the matrix products (default: fp32)")
+    bench.add_argument("--compile", action="store_true", help="run the network through torch.compile")
+    bench.add_argument("--train-batch", type=int, default=0, help="windows per training step (default: the preset's, at most 32 on the CPU)")
+    bench.add_argument("--naive-windows", type=int, default=0, help="windows timed in the naive loop (default: 16 on the CPU, 64 on a GPU)")
+    bench.add_argument("--repeat", type=int, default=3, help="timed repetitions of each measurement (default: 3)")
+    bench.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. --set score.memory_mb=512 (repeatable)")
     return parser
 
 
 def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="precision of the network's matrix products (default: fp32)")
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -99,14 +122,18 @@ def resolve_train_config(args: argparse.Namespace) -> Config:
     """Preset -> config file -> flags -> --set, validated."""
     cfg = preset(args.preset)
     if args.config:
-        apply_overrides(cfg, flatten(read_config_file(args.config)))
+        data = read_config_file(args.config)
+        try:
+            apply_overrides(cfg, flatten(data))
+        except IntraError as exc:
+            raise IntraError(f"{args.config}: {exc}") from None
     flags = {key: getattr(args, key) for key, _, _ in TRAIN_FLAGS.values() if getattr(args, key) is not None}
     flags.update(_key_values(args.set))
     return apply_overrides(cfg, flags)
 
 
 def _key_values(items: list[str]) -> dict[str, str]:
-    """["a.b=1", ...] from --set -> {"a.b": "1"}."""
+    """["a.b=1", ...] from repeated --set flags -> {"a.b": "1", ...}."""
     pairs = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -119,18 +146,53 @@ def _key_values(items: list[str]) -> dict[str, str]:
 def cmd_train(args: argparse.Namespace) -> None:
     from .train import fit
 
-    cfg = resolve_train_config(args)
-    result = fit(cfg, args.data, args.out, progress=True)
+    if args.resume:
+        cfg, data = resolve_resume(args)
+        run = args.resume
+        result = fit(cfg, data, run, progress=True, resume=True)
+    else:
+        if not args.data or not args.out:
+            raise IntraError("intra train needs --data and --out (or --resume RUN)")
+        run = args.out
+        result = fit(resolve_train_config(args), args.data, run, progress=True)
+    if not result.main:
+        return  # a distributed run's other processes: rank 0 reports
     s = result.stats
-    print(f"trained {s['epochs']} epochs in {s['train_seconds']:.0f}s; best validation loss {s['best_val_loss']:.5f} (epoch {s['best_epoch']}); run saved to {args.out}")
+    print(f"trained {s['epochs']} epochs in {s['train_seconds']:.0f}s; best validation loss {s['best_val_loss']:.5f} (epoch {s['best_epoch']}); "
+          f"thresholds: image {s['image_threshold']:.4g}, pixel {s['pixel_threshold']:.4g}; run saved to {run}")
+
+
+def resolve_resume(args: argparse.Namespace) -> tuple[Config, str]:
+    """The saved config of the run to resume (with --threads/--device applied) and its data folder."""
+    from .checkpoint import load_training_state
+
+    changed = [flag for flag, (key, _, _) in TRAIN_FLAGS.items() if getattr(args, key) is not None and key not in ("train.threads", "train.device")]
+    changed += ["--out"] * bool(args.out) + ["--config"] * bool(args.config) + ["--set"] * bool(args.set)
+    if changed:
+        raise IntraError(f"--resume continues RUN with its saved config: drop {', '.join(changed)}")
+    run = Path(args.resume)
+    _, state = load_training_state(run)
+    try:
+        cfg = Config.from_dict(json.loads((run / "config.json").read_text(encoding="utf-8")))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise IntraError(f"cannot read {run / 'config.json'}: {exc}") from None
+    flags = {key: getattr(args, key) for key in ("train.threads", "train.device") if getattr(args, key) is not None}
+    return apply_overrides(cfg, flags), args.data or state["data"]
 
 
 def _load_detector(args: argparse.Namespace):
     from .inference import Detector
     from .train import configure_threads
 
+    if args.threads < 0:
+        raise IntraError(f"--threads must not be negative, not {args.threads}")
     configure_threads(args.threads)
-    return Detector.load(args.run, device=args.device)
+    detector = Detector.load(args.run, device=args.device, dtype=args.dtype)
+    if getattr(args, "backend", "torch") == "onnx":
+        from .export import OnnxNetwork
+
+        detector.model = OnnxNetwork.load(args.run, threads=args.threads)
+    return detector
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -150,16 +212,47 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .predict import expand_inputs, predict_paths
+    from .checkpoint import read_metadata
+    from .predict import RECORDS, expand_inputs, open_output, predict_paths
 
     _positive("--batch-size", args.batch_size)
-    detector = _load_detector(args)
+    for flag, value in (("--image-threshold", args.image_threshold), ("--pixel-threshold", args.pixel_threshold)):
+        if value is not None and not value > 0:
+            raise IntraError(f"{flag} must be positive, not {value}")
     paths = expand_inputs(args.inputs)
+    detector = _load_detector(args)
+    thresholds = {
+        "image_threshold": args.image_threshold if args.image_threshold is not None else detector.stats.get("image_threshold"),
+        "pixel_threshold": args.pixel_threshold if args.pixel_threshold is not None else detector.stats.get("pixel_threshold"),
+    }
+    if thresholds["image_threshold"] is None:
+        print("intra: warning: this run has no calibrated thresholds (trained by an older intra): pred_label is null", file=sys.stderr)
+    out, done = None, set()
+    if args.out:
+        out = Path(args.out)
+        manifest = {"run": str(Path(args.run).resolve()), "weights_sha256": read_metadata(args.run).get("weights_sha256"), **thresholds}
+        done = open_output(out, manifest)
     start = time.perf_counter()
-    for record in predict_paths(detector, paths, Path(args.out) if args.out else None, args.batch_size):
-        print(json.dumps(record), flush=True)
+    count = anomalous = 0
+    for record in predict_paths(detector, paths, out, args.batch_size, thresholds, done, progress=True):
+        print(json.dumps(record, ensure_ascii=False), flush=True)
+        count += 1
+        anomalous += bool(record["pred_label"])
     seconds = time.perf_counter() - start
-    print(f"scored {len(paths)} images in {seconds:.1f}s", file=sys.stderr)
+    skipped = sum(str(p) in done for p in paths)
+    summary = f"predicted {count} images in {seconds:.1f}s: {anomalous} anomalous (pred_score >= {thresholds['image_threshold']})"
+    if skipped:
+        summary += f"; {skipped} already done in {out}"
+    if out is not None:
+        summary += f"; records in {out / RECORDS}"
+    print(summary, file=sys.stderr)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import export_onnx
+
+    path = export_onnx(args.run, args.out)
+    print(f"exported the inpainting network to {path} (ONNX, dynamic batch)")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -195,6 +288,21 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         raise IntraError(f"{failed} cell(s) or worker(s) failed; rerun the same command to retry them")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import BenchOptions, format_table, run_bench
+    from .train import configure_threads
+
+    for name in ("image_size", "batch", "train_batch", "naive_windows", "repeat"):
+        if getattr(args, name) < (1 if name in ("image_size", "repeat") else 0):
+            raise IntraError(f"--{name.replace('_', '-')} must be positive, not {getattr(args, name)}")
+    configure_threads(args.threads)
+    opts = BenchOptions(args.preset, args.image_size, args.device, args.batch, args.dtype, args.compile, args.repeat,
+                        args.naive_windows, args.train_batch, overrides=_key_values(args.set))
+    result = run_bench(opts)
+    print(format_table(result))
+    print(json.dumps(result))
+
+
 def _summary(m: dict) -> str:
     kinds = ", ".join(f"{k} {v:.3f}" for k, v in m["per_kind"].items())
     names = (("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"), ("AUPRO", "aupro"))
@@ -202,7 +310,10 @@ def _summary(m: dict) -> str:
     return "  ".join(values) + f"  ({kinds})"
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo, "benchmark": cmd_benchmark}
+COMMANDS = {
+    "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export,
+    "demo": cmd_demo, "bench": cmd_bench, "benchmark": cmd_benchmark,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("intra: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `intra predict ... | head`: the reader left, stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 

@@ -88,6 +88,9 @@ class TrainConfig:
     # of the window in both axes (a lattice with a random phase) and trains on all of them at
     # once (see multicover.py). Needs model.head = "covered".
     cover_spacing: int = 0
+    dtype: str = "fp32"  # "bf16": the network's forward and backward under bfloat16 autocast (loss in fp32)
+    compile: bool = False  # run the network through torch.compile (pays off on a GPU)
+    sample_shards: int = 0  # random-window streams per global batch; 0 = one per process (see distributed.py)
 
 
 @dataclass
@@ -99,11 +102,18 @@ class ScoreConfig:
     gaussian_sigma: float = 4.0  # [choice] Gaussian sigma in full-resolution pixels, scaled likewise
     normalize: bool = True  # subtract the training mean difference map, then square
     zscore: bool = False  # beyond the paper: divide by the training per-pixel std instead of squaring
-    chunk_windows: int = 2048  # windows per forward pass at inference (bounds memory)
     mean_map_images: int = 0  # training images averaged into the mean map: 0 = all, N = N evenly spaced
     # Beyond the paper: 0 = one pass per patch. s >= 2 inpaints a lattice of patches s apart per
     # pass (multicover.py): about (s * ceil(M / L))^2 passes instead of M * N. Needs head "covered".
     cover_spacing: int = 0
+    chunk_windows: int = 2048  # windows per forward pass at inference, at most
+    # Inference activation budget; chunks shrink to fit it (inference.window_bytes). 0 = automatic:
+    # 160 MB on a CPU (the fastest chunks measured there: they stay near the caches), 4096 MB on a GPU.
+    memory_mb: float = 0.0
+    # Thresholds are calibrated after training on the held-out normal (validation) images only:
+    # quantiles of their image scores and of their pixels, so no labelled anomaly is needed.
+    image_threshold_quantile: float = 0.99
+    pixel_threshold_quantile: float = 0.999
 
 
 @dataclass
@@ -200,6 +210,7 @@ _CHOICES = {
     ("train", "rotation"): ("none", "rot90", "any"),
     ("train", "optimizer"): ("adam", "adamw"),
     ("train", "schedule"): ("constant", "cosine", "linear"),
+    ("train", "dtype"): ("fp32", "bf16"),
 }
 _POSITIVE = {
     "model": ("image_size", "patch_size", "window", "dim", "depth", "heads", "mlp_ratio"),
@@ -221,7 +232,7 @@ def validate(cfg: Config) -> None:
                 raise IntraError(f"{section}.{name} must be positive, not {getattr(getattr(cfg, section), name)!r}")
     if cfg.score.mean_map_images < 0 or cfg.score.cover_spacing < 0:
         raise IntraError("score.mean_map_images and score.cover_spacing must not be negative")
-    for name in ("max_minutes", "alpha", "beta", "threads", "weight_decay", "grad_clip"):
+    for name in ("max_minutes", "alpha", "beta", "threads", "sample_shards", "weight_decay", "grad_clip"):
         if getattr(cfg.train, name) < 0:
             raise IntraError(f"train.{name} must not be negative")
     for name in ("warmup", "min_lr_ratio", "ema"):
@@ -243,8 +254,13 @@ def validate(cfg: Config) -> None:
         spacing = getattr(cfg, section).cover_spacing
         if spacing and (spacing < 2 or m.head != "covered"):
             raise IntraError(f"{section}.cover_spacing must be 0 or at least 2 (with model.head = covered), not {spacing}")
+    if cfg.score.memory_mb < 0:
+        raise IntraError(f"score.memory_mb must not be negative, not {cfg.score.memory_mb}")
     if not 0 < cfg.train.val_fraction < 1:
         raise IntraError(f"train.val_fraction must be between 0 and 1, not {cfg.train.val_fraction}")
+    for name in ("image_threshold_quantile", "pixel_threshold_quantile"):
+        if not 0 < getattr(cfg.score, name) <= 1:
+            raise IntraError(f"score.{name} must be in (0, 1], not {getattr(cfg.score, name)}")
     if not cfg.score.scales or any(not 0 < s <= 1 for s in cfg.score.scales):
         raise IntraError(f"score.scales must be fractions in (0, 1], not {cfg.score.scales}")
 

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 GOOD = "good"
+# Smaller images hold no texture to inpaint: they are thumbnails or broken exports, refused by name.
+MIN_SIDE = 16
 
 
 @dataclass
@@ -95,9 +97,20 @@ def test_samples(root: str | Path) -> list[Sample]:
             if not mask.is_file():
                 raise IntraError(f"defect image {path} has no mask: expected {mask}")
             samples.append(Sample(path, kind, 1, mask))
+        _check_orphan_masks(root / "ground_truth" / kind, {s.path.stem for s in samples if s.kind == kind})
     if not any(s.label == 0 for s in samples) or not any(s.label == 1 for s in samples):
         raise IntraError(f"{test_dir} needs both good and defective images to compute AUROC")
     return samples
+
+
+def _check_orphan_masks(folder: Path, stems: set[str]) -> None:
+    """A mask without its test image means mismatched names: refuse rather than silently ignore it."""
+    if not folder.is_dir():
+        return
+    for mask in sorted(folder.iterdir()):
+        stem = mask.stem.removesuffix("_mask")
+        if is_image(mask) and stem not in stems:
+            raise IntraError(f"mask {mask} has no test image (expected {folder.parent.parent / 'test' / folder.name / stem}.<png|jpg|...>)")
 
 
 def _open(path: Path) -> Image.Image:
@@ -120,7 +133,10 @@ def _to_array(image: Image.Image, color: str) -> np.ndarray:
         array = array[..., None]
         return array if color == "gray" else np.repeat(array, 3, axis=2)
     if image.mode == "F":
-        array = np.clip(np.asarray(image, dtype=np.float32), 0, 1)[..., None]
+        array = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(array).all():
+            raise IntraError(f"image {getattr(image, 'filename', '')} holds NaN or infinite values")
+        array = np.clip(array, 0, 1)[..., None]
         return array if color == "gray" else np.repeat(array, 3, axis=2)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA").convert("RGB")  # drop alpha: colour where transparent is kept as is
@@ -150,12 +166,12 @@ def resolve_color(color: str, paths: list[Path]) -> str:
     return "gray" if all(is_gray(p) for p in paths[::step]) else "rgb"
 
 
-def load_image(path: str | Path, size: int, color: str, min_size: int = 1) -> torch.Tensor:
+def load_image(path: str | Path, size: int, color: str, min_size: int = MIN_SIDE) -> torch.Tensor:
     """Read, convert and resize one image -> (C, size, size) float32 in [0, 1]."""
     path = Path(path)
     image = _open(path)
     if min(image.size) < min_size:
-        raise IntraError(f"image {path} is {image.size[0]}x{image.size[1]} px, smaller than {min_size} px")
+        raise IntraError(f"image {path} is {image.size[0]}x{image.size[1]} px: too small (at least {min_size} px per side)")
     array = _to_array(image, color)
     tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None]  # (1, C, h, w)
     if tensor.shape[-2:] != (size, size):
@@ -166,13 +182,21 @@ def load_image(path: str | Path, size: int, color: str, min_size: int = 1) -> to
 
 
 def load_mask(path: str | Path, size: int) -> torch.Tensor:
-    """Read a ground-truth mask (any non-zero pixel is a defect), nearest resize -> (size, size) bool."""
+    """Read a binary ground-truth mask (0 normal, one other value defect), nearest resize -> (size, size) bool.
+
+    A mask with more levels (a JPEG-compressed or smoothly resized mask) is refused: which grey
+    counts as a defect would be a guess.
+    """
     path = Path(path)
     image = _open(path)
-    if image.mode not in ("1", "L", "P", "I", "I;16"):
+    if image.mode not in ("1", "L", "I", "I;16"):
         image = image.convert("L")
-    image = image.convert("L").resize((size, size), Image.NEAREST)
-    return torch.from_numpy(np.asarray(image) > 0)
+    values = np.unique(np.asarray(image))
+    if len(values) > 2 or (len(values) == 2 and values[0] != 0):
+        shown = ", ".join(str(int(v)) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+        raise IntraError(f"mask {path} is not binary: it holds {len(values)} values ({shown}); expected 0 and 255")
+    binary = Image.fromarray((np.asarray(image) > 0).astype(np.uint8) * 255)
+    return torch.from_numpy(np.asarray(binary.resize((size, size), Image.NEAREST)) > 0)
 
 
 def load_images(paths: list[Path], size: int, color: str, threads: int = 4) -> torch.Tensor:

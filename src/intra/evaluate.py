@@ -1,7 +1,17 @@
-"""Evaluate a Detector on an MVTec-layout test set: metrics.json, scores.csv and heatmap overlays.
+"""Evaluate a Detector on an MVTec-layout test set: metrics, tables, curves, heatmaps, an HTML report.
 
-metrics.json holds `image_auroc`, `pixel_auroc`, `aupro` (FPR <= 0.3) and `per_kind` (image AUROC
-of each defect kind against the good images), plus timing and the settings that produced them.
+Writes into the output folder:
+  metrics.json        `image_auroc`, `pixel_auroc`, `aupro` (FPR <= 0.3), `per_kind` (image AUROC of
+                      each defect kind against the good images), `thresholds` (the run's stored
+                      thresholds with the F1 they reach here, and the F1-optimal ones: information
+                      only, the stored ones are not changed), timing and settings;
+  scores.csv          every image's pred_score;
+  per_kind.csv, .md   per defect kind: images, image/pixel AUROC and AUPRO against the good images,
+                      mean score, share flagged at the stored image threshold;
+  roc_image.png, roc_pixel.png, pro.png   the curves;
+  report.html         all of the above plus galleries of the highest- and lowest-scored normal and
+                      defective images, in one self-contained file (images as data URIs);
+  heatmaps/<kind>/    one overlay per test image (unless heatmaps=False).
 Pixel metrics are computed at `eval_size` (default: the model's image size): anomaly maps are
 resized bilinearly, masks read from their files with nearest-neighbour resizing.
 """
@@ -18,12 +28,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import metrics
+from . import metrics, plots
 from .anomaly_map import filter_sizes
 from .checkpoint import atomic_write, write_json
 from .data import GOOD, Sample, load_image, load_mask, test_samples
+from .errors import IntraError
 from .inference import Detector
-from .report import overlay_panel, save_png, to_rgb_uint8
+from .report import gallery_indices, html_report, overlay_panel, png_bytes, save_png, to_rgb_uint8
+from .thresholds import f1_report
+
+GALLERY_SIZE = 6  # images per gallery in the HTML report
 
 
 def evaluate(
@@ -44,6 +58,13 @@ def evaluate(
     maps = np.zeros((len(samples), eval_size, eval_size), dtype=np.float32)
     masks = np.zeros((len(samples), eval_size, eval_size), dtype=bool)
     scores = np.zeros(len(samples), dtype=np.float64)
+    for i, sample in enumerate(samples):  # masks first: a bad one fails before the long inference
+        if sample.mask_path is not None:
+            masks[i] = load_mask(sample.mask_path, eval_size).numpy()
+    try:  # before the long inference: an unwritable folder should fail at once
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IntraError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
     pictures = []  # uint8 copies of the inputs, for the overlays
     start = time.perf_counter()
     bar = tqdm(total=len(samples), desc="evaluate", unit="img", disable=not progress, leave=False)
@@ -56,9 +77,6 @@ def evaluate(
         maps[first : first + len(chunk)] = batch_maps.numpy()
         pictures.extend(to_rgb_uint8(image) for image in images)
         scores[first : first + len(chunk)] = batch_scores.numpy()
-        for i, sample in enumerate(chunk):
-            if sample.mask_path is not None:
-                masks[first + i] = load_mask(sample.mask_path, eval_size).numpy()
         bar.update(len(chunk))
     bar.close()
     seconds = time.perf_counter() - start
@@ -67,6 +85,7 @@ def evaluate(
     with_masks = any(s.mask_path is not None for s in samples)
     pixel = (maps, masks) if with_masks else (None, None)  # image labels only: no pixel metrics
     result = metrics.evaluation_metrics(scores, labels, [s.kind for s in samples], *pixel)
+    result["thresholds"] = f1_report(scores, labels, *pixel, detector.stats)
     result.update(
         images=len(samples),
         eval_size=eval_size,
@@ -76,12 +95,89 @@ def evaluate(
         threads=torch.get_num_threads(),
         anomaly_map_filters=filter_sizes(cfg.score),
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
     _write_scores(out_dir / "scores.csv", samples, scores, root)
     if heatmaps:
         _write_heatmaps(out_dir / "heatmaps", samples, pictures, maps, masks, progress)
+    rows = per_kind_rows(samples, scores, maps, masks, detector.stats.get("image_threshold"))
+    _write_tables(out_dir, rows)
+    curves = plots.curve_pngs(scores, labels, maps, masks)
+    plots.write_curves(out_dir, curves)
+    galleries = _galleries(samples, scores, pictures, maps, masks, root, detector.stats.get("image_threshold"))
+    page = html_report(f"intra evaluation: {Path(root).resolve().name}", _subtitle(result, root, detector), _metric_rows(result),
+                       KIND_COLUMNS, [[_cell(row[c]) for c in KIND_COLUMNS] for row in rows], curves, galleries)
+    atomic_write(out_dir / "report.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
     write_json(out_dir / "metrics.json", result)
     return result
+
+
+KIND_COLUMNS = ["kind", "images", "image_auroc", "pixel_auroc", "aupro", "mean_score", "flagged"]
+
+
+def per_kind_rows(samples: list[Sample], scores: np.ndarray, maps: np.ndarray, masks: np.ndarray, threshold: float | None) -> list[dict]:
+    """One row per kind (good first): AUROCs and AUPRO of the kind against the good images, flagged share."""
+    kinds = np.array([s.kind for s in samples])
+    labels = np.array([s.label for s in samples])
+    good = kinds == GOOD
+    rows = []
+    for kind in [GOOD] + sorted(set(kinds) - {GOOD}):
+        chosen = kinds == kind
+        row = {"kind": kind, "images": int(chosen.sum()), "image_auroc": None, "pixel_auroc": None, "aupro": None,
+               "mean_score": float(scores[chosen].mean()),
+               "flagged": None if threshold is None else float(np.mean(scores[chosen] >= threshold))}
+        if kind != GOOD:
+            both = chosen | good
+            row.update(image_auroc=metrics.auroc(scores[both], labels[both]),
+                       pixel_auroc=metrics.auroc(maps[both].ravel(), masks[both].ravel()),
+                       aupro=metrics.aupro(maps[both], masks[both]))
+        rows.append(row)
+    return rows
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _write_tables(out_dir: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(KIND_COLUMNS)
+    writer.writerows([["" if row[c] is None else row[c] for c in KIND_COLUMNS] for row in rows])
+    atomic_write(out_dir / "per_kind.csv", lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
+    lines = ["| " + " | ".join(KIND_COLUMNS) + " |", "|" + "---|" * len(KIND_COLUMNS)]
+    lines += ["| " + " | ".join(_cell(row[c]) for c in KIND_COLUMNS) + " |" for row in rows]
+    text = "\n".join(lines) + "\n\nflagged: share of the kind's images with pred_score >= the run's stored image threshold.\n"
+    atomic_write(out_dir / "per_kind.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _metric_rows(m: dict) -> list[list[str]]:
+    rows = [["image AUROC", f"{m['image_auroc']:.4f}"], ["pixel AUROC", f"{m['pixel_auroc']:.4f}"], ["AUPRO (FPR <= 0.3)", f"{m['aupro']:.4f}"]]
+    for level, entry in m["thresholds"].items():
+        if "stored_threshold" in entry:
+            rows.append([f"{level} threshold (stored, from normal images)", f"{entry['stored_threshold']:.4g}  (F1 {entry['f1_at_stored']:.3f})"])
+        rows.append([f"{level} threshold (F1-optimal here, not stored)", f"{entry['f1_optimal_threshold']:.4g}  (F1 {entry['f1_max']:.3f})"])
+    rows += [["images", str(m["images"])], ["ms per image", f"{m['ms_per_image']:.1f} ({m['device']}, {m['threads']} threads)"]]
+    return rows
+
+
+def _subtitle(m: dict, root: str | Path, detector: Detector) -> str:
+    return f"data: {Path(root).resolve()}; model: {detector.cfg.model.image_size} px, patch {detector.cfg.model.patch_size}, window {detector.cfg.model.window}; pixel metrics at {m['eval_size']} px"
+
+
+def _galleries(samples: list[Sample], scores: np.ndarray, pictures: list[np.ndarray], maps: np.ndarray, masks: np.ndarray,
+               root: str | Path, threshold: float | None) -> dict[str, list[dict]]:
+    vmax = float(np.quantile(maps, 0.999))
+    labels = np.array([s.label for s in samples])
+    galleries = {}
+    for title, indices in gallery_indices(scores, labels, GALLERY_SIZE).items():
+        galleries[title] = [
+            {"png": png_bytes(overlay_panel(pictures[i], maps[i], vmax, masks[i] if samples[i].label else None)),
+             "caption": f"{samples[i].path.relative_to(root).as_posix()}  score {scores[i]:.4g}",
+             "flagged": threshold is not None and bool(scores[i] >= threshold)}
+            for i in indices
+        ]
+    return galleries
 
 
 def _write_scores(path: Path, samples: list[Sample], scores: np.ndarray, root: str | Path) -> None:

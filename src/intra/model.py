@@ -128,26 +128,39 @@ class InpaintingTransformer(nn.Module):
         k2 = self.cfg.patch_size**2
         return self.pixel_mean.repeat_interleave(k2), self.pixel_std.repeat_interleave(k2)
 
-    def embed(self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-        """Patches (B, T, P), covered (B,) or a mask (B, T), positions (B, T) or None -> tokens (B, T, D).
+    def embed_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """Flat pixel patches (..., P) -> patch embeddings (..., D), standardised first if configured.
 
-        The covered patch's pixels are discarded: its embedding is replaced by the inpaint token
-        before the position embedding is added. `positions` indexes the global table (absolute grid
-        positions); with local embeddings it is ignored and token i gets embedding i. A boolean
-        `covered` mask (B, T) covers several patches per window (`forward_tokens`).
+        Inference embeds every patch of an image once and gathers the embeddings into windows,
+        instead of embedding each patch once per window that holds it (L*L times).
         """
         if self.cfg.normalize_input:
             mean, std = self._patch_stats()
             patches = (patches - mean) / std
-        x = self.patch_embed(patches)  # (B, T, D)
-        is_covered = covered if covered.dtype == torch.bool else F.one_hot(covered, x.shape[1]).bool()
-        is_covered = is_covered[..., None]  # (B, T, 1)
+        return self.patch_embed(patches)
+
+    def tokens(self, x: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        """Window embeddings (B, T, D), covered (B,) or a mask (B, T), positions (B, T) or None -> tokens (B, T, D).
+
+        The covered patch's embedding is replaced by the inpaint token (its pixels never reach the
+        blocks) before the position embedding is added. `positions` indexes the global table
+        (absolute grid positions); with local embeddings it is ignored and token i gets embedding i.
+        A boolean `covered` mask (B, T) covers several patches per window (`forward_multi`).
+        """
+        if covered.dtype == torch.bool:
+            is_covered = covered[..., None]  # (B, T, 1)
+        else:  # a comparison, not F.one_hot: that checks its input's range, which makes a GPU wait
+            is_covered = (torch.arange(x.shape[1], device=x.device) == covered[:, None])[..., None]
         x = torch.where(is_covered, self.inpaint_token.to(x.dtype), x)
         if self.cfg.position == "global":
             if positions is None:
                 raise ValueError("global position embeddings need the tokens' grid positions")
             return x + self.pos_embed[positions]  # (B, T, D)
         return x + self.pos_embed  # (B, T, D) + (T, D)
+
+    def embed(self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        """Patches (B, T, P), covered (B,) or a mask (B, T), positions (B, T) or None -> tokens (B, T, D)."""
+        return self.tokens(self.embed_patches(patches), covered, positions)
 
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, T, D) through all blocks and the long skips."""
@@ -178,12 +191,20 @@ class InpaintingTransformer(nn.Module):
     def forward(
         self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Patches (B, L*L, K*K*C), covered (B,), positions (B, L*L) -> inpainted patches (B, K*K*C)."""
-        x = self.embed(patches, covered, positions)
-        x = self.forward_blocks(x)
-        return self.forward_head(x, covered)
+        """Patches (B, L*L, K*K*C), covered (B,), positions (B, L*L) -> inpainted patches (B, K*K*C).
 
-    def forward_tokens(
+        A boolean covered mask (B, L*L) instead returns every token's output (B, L*L, K*K*C): see
+        `forward_multi`. (One entry point, so DDP and torch.compile wrappers serve both.)
+        """
+        if covered.dtype == torch.bool:
+            return self.forward_multi(patches, covered, positions)
+        return self.forward_tokens(self.embed(patches, covered, positions), covered)
+
+    def forward_tokens(self, x: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, T, D), covered (B,) -> inpainted patches (B, P): blocks, then head."""
+        return self.forward_head(self.forward_blocks(x), covered)
+
+    def forward_multi(
         self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Several covered patches per window (beyond the paper; `train/score.cover_spacing`).

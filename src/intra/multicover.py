@@ -87,7 +87,7 @@ def reconstruct(
         index = torch.arange(start, min(start + chunk_windows, total), device=images.device)
         image_index, pass_index = index // passes, index % passes
         window = tokens[pass_index]  # (n, L*L)
-        pred = model.forward_tokens(patches[image_index[:, None], window], covered[pass_index], window)  # (n, L*L, P)
+        pred = model.forward_multi(patches[image_index[:, None], window], covered[pass_index], window)  # (n, L*L, P)
         keep = read[pass_index]  # (n, L*L)
         destination = (image_index[:, None] * cells + window)[keep]  # flat (image, patch) index
         out[destination] = pred[keep]

@@ -24,13 +24,14 @@ from .config import TrainConfig
 
 def build_optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
     """Adam (the paper) or AdamW; AdamW decays weight matrices only, not biases, norms or embeddings."""
+    fused = next(model.parameters()).is_cuda  # one kernel launch for all parameters on a GPU
     if t.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=fused)
     decayed = {n for n, p in model.named_parameters() if p.ndim >= 2 and n != "pos_embed"}
     decay = [p for n, p in model.named_parameters() if n in decayed]
     rest = [p for n, p in model.named_parameters() if n not in decayed]
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=t.lr)
+    return torch.optim.AdamW(groups, lr=t.lr, fused=fused)
 
 
 def lr_factor(t: TrainConfig, progress: float) -> float:

@@ -9,6 +9,7 @@ window are rotated in, the image is reflected at its borders).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -26,6 +27,12 @@ class Batch:
     covered: torch.Tensor  # (B,) covered index inside the window, or (B, L*L) bool with cover_spacing
     positions: torch.Tensor  # (B, L*L) flat grid index of every token (global positions)
     target: torch.Tensor  # (B, C, K, K) the covered patch's pixels; (n covered, C, K, K) with a mask
+
+
+def concat_batches(batches: list[Batch]) -> Batch:
+    """One batch of all the windows of `batches`, in order."""
+    names = [field.name for field in dataclasses.fields(Batch)]
+    return Batch(**{name: torch.cat([getattr(b, name) for b in batches]) for name in names})
 
 
 class WindowSampler:
@@ -49,9 +56,10 @@ class WindowSampler:
         image_index = torch.randint(0, len(self.images), (count,), generator=generator)
         r, s, covered = random_windows(count, grid, m.window, generator)
         device = self.images.device
-        image_index, r, s, covered = (t.to(device) for t in (image_index, r, s, covered))
+        # Asynchronous copies: the host does not wait for the GPU to finish the previous step.
+        image_index, r, s, covered = (t.to(device, non_blocking=True) for t in (image_index, r, s, covered))
         if self.rotation == "any":
-            angles = torch.rand(count, generator=generator).to(device) * 2 * math.pi
+            angles = torch.rand(count, generator=generator).to(device, non_blocking=True) * 2 * math.pi
             crops = self._rotated_crops(image_index, r, s, angles)
         else:
             crops = crop_windows(self.images, image_index, r, s, m.window, m.patch_size)
@@ -85,17 +93,20 @@ class WindowSampler:
 
 def _random_flips(crops: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Flip each window horizontally and vertically, each with probability 1/2."""
-    h, v = (torch.rand(2, len(crops), generator=generator) < 0.5).to(crops.device)[..., None, None, None]
+    h, v = (torch.rand(2, len(crops), generator=generator) < 0.5).to(crops.device, non_blocking=True)[..., None, None, None]
     crops = torch.where(h, crops.flip(-1), crops)
     return torch.where(v, crops.flip(-2), crops)
 
 
 def _random_rot90(crops: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Rotate each window by 0, 90, 180 or 270 degrees, uniformly."""
-    turns = torch.randint(0, 4, (len(crops),), generator=generator).to(crops.device)
-    out = crops.clone()
+    """Rotate each window by 0, 90, 180 or 270 degrees, uniformly.
+
+    Every rotation is computed and one selected per window: no data-dependent indexing, so a GPU
+    never waits for the host.
+    """
+    turns = torch.randint(0, 4, (len(crops),), generator=generator).to(crops.device, non_blocking=True)
+    turns = turns[:, None, None, None]  # (B, 1, 1, 1)
+    out = crops
     for k in (1, 2, 3):
-        chosen = turns == k
-        if chosen.any():
-            out[chosen] = torch.rot90(crops[chosen], k, dims=(-2, -1))
+        out = torch.where(turns == k, torch.rot90(crops, k, dims=(-2, -1)), out)
     return out

@@ -5,6 +5,7 @@ All functions take (B, C, H, W) tensors with values in [0, 1] and are differenti
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -26,9 +27,22 @@ def _per_channel(x: torch.Tensor, kernel: torch.Tensor, padding: str | int) -> t
     return F.conv2d(x, weight, padding=padding, groups=c)
 
 
+@functools.lru_cache(maxsize=None)
+def _kernel(kind: str, sigma: float, radius: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A filter kernel made once per device: copying a CPU tensor to a GPU at every call makes the
+    host wait for the GPU each time. Made outside inference mode, so training can use it too."""
+    with torch.inference_mode(False):
+        if kind == "prewitt":
+            kernel = torch.tensor([[1.0, 0.0, -1.0]] * 3) / 3.0
+        else:
+            g = gaussian_kernel1d(sigma, radius)
+            kernel = g[:, None] * g[None, :] if kind == "gaussian2d" else g
+        return kernel.to(device, dtype)
+
+
 def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
     """Prewitt gradient magnitude per channel, replicate padding: (B, C, H, W) -> (B, C, H, W)."""
-    prewitt = torch.tensor([[1.0, 0.0, -1.0]] * 3) / 3.0
+    prewitt = _kernel("prewitt", 0.0, 1, x.device, x.dtype)
     gx = _per_channel(x, prewitt, "replicate")
     gy = _per_channel(x, prewitt.T, "replicate")
     return torch.sqrt(gx * gx + gy * gy + 1e-12)
@@ -55,8 +69,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5)
     small patches (8 or 16 px) keep every pixel. (Zero padding, as in pytorch-ssim, gives both
     images the same dark frame and lets a flat prediction reach SSIM 0.8 on a textured patch.)
     """
-    g = gaussian_kernel1d(sigma, radius=window // 2)
-    kernel = g[:, None] * g[None, :]
+    kernel = _kernel("gaussian2d", sigma, window // 2, a.device, a.dtype)
 
     def blur(x: torch.Tensor) -> torch.Tensor:
         return _per_channel(x, kernel, "replicate")
@@ -82,6 +95,6 @@ def gaussian_filter(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur, radius ceil(3 sigma), replicate padding: (B, C, H, W) -> same shape."""
     if sigma <= 0:
         return x
-    g = gaussian_kernel1d(sigma)
+    g = _kernel("gaussian1d", sigma, math.ceil(3 * sigma), x.device, x.dtype)
     x = _per_channel(x, g[None, :], "replicate")
     return _per_channel(x, g[:, None], "replicate")

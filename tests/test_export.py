@@ -1,0 +1,51 @@
+"""ONNX export: the onnxruntime backend gives the torch path's anomaly maps (max abs difference <= 1e-4)."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install -e '.[onnx]')")
+pytest.importorskip("onnxscript", reason="the onnx extra is not installed (pip install -e '.[onnx]')")
+
+from intra.export import OnnxNetwork, export_onnx  # noqa: E402
+from intra.inference import Detector  # noqa: E402
+
+from conftest import user_error  # noqa: E402
+from test_cli import intra  # noqa: E402
+
+
+def test_onnx_backend_matches_torch(cli_run, mvtec_root, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(cli_run, run)
+    result = intra("export", "--run", run, "--format", "onnx")
+    assert (run / "model.onnx").is_file() and "dynamic batch" in result.stdout
+
+    torch_detector = Detector.load(run, device="cpu")
+    onnx_detector = Detector.load(run, device="cpu")
+    onnx_detector.model = OnnxNetwork.load(run, threads=1)
+    onnx_detector.cfg.score.chunk_windows = 100  # uneven chunks: the batch dimension really is dynamic
+    images = torch.rand(3, 3, 64, 64)
+    maps_t, scores_t = torch_detector.predict(images)
+    maps_o, scores_o = onnx_detector.predict(images)
+    assert (maps_t - maps_o).abs().max() <= 1e-4 and (scores_t - scores_o).abs().max() <= 1e-4
+
+    spot = mvtec_root / "test" / "spot"
+    by_torch = [json.loads(line) for line in intra("predict", "--run", run, spot, "--threads", "1").stdout.splitlines()]
+    by_onnx = [json.loads(line) for line in intra("predict", "--run", run, spot, "--backend", "onnx", "--threads", "1").stdout.splitlines()]
+    assert len(by_onnx) == 2
+    for a, b in zip(by_torch, by_onnx):
+        assert a["path"] == b["path"] and abs(a["pred_score"] - b["pred_score"]) <= 1e-4
+
+
+def test_onnx_backend_refuses_a_missing_or_stale_export(cli_run, mvtec_root, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(cli_run, run)
+    user_error(intra("predict", "--run", run, mvtec_root / "test" / "spot", "--backend", "onnx", check=False), "intra export")
+    export_onnx(run)
+    meta = json.loads((run / "model.json").read_text())
+    meta["weights_sha256"] = "0" * 64  # as if the weights had been retrained since the export
+    (run / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(Exception, match="other weights|does not match"):
+        OnnxNetwork.load(run)
