@@ -98,9 +98,9 @@ def evaluate(
     _write_scores(out_dir / "scores.csv", samples, scores, root)
     if heatmaps:
         _write_heatmaps(out_dir / "heatmaps", samples, pictures, maps, masks, progress)
-    rows = per_kind_rows(samples, scores, maps, masks, detector.stats.get("image_threshold"))
+    rows = per_kind_rows(samples, scores, maps, pixel[1], detector.stats.get("image_threshold"))
     _write_tables(out_dir, rows)
-    curves = plots.curve_pngs(scores, labels, maps, masks)
+    curves = plots.curve_pngs(scores, labels, maps, pixel[1])
     plots.write_curves(out_dir, curves)
     galleries = _galleries(samples, scores, pictures, maps, masks, root, detector.stats.get("image_threshold"))
     page = html_report(f"intra evaluation: {Path(root).resolve().name}", _subtitle(result, root, detector), _metric_rows(result),
@@ -113,8 +113,11 @@ def evaluate(
 KIND_COLUMNS = ["kind", "images", "image_auroc", "pixel_auroc", "aupro", "mean_score", "flagged"]
 
 
-def per_kind_rows(samples: list[Sample], scores: np.ndarray, maps: np.ndarray, masks: np.ndarray, threshold: float | None) -> list[dict]:
-    """One row per kind (good first): AUROCs and AUPRO of the kind against the good images, flagged share."""
+def per_kind_rows(samples: list[Sample], scores: np.ndarray, maps: np.ndarray, masks: np.ndarray | None, threshold: float | None) -> list[dict]:
+    """One row per kind (good first): AUROCs and AUPRO of the kind against the good images, flagged share.
+
+    masks None (image labels only): no pixel columns.
+    """
     kinds = np.array([s.kind for s in samples])
     labels = np.array([s.label for s in samples])
     good = kinds == GOOD
@@ -126,9 +129,9 @@ def per_kind_rows(samples: list[Sample], scores: np.ndarray, maps: np.ndarray, m
                "flagged": None if threshold is None else float(np.mean(scores[chosen] >= threshold))}
         if kind != GOOD:
             both = chosen | good
-            row.update(image_auroc=metrics.auroc(scores[both], labels[both]),
-                       pixel_auroc=metrics.auroc(maps[both].ravel(), masks[both].ravel()),
-                       aupro=metrics.aupro(maps[both], masks[both]))
+            row["image_auroc"] = metrics.auroc(scores[both], labels[both])
+            if masks is not None:
+                row.update(pixel_auroc=metrics.auroc(maps[both].ravel(), masks[both].ravel()), aupro=metrics.aupro(maps[both], masks[both]))
         rows.append(row)
     return rows
 
@@ -152,7 +155,8 @@ def _write_tables(out_dir: Path, rows: list[dict]) -> None:
 
 
 def _metric_rows(m: dict) -> list[list[str]]:
-    rows = [["image AUROC", f"{m['image_auroc']:.4f}"], ["pixel AUROC", f"{m['pixel_auroc']:.4f}"], ["AUPRO (FPR <= 0.3)", f"{m['aupro']:.4f}"]]
+    names = (("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"), ("AUPRO (FPR <= 0.3)", "aupro"))
+    rows = [[name, "-" if m.get(key) is None else f"{m[key]:.4f}"] for name, key in names]  # no masks: no pixel metrics
     for level, entry in m["thresholds"].items():
         if "stored_threshold" in entry:
             rows.append([f"{level} threshold (stored, from normal images)", f"{entry['stored_threshold']:.4g}  (F1 {entry['f1_at_stored']:.3f})"])
