@@ -58,3 +58,7 @@ def test_benchmark_grid_mistakes_are_one_line_errors(tmp_path, mvtec_root):
     assert_user_error(intra("benchmark", "--grid", grid, "--out", tmp_path / "o", check=False), "model.bogus", "'x'")
     grid.write_text(json.dumps({"datasets": {"syn": str(tmp_path / "nope")}, "configs": {"x": {}}}))
     assert_user_error(intra("benchmark", "--grid", grid, "--out", tmp_path / "o", check=False), "nope")
+    # A dot in a TOML table name nests a table: refused instead of silently scoring the base config.
+    toml = tmp_path / "grid.toml"
+    toml.write_text(f'[datasets]\nsyn = "{mvtec_root}"\n[configs.scales-1-.5]\nscore = {{ "score.scales" = [1.0, 0.5] }}\n')
+    assert_user_error(intra("benchmark", "--grid", toml, "--out", tmp_path / "o", check=False), "'scales-1-'", "quote")

@@ -83,6 +83,10 @@ def read_grid(path: str | Path) -> list[Cell]:
     for name in [*grid["datasets"], *grid["configs"]]:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
             raise IntraError(f"{path}: name {name!r} must be letters, digits, '_', '-' or '.' (it names files)")
+    for name, conf in grid["configs"].items():
+        unknown = sorted(set(conf) - {"preset", "set", "score", "seeds"})
+        if unknown:  # e.g. [configs.a.b] in TOML: the dot nests a table instead of naming one
+            raise IntraError(f"{path}: configuration {name!r} has unknown key(s) {', '.join(unknown)} (quote names with dots)")
     cells = []
     for dataset, spec in grid["datasets"].items():
         spec = spec if isinstance(spec, dict) else {"path": spec}
