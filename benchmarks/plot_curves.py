@@ -24,7 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="LABEL=RUN_FOLDER")
     parser.add_argument("--out", required=True, help="PNG to write")
-    parser.add_argument("--variant", default="paper", help="scoring variant of score_sweep.json to plot")
+    parser.add_argument("--variant", default="", help="scoring variant of score_sweep.json to plot (default: the metrics.json of curves.py evaluate)")
     parser.add_argument("--title", default="", help="figure title")
     args = parser.parse_args()
     fig, (loss_ax, auroc_ax) = plt.subplots(1, 2, figsize=(11, 4))
@@ -35,15 +35,17 @@ def main() -> None:
         loss_ax.plot([r["seconds"] / 60 for r in log], [r["val_loss"] for r in log], label=label)
         points = []
         for snap in folder.glob("snap-*"):
-            sweep = snap / "score_sweep.json"
-            if sweep.is_file():
-                stats = json.loads((snap / "model.json").read_text())["stats"]
+            sweep, metrics = snap / "score_sweep.json", snap / "metrics.json"
+            stats = json.loads((snap / "model.json").read_text())["stats"]
+            if args.variant and sweep.is_file():
                 result = next(r for r in json.loads(sweep.read_text())["results"] if r["variant"] == args.variant)
                 points.append((stats["minutes"], result["image_auroc"]))
+            elif not args.variant and metrics.is_file():  # curves.py evaluate: the run's own scoring
+                points.append((stats["minutes"], json.loads(metrics.read_text())["image_auroc"]))
         points.sort()
         auroc_ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
     loss_ax.set(xlabel="training minutes", ylabel="validation loss", yscale="log", title="validation loss")
-    auroc_ax.set(xlabel="training minutes", ylabel="image AUROC", title=f"image AUROC (scoring: {args.variant})")
+    auroc_ax.set(xlabel="training minutes", ylabel="image AUROC", title=f"image AUROC (scoring: {args.variant or 'as configured'})")
     for ax in (loss_ax, auroc_ax):
         ax.grid(alpha=0.3)
         ax.legend()
