@@ -34,7 +34,7 @@ def main() -> None:
         log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
         loss_ax.plot([r["seconds"] / 60 for r in log], [r["val_loss"] for r in log], label=label)
         points = []
-        for snap in folder.glob("snap-*"):
+        for snap in (p for p in folder.glob("snap-*") if p.is_dir()):
             sweep, metrics = snap / "score_sweep.json", snap / "metrics.json"
             stats = json.loads((snap / "model.json").read_text())["stats"]
             if args.variant and sweep.is_file():
