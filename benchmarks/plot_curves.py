@@ -1,11 +1,12 @@
 """Plot validation loss and image AUROC against training time for runs made by curves.py.
 
     python benchmarks/plot_curves.py --out docs/training-curves.png --variant s1-.5-f7-2-z \
-        "new cpu preset=/work/runs/quality/curves/F15" "old cpu preset=/work/runs/quality/curves/A15"
+        "D 64, 5 blocks=runs/curves/F15" "D 96, 3 blocks=runs/curves/M15"
 
 Each LABEL=RUN folder holds train_log.jsonl (validation loss per epoch) and snap-<minutes>/
-folders scored by score_sweep.py (snap-*/score_sweep.json); the AUROC of the named scoring
-variant is plotted at each snapshot's training time. Needs matplotlib (not a library dependency).
+folders scored by score_sweep.py (snap-*/score_sweep.json, plotted for --variant) or by
+`curves.py evaluate` (snap-*/metrics.json, plotted without --variant). Needs matplotlib (not a
+library dependency). docs/benchmarks.md ("Quality per training minute") has the full commands.
 """
 
 from __future__ import annotations
