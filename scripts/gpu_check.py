@@ -58,7 +58,7 @@ def correctness(device: torch.device, quick: bool) -> list[dict]:
         batched = fp32.reconstruct(images)
         naive = fp32.reconstruct_naive(images[:1])
         fp32.fit_mean_map([torch.rand(2, 3, size, size, device=device)])
-        bf16.mean_map = fp32.mean_map
+        bf16.mean_map, bf16.std_map = fp32.mean_map, fp32.std_map  # the same normalisation (score.zscore too)
         maps32, _ = fp32.predict(images)
         maps16, _ = bf16.predict(images)
         rows.append({
@@ -112,9 +112,9 @@ def train_phases(name: str, size: int, device: torch.device, dtype: str, compile
         batch_ = trainer.sample()
         now = tick("sample", now)
         with trainer.autocast:
-            pred = trainer.network(batch_.patches, batch_.covered, batch_.positions)
+            pred = trainer.forward(trainer.network, batch_)  # one or several covered patches per window
         now = tick("forward", now)
-        loss, _ = trainer.loss(pred.float().view_as(batch_.target), batch_.target, t.alpha, t.beta)
+        loss, _ = trainer.loss(pred.float(), batch_.target, t.alpha, t.beta)
         now = tick("loss", now)
         trainer.optimizer.zero_grad(set_to_none=True)
         loss.backward()
