@@ -6,8 +6,10 @@ image threshold), `threshold` and `pixel_threshold` (calibrated at training, see
 `seconds` (its share of its batch's wall time). With an output folder, each image also gets:
 
   anomaly_maps/<name>.png  the anomaly map at the model's resolution as a 16-bit PNG: pixel value v
-                           means v / 65535 * anomaly_map_max (the record's `anomaly_map_max`, also
-                           in the PNG's text chunk "intra.anomaly_map_max"; `read_anomaly_map`).
+                           means low + v / 65535 * (anomaly_map_max - low), with the map's maximum
+                           (the record's `anomaly_map_max`) and its minimum `low` in the PNG's text
+                           chunks "intra.anomaly_map_max" and "intra.anomaly_map_min" (0 when
+                           absent; z-scored maps go below 0); `read_anomaly_map` decodes it.
   overlays/<name>.png      image | heatmap on the run's fixed colour scale | predicted mask.
   masks/<name>.png         pred_mask (0/255) at the image's own resolution.
 
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 RECORDS = "predictions.jsonl"
 MANIFEST = "predict.json"
 MAP_MAX_KEY = "intra.anomaly_map_max"
+MAP_MIN_KEY = "intra.anomaly_map_min"
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -211,17 +214,19 @@ def _write_files(
 
 
 def save_anomaly_map(values: np.ndarray, path: Path) -> None:
-    """(H, W) non-negative floats -> 16-bit PNG scaled to its maximum, the maximum in a text chunk."""
-    peak = float(values.max())
-    scaled = np.round(values / peak * 65535) if peak > 0 else np.zeros_like(values)
+    """(H, W) floats -> 16-bit PNG spanning [min(0, minimum), maximum], both in text chunks."""
+    peak, low = float(values.max()), min(0.0, float(values.min()))
+    span = peak - low
+    scaled = np.round((values - low) / span * 65535) if span > 0 else np.zeros_like(values)
     info = PngImagePlugin.PngInfo()
     info.add_text(MAP_MAX_KEY, repr(peak))
+    info.add_text(MAP_MIN_KEY, repr(low))
     picture = Image.fromarray(scaled.astype(np.uint16))
     atomic_write(path, lambda tmp: picture.save(tmp, format="PNG", pnginfo=info))
 
 
 def read_anomaly_map(path: str | Path) -> np.ndarray:
-    """A map written by save_anomaly_map -> (H, W) float32 (within anomaly_map_max / 131070 of the original)."""
+    """A map written by save_anomaly_map -> (H, W) float32 (within (max - min) / 131070 of the original)."""
     with Image.open(path) as picture:
-        peak = float(picture.text[MAP_MAX_KEY])
-        return np.asarray(picture, dtype=np.float32) / 65535 * peak
+        peak, low = float(picture.text[MAP_MAX_KEY]), float(picture.text.get(MAP_MIN_KEY, 0.0))
+        return low + np.asarray(picture, dtype=np.float32) / 65535 * (peak - low)
