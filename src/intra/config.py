@@ -139,7 +139,7 @@ def _cpu_preset() -> Config:
     cfg.model = ModelConfig(
         image_size=128, patch_size=8, window=7, dim=64, depth=5, heads=4, mlp_ratio=4.0
     )
-    cfg.model.head = "covered"  # read the covered token itself: converges faster than the mean head
+    cfg.model.head = "covered"  # read the covered token itself: needed for several covered patches per window (below)
     cfg.train.windows_per_image = 100
     cfg.train.batch_size = 32
     cfg.train.lr = 1e-3
