@@ -82,10 +82,11 @@ def evaluate(
     seconds = time.perf_counter() - start
 
     labels = np.array([s.label for s in samples])
-    with_masks = any(s.mask_path is not None for s in samples)
-    pixel = (maps, masks) if with_masks else (None, None)  # image labels only: no pixel metrics
-    result = metrics.evaluation_metrics(scores, labels, [s.kind for s in samples], *pixel)
-    result["thresholds"] = f1_report(scores, labels, *pixel, detector.stats)
+    # Image labels only (no ground_truth/): no pixel metrics, tables or curves.
+    pixel_masks = masks if any(s.mask_path is not None for s in samples) else None
+    pixel_maps = None if pixel_masks is None else maps
+    result = metrics.evaluation_metrics(scores, labels, [s.kind for s in samples], pixel_maps, pixel_masks)
+    result["thresholds"] = f1_report(scores, labels, pixel_maps, pixel_masks, detector.stats)
     result.update(
         images=len(samples),
         eval_size=eval_size,
@@ -98,9 +99,9 @@ def evaluate(
     _write_scores(out_dir / "scores.csv", samples, scores, root)
     if heatmaps:
         _write_heatmaps(out_dir / "heatmaps", samples, pictures, maps, masks, progress)
-    rows = per_kind_rows(samples, scores, maps, pixel[1], detector.stats.get("image_threshold"))
+    rows = per_kind_rows(samples, scores, maps, pixel_masks, detector.stats.get("image_threshold"))
     _write_tables(out_dir, rows)
-    curves = plots.curve_pngs(scores, labels, maps, pixel[1])
+    curves = plots.curve_pngs(scores, labels, maps, pixel_masks)
     plots.write_curves(out_dir, curves)
     galleries = _galleries(samples, scores, pictures, maps, masks, root, detector.stats.get("image_threshold"))
     page = html_report(f"intra evaluation: {Path(root).resolve().name}", _subtitle(result, root, detector), _metric_rows(result),
