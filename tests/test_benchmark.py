@@ -12,11 +12,11 @@ TINY = {"model.image_size": 64, "model.patch_size": 4, "model.window": 3, "model
 
 def write_grid(path, data):
     grid = {
-        "seeds": [0],
+        "seeds": [5],  # overridden by the dataset's seeds, which "multi" overrides in turn
         "threads": 1,
         "preset": "paper",
         "set": TINY,
-        "datasets": {"syn": str(data)},
+        "datasets": {"syn": {"path": str(data), "seeds": [0]}},
         "configs": {
             "base": {},
             "three-scales": {"score": {"score.scales": [1.0, 0.5, 0.25]}},
@@ -56,6 +56,8 @@ def test_benchmark_grid_mistakes_are_one_line_errors(tmp_path, mvtec_root):
     grid = tmp_path / "grid.json"
     grid.write_text(json.dumps({"datasets": {"syn": str(mvtec_root)}, "configs": {"x": {"set": {"model.bogus": 1}}}}))
     assert_user_error(intra("benchmark", "--grid", grid, "--out", tmp_path / "o", check=False), "model.bogus", "'x'")
+    grid.write_text(json.dumps({"datasets": {"syn": {"path": str(mvtec_root), "seed": [1]}}, "configs": {"x": {}}}))
+    assert_user_error(intra("benchmark", "--grid", grid, "--out", tmp_path / "o", check=False), "'syn'", "seed")
     grid.write_text(json.dumps({"datasets": {"syn": str(tmp_path / "nope")}, "configs": {"x": {}}}))
     assert_user_error(intra("benchmark", "--grid", grid, "--out", tmp_path / "o", check=False), "nope")
     # A dot in a TOML table name nests a table: refused instead of silently scoring the base config.

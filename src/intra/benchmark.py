@@ -10,7 +10,7 @@ config overrides) and seeds; every (dataset, configuration, seed) is a *cell*:
 
     [datasets]
     tile = "data/magnetic-tile"            # relative to the grid file
-    cells = { path = "data/elpv", set = { "train.rotation" = "any" } }
+    cells = { path = "data/elpv", set = { "train.rotation" = "any" }, seeds = [0] }
 
     [configs.cpu]
     preset = "cpu"
@@ -19,6 +19,8 @@ config overrides) and seeds; every (dataset, configuration, seed) is a *cell*:
     [configs.three-scales]                 # scoring only: reuses the run trained for `cpu`
     score = { "score.scales" = [1.0, 0.5, 0.25] }
 
+Seeds come from the configuration if it names them, else from the dataset, else from the grid
+(here `cells` runs one seed except for configurations that list their own).
 Overrides apply in the order preset, grid `set`, dataset `set`, configuration `set`. Cells whose
 training settings are equal share one trained run (runs/<dataset>/<hash>-s<seed>); `score`
 overrides are applied at evaluation time (`rescore`). Each finished cell writes
@@ -90,11 +92,14 @@ def read_grid(path: str | Path) -> list[Cell]:
     cells = []
     for dataset, spec in grid["datasets"].items():
         spec = spec if isinstance(spec, dict) else {"path": spec}
+        unknown = sorted(set(spec) - {"path", "set", "seeds"})
+        if unknown:
+            raise IntraError(f"{path}: dataset {dataset!r} has unknown key(s) {', '.join(unknown)} (allowed: path, set, seeds)")
         data = (path.parent / spec["path"]).resolve() if "path" in spec else None
         if data is None or not data.is_dir():
             raise IntraError(f"{path}: dataset {dataset!r} folder not found: {data}")
         for name, conf in grid["configs"].items():
-            for seed in conf.get("seeds", grid.get("seeds", [0])):
+            for seed in conf.get("seeds", spec.get("seeds", grid.get("seeds", [0]))):
                 cells.append(_cell(path, grid, dataset, data, spec, name, conf, int(seed)))
     return cells
 
