@@ -30,6 +30,13 @@ def test_onnx_backend_matches_torch(cli_run, mvtec_root, tmp_path):
     maps_t, scores_t = torch_detector.predict(images)
     maps_o, scores_o = onnx_detector.predict(images)
     assert (maps_t - maps_o).abs().max() <= 1e-4 and (scores_t - scores_o).abs().max() <= 1e-4
+    # The covered-token head is exported with a mask input: the same graph inpaints 4 patches per pass.
+    assert onnx_detector.model.takes_mask
+    for detector in (torch_detector, onnx_detector):
+        detector.cfg.score.cover_spacing = 2
+    maps_t2, _ = torch_detector.predict(images)
+    maps_o2, _ = onnx_detector.predict(images)
+    assert (maps_t2 - maps_o2).abs().max() <= 1e-4 and (maps_t2 - maps_t).abs().max() > 1e-3  # really another path
 
     spot = mvtec_root / "test" / "spot"
     by_torch = [json.loads(line) for line in intra("predict", "--run", run, spot, "--threads", "1").stdout.splitlines()]
@@ -49,3 +56,21 @@ def test_onnx_backend_refuses_a_missing_or_stale_export(cli_run, mvtec_root, tmp
     (run / "model.json").write_text(json.dumps(meta))
     with pytest.raises(Exception, match="other weights|does not match"):
         OnnxNetwork.load(run)
+
+
+def test_onnx_export_of_a_mean_head_inpaints_one_patch_per_window(cli_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(cli_run, run)
+    meta = json.loads((run / "model.json").read_text())
+    meta["config"]["model"]["head"] = "mean"  # same weight shapes: the head pools instead of picking a token
+    meta["config"]["train"]["cover_spacing"] = 0
+    (run / "model.json").write_text(json.dumps(meta))
+    export_onnx(run)
+    torch_detector, onnx_detector = Detector.load(run, device="cpu"), Detector.load(run, device="cpu")
+    onnx_detector.model = OnnxNetwork.load(run, threads=1)
+    assert not onnx_detector.model.takes_mask
+    images = torch.rand(2, 3, 64, 64)
+    assert (torch_detector.predict(images)[0] - onnx_detector.predict(images)[0]).abs().max() <= 1e-4
+    onnx_detector.cfg.score.cover_spacing = 2
+    with pytest.raises(Exception, match="one patch per window"):
+        onnx_detector.predict(images)

@@ -1,9 +1,12 @@
 """ONNX export of the inpainting network, and the onnxruntime backend that stands in for it.
 
-Only the network is exported: (patches (B, L*L, K*K*C) float32, covered (B,) int64, positions
-(B, L*L) int64) -> inpainted pixels (B, K*K*C), with a dynamic batch dimension B. Window gathering,
-the anomaly map and the score stay in `Detector`, shared by both backends: `OnnxNetwork` is
-called exactly where the torch module is. The exporter is torch's dynamo-based one (it needs the
+Only the network is exported, with a dynamic batch dimension B. A covered-token head
+(`model.head = covered`) is exported in its several-patches form: (patches (B, L*L, K*K*C)
+float32, covered mask (B, L*L) bool, positions (B, L*L) int64) -> every token's pixels
+(B, L*L, K*K*C), so one graph serves one covered patch per pass and `score.cover_spacing`. A mean
+head can only inpaint one patch per window and keeps the one-patch form: (patches, covered (B,)
+int64, positions) -> pixels (B, K*K*C). Window gathering, the anomaly map and the score stay in
+`Detector`, shared by both backends: `OnnxNetwork` is called exactly where the torch module is. The exporter is torch's dynamo-based one (it needs the
 `onnxscript` package of the `onnx` extra). The ONNX file records the SHA-256 of the weights it
 came from, so a model.onnx left over from older weights is refused.
 """
@@ -17,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import atomic_write, load_checkpoint, read_metadata
+from .config import Config, ModelConfig
 from .errors import IntraError
 from .windows import inference_windows
 
@@ -43,6 +47,8 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None) -> Path:
     sha = read_metadata(run_dir).get("weights_sha256", "")
     m = cfg.model
     tokens, covered = inference_windows((m.grid, m.grid), m.window)
+    if m.head == "covered":  # a mask input: the graph also serves several covered patches per pass
+        covered = torch.arange(m.window**2) == covered[:, None]  # (windows, L*L) bool
     example = (torch.rand(2, m.window**2, m.patch_dim), covered[:2].clone(), tokens[:2].clone())
     batch = torch.export.Dim("batch")
     path = Path(out) if out else run_dir / ONNX_FILE
@@ -72,9 +78,11 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None) -> Path:
 class OnnxNetwork:
     """Stands in for InpaintingTransformer in a Detector: same call, run by onnxruntime on the CPU."""
 
-    def __init__(self, session, path: Path):
-        self.session, self.path = session, path
+    def __init__(self, session, path: Path, cfg: ModelConfig):
+        self.session, self.path, self.cfg = session, path, cfg
         self.inputs = [i.name for i in session.get_inputs()]
+        covered = next(i for i in session.get_inputs() if i.name == "covered")
+        self.takes_mask = covered.type == "tensor(bool)"  # the several-patches form (see the module doc)
 
     @classmethod
     def load(cls, run_dir: str | Path, path: str | Path | None = None, threads: int = 0) -> "OnnxNetwork":
@@ -90,17 +98,32 @@ class OnnxNetwork:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise IntraError(f"{path} is not a valid ONNX model: {str(exc).splitlines()[0][:200]}") from None
+        meta = read_metadata(run_dir)
         sha = session.get_modelmeta().custom_metadata_map.get(SHA_KEY)
-        if sha != read_metadata(run_dir).get("weights_sha256"):
+        if sha != meta.get("weights_sha256"):
             raise IntraError(f"{path} was exported from other weights than {run_dir}: export again")
-        return cls(session, path)
+        return cls(session, path, Config.from_dict(meta["config"]).model)
 
     def __call__(self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Patches (B, L*L, P), covered (B,), positions (B, L*L) -> pixels (B, P), on the patches' device."""
-        given = dict(zip(INPUTS, (patches.float(), covered.long(), positions)))
+        """Like the torch module: covered (B,) -> pixels (B, P); a covered mask (B, L*L) -> (B, L*L, P)."""
+        if covered.dtype == torch.bool:
+            return self.forward_multi(patches, covered, positions)
+        if not self.takes_mask:
+            return self._run(patches, covered.long(), positions)
+        mask = torch.arange(patches.shape[1], device=covered.device) == covered[:, None]
+        return self._run(patches, mask, positions)[torch.arange(patches.shape[0]), covered.cpu()].to(patches.device)
+
+    def forward_multi(self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Patches (B, L*L, P), covered mask (B, L*L) bool, positions -> every token's pixels (B, L*L, P)."""
+        if not self.takes_mask:
+            raise IntraError(f"{self.path} inpaints one patch per window (a mean-head model): score.cover_spacing needs model.head = covered")
+        return self._run(patches, covered, positions).to(patches.device)
+
+    def _run(self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        given = dict(zip(INPUTS, (patches.float(), covered, positions)))
         feeds = {name: given[name].cpu().numpy() for name in self.inputs}
         (pixels,) = self.session.run(None, feeds)
-        return torch.from_numpy(pixels).to(patches.device)
+        return torch.from_numpy(pixels)
 
     def to(self, *args, **kwargs) -> "OnnxNetwork":
         return self
