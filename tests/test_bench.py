@@ -43,7 +43,14 @@ def test_bench_command_prints_a_table_then_json(tmp_path):
     keys = ("windows_per_s", "naive_windows_per_s", "speedup", "ms_per_image", "achieved_gflops",
             "matmul_gflops", "train_windows_per_s", "peak_mem_mb")
     assert all(record[k] > 0 for k in keys)
-    assert record["windows_per_image"] == 64 and record["train_batch"] == 8
-    assert record["ms_per_image"] == pytest.approx(1000 * 64 / record["windows_per_s"])
+    # The cpu preset reads 9 patches per pass: 2 x 2 windows x 9 lattice phases for an 8 x 8 grid.
+    assert record["windows_per_image"] == 36 and record["patches_per_window"] == 9 and record["train_batch"] == 8
+    assert record["ms_per_image"] == pytest.approx(1000 * 36 / record["windows_per_s"])
+    assert record["speedup"] == pytest.approx(64 / record["naive_windows_per_s"] * 1000 / record["ms_per_image"])
+    one = intra("bench", "--preset", "cpu", "--image-size", "64", "--threads", "1", "--repeat", "1", "--train-batch", "8",
+                "--naive-windows", "4", "--set", "score.cover_spacing=0")
+    one = json.loads(one.stdout.strip().splitlines()[-1])
+    assert one["windows_per_image"] == 64 and one["patches_per_window"] == 1
+    assert one["speedup"] == pytest.approx(one["windows_per_s"] / one["naive_windows_per_s"])
     bad = intra("bench", "--preset", "cpu", "--image-size", "60", "--threads", "1", check=False)
     assert bad.returncode == 2 and "model.image_size" in bad.stderr

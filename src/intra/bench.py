@@ -1,8 +1,10 @@
 """`intra bench`: inference and training throughput, held against the machine's own matmul ceiling.
 
 One run, one device, one dtype: (1) the batched inference of `Detector.reconstruct` on random
-images: windows/s, ms per image, peak memory, achieved GFLOP/s; (2) the naive loop, one window per
-forward pass, on a few windows, and the speed-up over it; (3) training steps (sampling, forward,
+images: windows (forward passes)/s, ms per image, peak memory, achieved GFLOP/s; with
+`score.cover_spacing` = s a pass inpaints s*s patches, so an image takes fewer passes; (2) the naive
+loop, one window per forward pass and one patch per window, on a few windows, and the speed-up
+over it per image; (3) training steps (sampling, forward,
 backward, Adam) of `Trainer.train_step`; (4) a large matrix product in the same dtype, the ceiling
 the achieved rates are compared with. FLOPs are counted from the config by `window_flops`
 (matrix products only, a multiply-add = 2 FLOPs; tested against torch.utils.flop_counter).
@@ -18,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .config import Config, ModelConfig, apply_overrides, preset
+from . import multicover
 from .inference import Detector, resolve_device, resolve_dtype
 from .model import InpaintingTransformer
 from .packed import available as packed_available
@@ -88,7 +91,8 @@ def run_bench(opts: BenchOptions) -> dict:
     }
     result.update(inference_throughput(detector, images, opts.repeat))
     result.update(naive_throughput(detector, images[:1], opts.naive_windows or (16 if cpu else 64), opts.repeat))
-    result["speedup"] = result["windows_per_s"] / result["naive_windows_per_s"]
+    naive_ms_per_image = 1000 * cfg.model.grid**2 / result["naive_windows_per_s"]  # one pass per patch
+    result["speedup"] = naive_ms_per_image / result["ms_per_image"]
     result.update(train_throughput(cfg, opts, device))
     result.update(matmul_ceiling(device, resolve_dtype(opts.dtype)))
     result["fraction_of_matmul"] = result["achieved_gflops"] / result["matmul_gflops"]
@@ -98,8 +102,8 @@ def run_bench(opts: BenchOptions) -> dict:
 
 def inference_throughput(detector: Detector, images: torch.Tensor, repeat: int) -> dict:
     """Batched `Detector.reconstruct` of `images`: rate, time per image, FLOP rate, peak memory."""
-    m = detector.cfg.model
-    per_image = m.grid**2
+    m, spacing = detector.cfg.model, detector.cfg.score.cover_spacing
+    per_image = len(multicover.inference_plan(m.grid, m.window, spacing)[0]) if spacing else m.grid**2
     log.info("inference: %d images of %d windows, %d repetitions", len(images), per_image, repeat)
     start = time.perf_counter()
     detector.reconstruct(images)  # warm-up (and compilation)
@@ -111,6 +115,7 @@ def inference_throughput(detector: Detector, images: torch.Tensor, repeat: int) 
     return {
         "batch_images": len(images),
         "windows_per_image": per_image,
+        "patches_per_window": spacing**2 if spacing else 1,
         "chunk_windows": detector.chunk_windows(),
         "warmup_s": warmup,
         "peak_mem_mb": peak_memory_mb(detector.device),
@@ -239,14 +244,15 @@ def format_table(r: dict) -> str:
     ceiling += f", oneDNN {r['matmul_onednn_gflops']:.0f})" if "matmul_onednn_gflops" in r else ")"
     peak = "n/a" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f} MB"
     rows = [
-        ("setup", f"{r['preset']} preset, {r['image_size']} px, {r['windows_per_image']} windows/image, {r['device']}, {r['dtype']}"
+        ("setup", f"{r['preset']} preset, {r['image_size']} px, {r['windows_per_image']} windows/image "
+         f"({r['patches_per_window']} patch{'es' if r['patches_per_window'] > 1 else ''} inpainted per window), {r['device']}, {r['dtype']}"
          + (", compiled" if r["compile"] else "")),
         ("FLOPs per window", f"{r['gflop_per_window']:.3f} GFLOP forward, {r['gflop_per_window'] * 3:.3f} training (about 3x)"),
         ("matmul ceiling", ceiling),
         ("inference", f"{r['windows_per_s']:.1f} windows/s, {r['ms_per_image']:.1f} ms/image, {r['achieved_gflops']:.0f} GFLOP/s "
          f"= {100 * r['fraction_of_matmul']:.0f}% of the ceiling"),
         ("", f"batch {r['batch_images']} images, chunks of {r['chunk_windows']} windows, peak memory {peak}"),
-        ("naive loop", f"{r['naive_windows_per_s']:.1f} windows/s (one window per forward pass): speed-up {r['speedup']:.1f}x"),
+        ("naive loop", f"{r['naive_windows_per_s']:.1f} windows/s (one window per forward pass): speed-up per image {r['speedup']:.1f}x"),
         ("training", f"{r['train_windows_per_s']:.1f} windows/s, {r['train_gflops']:.0f} GFLOP/s "
          f"= {100 * r['train_fraction_of_matmul']:.0f}% of the ceiling (batch {r['train_batch']})"),
     ]

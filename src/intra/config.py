@@ -155,6 +155,9 @@ def _cpu_preset() -> Config:
     cfg.score.scales = (1.0, 0.5)
     cfg.score.mean_filter, cfg.score.gaussian_sigma = 7, 2.0
     cfg.score.zscore = True
+    # Read 9 patches per pass (beyond the paper): 81 passes per image instead of 256, the same
+    # quality on both ablation sets at about half the inference time (docs/benchmarks.md).
+    cfg.score.cover_spacing = 3
     return cfg
 
 
