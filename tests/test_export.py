@@ -26,6 +26,8 @@ def test_onnx_backend_matches_torch(cli_run, mvtec_root, tmp_path):
     onnx_detector = Detector.load(run, device="cpu")
     onnx_detector.model = OnnxNetwork.load(run, threads=1)
     onnx_detector.cfg.score.chunk_windows = 100  # uneven chunks: the batch dimension really is dynamic
+    for detector in (torch_detector, onnx_detector):
+        detector.cfg.score.cover_spacing = 0  # first one patch per pass: `covered` given as indices
     images = torch.rand(3, 3, 64, 64)
     maps_t, scores_t = torch_detector.predict(images)
     maps_o, scores_o = onnx_detector.predict(images)
@@ -63,7 +65,7 @@ def test_onnx_export_of_a_mean_head_inpaints_one_patch_per_window(cli_run, tmp_p
     shutil.copytree(cli_run, run)
     meta = json.loads((run / "model.json").read_text())
     meta["config"]["model"]["head"] = "mean"  # same weight shapes: the head pools instead of picking a token
-    meta["config"]["train"]["cover_spacing"] = 0
+    meta["config"]["train"]["cover_spacing"] = meta["config"]["score"]["cover_spacing"] = 0
     (run / "model.json").write_text(json.dumps(meta))
     export_onnx(run)
     torch_detector, onnx_detector = Detector.load(run, device="cpu"), Detector.load(run, device="cpu")
