@@ -34,7 +34,8 @@ def test_predict_writes_records_maps_overlays_masks_and_resumes(cli_run, mvtec_r
         expected, score = detector.predict(load_image(r["path"], 64, "rgb")[None])
         step = (r["anomaly_map_max"] - min(0.0, float(expected[0].min()))) / 65535  # one 16-bit level
         assert np.abs(amap - expected[0].numpy()).max() <= step
-        assert abs(score.item() - r["pred_score"]) < 1e-6
+        # A batch of 3 against 1: other matrix shapes sum in another order (float32, ~1e-6 relative).
+        assert score.item() == pytest.approx(r["pred_score"], rel=1e-5)
         mask = np.asarray(Image.open(out / r["pred_mask"]))
         assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255} and (mask > 0).sum() == r["defect_area"]
         assert Image.open(out / r["overlay"]).size == (3 * 64, 64)
