@@ -107,8 +107,10 @@ def main() -> None:
     def intra_maps(images: torch.Tensor) -> torch.Tensor:
         return torch.cat([detector.difference_maps(b) for b in images.split(16)])
 
+    def raw(images: torch.Tensor) -> torch.Tensor:  # pixels as features: (B, M*N, P)
+        return patchify(detector.prepare(images), m.patch_size)
+
     grid, size = m.grid, m.image_size
-    raw = lambda images: patchify(detector.prepare(images), m.patch_size)  # noqa: E731
     signals = {
         "intra": (intra_maps(test), intra_maps(train)),
         "texture energy": (texture_energy(test), texture_energy(train)),

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from .config import Config, ModelConfig, apply_overrides, preset
 from . import multicover
+from .config import Config, ModelConfig, apply_overrides, preset
 from .inference import Detector, resolve_device, resolve_dtype
 from .model import InpaintingTransformer
 from .packed import available as packed_available
@@ -116,7 +116,7 @@ def inference_throughput(detector: Detector, images: torch.Tensor, repeat: int) 
         "batch_images": len(images),
         "windows_per_image": per_image,
         "patches_per_window": spacing**2 if spacing else 1,
-        "chunk_windows": detector.cfg.score.chunk_windows if spacing else detector.chunk_windows(),
+        "chunk_windows": detector.chunk_windows(),
         "warmup_s": warmup,
         "peak_mem_mb": peak_memory_mb(detector.device),
         "windows_per_s": windows_per_s,

@@ -6,9 +6,10 @@ float32, covered mask (B, L*L) bool, positions (B, L*L) int64) -> every token's 
 (B, L*L, K*K*C), so one graph serves one covered patch per pass and `score.cover_spacing`. A mean
 head can only inpaint one patch per window and keeps the one-patch form: (patches, covered (B,)
 int64, positions) -> pixels (B, K*K*C). Window gathering, the anomaly map and the score stay in
-`Detector`, shared by both backends: `OnnxNetwork` is called exactly where the torch module is. The exporter is torch's dynamo-based one (it needs the
-`onnxscript` package of the `onnx` extra). The ONNX file records the SHA-256 of the weights it
-came from, so a model.onnx left over from older weights is refused.
+`Detector`, shared by both backends: `OnnxNetwork` is called exactly where the torch module is.
+The exporter is torch's dynamo-based one (it needs the `onnxscript` package of the `onnx` extra).
+The ONNX file records the SHA-256 of the weights it came from, so a model.onnx left over from
+older weights is refused.
 """
 
 from __future__ import annotations

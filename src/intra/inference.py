@@ -153,7 +153,7 @@ class Detector:
         images = images.to(self.device, torch.float32)
         if self.cfg.score.cover_spacing:  # several patches per pass (beyond the paper)
             plan = multicover.inference_plan(m.grid, m.window, self.cfg.score.cover_spacing)
-            return multicover.reconstruct(self.model, images, plan, self.cfg.score.chunk_windows)
+            return multicover.reconstruct(self.model, images, plan, self.chunk_windows())
         if not isinstance(self.model, InpaintingTransformer):
             return self._reconstruct_whole_windows(images)
         b = images.shape[0]
