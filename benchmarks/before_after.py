@@ -21,9 +21,9 @@ import time
 import torch
 
 from intra.config import preset
-from intra.inference import Detector
-from intra.model import InpaintingTransformer
-from intra.train import Trainer
+from intra.core.model import InpaintingTransformer
+from intra.inference.detector import Detector
+from intra.training.trainer import Trainer
 
 
 def network_config(name: str):

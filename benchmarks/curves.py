@@ -22,13 +22,17 @@ from pathlib import Path
 
 import torch
 
-from intra.checkpoint import load_checkpoint, save_checkpoint, write_json
+from intra.checkpoint import load_checkpoint, save_checkpoint
 from intra.config import apply_overrides, preset
-from intra.data import load_images, resolve_color, standardize, training_images
-from intra.evaluate import evaluate
-from intra.inference import Detector
-from intra.model import InpaintingTransformer
-from intra.train import Trainer, configure_threads, mean_map_subset, split_validation
+from intra.core.model import InpaintingTransformer
+from intra.data.datasets import training_images
+from intra.data.images import load_images, resolve_color, standardize
+from intra.evaluation.evaluate import evaluate
+from intra.files import write_json
+from intra.inference.detector import Detector
+from intra.runtime import configure_threads
+from intra.training.fit import mean_map_subset, split_validation
+from intra.training.trainer import Trainer
 
 
 class SnapshotTrainer(Trainer):

@@ -23,12 +23,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from intra import anomaly_map, metrics
-from intra.checkpoint import write_json
 from intra.config import apply_overrides
-from intra.data import load_image, load_images, load_mask, test_samples, training_images
-from intra.inference import Detector
-from intra.train import configure_threads, mean_map_subset, split_validation
+from intra.core import anomaly_map
+from intra.data.datasets import test_samples, training_images
+from intra.data.images import load_image, load_images, load_mask
+from intra.evaluation import metrics
+from intra.files import write_json
+from intra.inference.detector import Detector
+from intra.runtime import configure_threads
+from intra.training.fit import mean_map_subset, split_validation
 
 
 def reconstruct_all(detector: Detector, images: torch.Tensor, batch: int = 8) -> torch.Tensor:

@@ -28,13 +28,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from intra.data import load_images, load_mask, test_samples, training_images
-from intra.inference import Detector
-from intra.metrics import auroc
-from intra.multicover import inference_plan
-from intra.similarity import gaussian_filter, mean_filter
-from intra.train import configure_threads, split_validation
-from intra.windows import patchify
+from intra.core.similarity import gaussian_filter, mean_filter
+from intra.core.windows import patchify
+from intra.data.datasets import test_samples, training_images
+from intra.data.images import load_images, load_mask
+from intra.evaluation.metrics import auroc
+from intra.inference.detector import Detector
+from intra.inference.multicover import inference_plan
+from intra.runtime import configure_threads
+from intra.training.fit import split_validation
 
 
 def texture_energy(images: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@
     PYTHONPATH=src python3 scripts/gpu_check.py --device cpu --quick   # a dry run of the script here
 
 Checks (fp32 batched vs naive reconstruction, bf16 vs fp32 anomaly maps), then times in one process
-the pieces `intra bench` is made of (bench.inference_throughput, naive_throughput,
+the pieces `intra bench` is made of (speed.inference_throughput, naive_throughput,
 train_throughput, matmul_ceiling) for several variants: eager and torch.compile, chunk sizes,
 training batch sizes. Variants run in order of importance and are skipped when the time budget
 runs short. Every result is appended to OUT/gpu_check.jsonl as soon as it exists; a short table
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from intra import bench
-from intra.bench import BenchOptions, bench_config
 from intra.config import preset
-from intra.inference import Detector
-from intra.model import InpaintingTransformer
+from intra.core.model import InpaintingTransformer
+from intra.inference.detector import Detector
+from intra.tools import speed
+from intra.tools.speed import BenchOptions, bench_config
 
 log = logging.getLogger("gpu_check")
 
@@ -78,7 +78,7 @@ def inference_variant(name: str, size: int, device: torch.device, dtype: str, co
     detector = Detector(InpaintingTransformer(cfg.model), cfg, device=device, dtype=dtype, compile=compile)
     images = torch.rand(batch, 3, size, size, device=device)
     row = {"kind": "inference", "preset": name, "image_size": size, "dtype": dtype, "compile": compile, "batch": batch, "chunk": chunk}
-    row.update(bench.inference_throughput(detector, images, repeat=5))
+    row.update(speed.inference_throughput(detector, images, repeat=5))
     row["command"] = f"intra bench --preset {name} --image-size {size} --device cuda --dtype {dtype} --batch {batch}" + (
         " --compile" if compile else "") + f" --set score.chunk_windows={chunk} --set score.memory_mb=1e6"
     return row
@@ -87,27 +87,27 @@ def inference_variant(name: str, size: int, device: torch.device, dtype: str, co
 def train_variant(name: str, size: int, device: torch.device, dtype: str, compile: bool, batch: int) -> dict:
     opts = BenchOptions(name, size, str(device), dtype=dtype, compile=compile, train_batch=batch, repeat=5)
     row = {"kind": "training", "preset": name, "image_size": size, "dtype": dtype, "compile": compile, "batch": batch}
-    row.update(bench.train_throughput(bench_config(opts), opts, device))
+    row.update(speed.train_throughput(bench_config(opts), opts, device))
     return row
 
 
 def train_phases(name: str, size: int, device: torch.device, dtype: str, compile: bool, batch: int, steps: int = 5) -> dict:
     """Median seconds of each part of a training step, with the device synchronised between parts."""
     opts = BenchOptions(name, size, str(device), dtype=dtype, compile=compile, train_batch=batch)
-    trainer = bench.bench_trainer(bench_config(opts), opts, device)
+    trainer = speed.bench_trainer(bench_config(opts), opts, device)
     t = trainer.cfg.train
     for _ in range(2):
         trainer.train_step(0)
     times: dict[str, list[float]] = {}
 
     def tick(label: str, begin: float) -> float:
-        bench.synchronize(device)
+        speed.synchronize(device)
         now = time.perf_counter()
         times.setdefault(label, []).append(now - begin)
         return now
 
     for _ in range(steps):
-        bench.synchronize(device)
+        speed.synchronize(device)
         now = time.perf_counter()
         batch_ = trainer.sample()
         now = tick("sample", now)
@@ -131,7 +131,7 @@ def profiled(label: str, fn, out: Path, steps: int = 3) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     fn()
-    bench.synchronize(torch.device("cuda")) if torch.cuda.is_available() else None
+    speed.synchronize(torch.device("cuda")) if torch.cuda.is_available() else None
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     start = time.perf_counter()
     with profile(activities=activities) as prof:
@@ -191,7 +191,7 @@ def main() -> int:
             log.exception("failed: %s %s", fn.__name__, a)
             record({"kind": "error", "what": f"{fn.__name__}{a}", "error": repr(exc)[:300]})
 
-    env = {"kind": "env", "torch": torch.__version__, "device": bench.device_name(device)}
+    env = {"kind": "env", "torch": torch.__version__, "device": speed.device_name(device)}
     if device.type == "cuda":
         env["smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit",
                                      "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
@@ -206,10 +206,10 @@ def main() -> int:
         focus(args, device, paper, small, attempt, record, out)
         print(summary(results))
         return 0
-    record({"kind": "matmul", "dtype": "bf16", **bench.matmul_ceiling(device, torch.bfloat16)})
-    record({"kind": "matmul", "dtype": "fp32", **bench.matmul_ceiling(device, torch.float32)})
+    record({"kind": "matmul", "dtype": "bf16", **speed.matmul_ceiling(device, torch.bfloat16)})
+    record({"kind": "matmul", "dtype": "fp32", **speed.matmul_ceiling(device, torch.float32)})
     # The full `intra bench` (every key), eager bf16.
-    attempt(lambda: {"kind": "bench", **bench.run_bench(BenchOptions(*paper, str(device), batch=2 if q else 8, dtype="bf16",
+    attempt(lambda: {"kind": "bench", **speed.run_bench(BenchOptions(*paper, str(device), batch=2 if q else 8, dtype="bf16",
                                                                       train_batch=8 if q else 256))})
     b = 2 if q else 16
     infer = lambda setup, dtype, compile, batch, chunk: attempt(inference_variant, *setup, device, dtype, compile, batch, 64 if q else chunk)  # noqa: E731
@@ -223,7 +223,7 @@ def main() -> int:
     infer(small, "bf16", False, 4 if q else 64, 16384)
     train(small, "bf16", False, 32)
     train(small, "bf16", False, 1024)
-    attempt(lambda: {"kind": "bench", **bench.run_bench(BenchOptions(*small, str(device), batch=4 if q else 64, dtype="fp32",
+    attempt(lambda: {"kind": "bench", **speed.run_bench(BenchOptions(*small, str(device), batch=4 if q else 64, dtype="fp32",
                                                                       train_batch=8 if q else 32))})
     train(paper, "bf16", True, 1024)
     infer(paper, "bf16", False, b, 1024)
@@ -244,7 +244,7 @@ def focus(args, device, paper, small, attempt, record, out) -> None:
 
     def profile_training(setup, batch):
         opts = BenchOptions(*setup, str(device), dtype="bf16", train_batch=batch)
-        trainer = bench.bench_trainer(bench_config(opts), opts, device)
+        trainer = speed.bench_trainer(bench_config(opts), opts, device)
         return profiled(f"train_{setup[0]}_{batch}", lambda: trainer.train_step(0), out)
 
     def profile_inference(setup, batch, chunk, compile):

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
+from PIL import Image
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)  # two cores: keep each test process to one thread
 
 from intra.config import Config, ModelConfig  # noqa: E402
-from intra.synthetic import make_dataset  # noqa: E402
+from intra.data.synthetic import make_dataset  # noqa: E402
 
 
 def tiny_config(**model) -> Config:
@@ -31,6 +34,40 @@ def tiny_config(**model) -> Config:
     return cfg
 
 
+def lively_model(cfg: Config, seed: int = 0):
+    """A random network with weights large enough that every input pixel moves the output."""
+    from intra.core.model import InpaintingTransformer
+
+    torch.manual_seed(seed)
+    model = InpaintingTransformer(cfg.model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(1.0 if name.endswith("norm1.weight") or name.endswith("norm2.weight") else 0.0, 0.15)
+    model.set_pixel_stats(torch.full((cfg.model.channels,), 0.5), torch.full((cfg.model.channels,), 0.25))
+    return model
+
+
+# The real CLI in a subprocess: the tiny model as flags.
+TINY = ["--image-size", "64", "--patch-size", "4", "--window", "3", "--dim", "32", "--depth", "3", "--heads", "2",
+        "--epochs", "2", "--windows-per-image", "20", "--batch-size", "64", "--threads", "1", "--device", "cpu"]
+
+
+def intra(*args, check=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run([sys.executable, "-m", "intra.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"intra {' '.join(map(str, args))} failed:\n{result.stderr}")
+    return result
+
+
+def write_image(path, array, mode=None, **save):
+    """Save a numpy array as an image file (folders created); returns the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(array, mode) if mode else Image.fromarray(array)
+    image.save(path, **save)
+    return path
+
+
 @pytest.fixture
 def tiny_cfg() -> Config:
     return tiny_config()
@@ -45,8 +82,6 @@ def mvtec_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def cli_run(tmp_path_factory, mvtec_root):
     """A tiny run trained once through the real CLI, shared by the product tests (predict, export, report)."""
-    from test_cli import TINY, intra
-
     run = tmp_path_factory.mktemp("product") / "run"
     intra("train", "--data", mvtec_root, "--out", run, *TINY, "--set", "score.mean_filter=5", "--set", "train.val_fraction=0.4")
     return run

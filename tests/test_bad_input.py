@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from intra.data import load_image
+from intra.data.images import load_image
 
-from conftest import user_error
-from test_cli import TINY, intra
+from conftest import TINY, intra, user_error
 
 
 def rgb(seed: int = 0, size: int = 64) -> np.ndarray:

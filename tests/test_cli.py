@@ -1,24 +1,12 @@
 """The real `intra` command in a subprocess: train -> evaluate -> predict, and user mistakes."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-TINY = ["--image-size", "64", "--patch-size", "4", "--window", "3", "--dim", "32", "--depth", "3", "--heads", "2",
-        "--epochs", "2", "--windows-per-image", "20", "--batch-size", "64", "--threads", "1", "--device", "cpu"]
-
-
-def intra(*args, check=True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run([sys.executable, "-m", "intra.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"intra {' '.join(map(str, args))} failed:\n{result.stderr}")
-    return result
+from conftest import TINY, intra, user_error
 
 
 @pytest.fixture(scope="module")
@@ -60,30 +48,21 @@ def test_every_command_documents_every_option():
     assert "--max-minutes" in intra("train", "--help").stdout
 
 
-def assert_user_error(result, *needles):
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("intra: error:"), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
 def test_user_mistakes_give_one_line_errors(tmp_path, mvtec_root, trained_run):
-    assert_user_error(intra("train", "--data", tmp_path / "nope", "--out", tmp_path / "r", *TINY, check=False), "nope")
+    user_error(intra("train", "--data", tmp_path / "nope", "--out", tmp_path / "r", *TINY, check=False), "nope")
     (tmp_path / "empty").mkdir()
-    assert_user_error(intra("train", "--data", tmp_path / "empty", "--out", tmp_path / "r", *TINY, check=False), "no images")
+    user_error(intra("train", "--data", tmp_path / "empty", "--out", tmp_path / "r", *TINY, check=False), "no images")
     bad = tmp_path / "bad"
     bad.mkdir()
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(bad / "a.jpg")
     (bad / "b.jpg").write_bytes((bad / "a.jpg").read_bytes()[:200])
-    assert_user_error(intra("train", "--data", bad, "--out", tmp_path / "r", *TINY, check=False), "b.jpg")
+    user_error(intra("train", "--data", bad, "--out", tmp_path / "r", *TINY, check=False), "b.jpg")
     small = [*TINY, "--image-size", "8"]
-    assert_user_error(intra("train", "--data", mvtec_root, "--out", tmp_path / "r", *small, check=False), "model.image_size")
-    assert_user_error(intra("train", "--data", mvtec_root, "--out", tmp_path / "r", *TINY, "--lr", "-1", check=False), "train.lr")
-    assert_user_error(intra("train", "--data", mvtec_root, "--out", tmp_path / "r", *TINY, "--set", "train.bogus=1", check=False), "train.bogus")
-    assert_user_error(intra("evaluate", "--run", tmp_path / "norun", "--data", mvtec_root, check=False), "norun")
-    assert_user_error(intra("predict", "--run", trained_run, tmp_path / "missing.png", check=False), "missing.png")
+    user_error(intra("train", "--data", mvtec_root, "--out", tmp_path / "r", *small, check=False), "model.image_size")
+    user_error(intra("train", "--data", mvtec_root, "--out", tmp_path / "r", *TINY, "--lr", "-1", check=False), "train.lr")
+    user_error(intra("train", "--data", mvtec_root, "--out", tmp_path / "r", *TINY, "--set", "train.bogus=1", check=False), "train.bogus")
+    user_error(intra("evaluate", "--run", tmp_path / "norun", "--data", mvtec_root, check=False), "norun")
+    user_error(intra("predict", "--run", trained_run, tmp_path / "missing.png", check=False), "missing.png")
 
 
 def test_checkpoint_of_another_version_or_config_is_refused(tmp_path, trained_run, mvtec_root):
@@ -94,8 +73,8 @@ def test_checkpoint_of_another_version_or_config_is_refused(tmp_path, trained_ru
     meta = json.loads((other / "model.json").read_text())
     meta["format_version"] = 99
     (other / "model.json").write_text(json.dumps(meta))
-    assert_user_error(intra("predict", "--run", other, mvtec_root / "test" / "spot", check=False), "format version 99")
+    user_error(intra("predict", "--run", other, mvtec_root / "test" / "spot", check=False), "format version 99")
     meta["format_version"] = 1
     meta["config"]["model"]["dim"] = 48
     (other / "model.json").write_text(json.dumps(meta))
-    assert_user_error(intra("predict", "--run", other, mvtec_root / "test" / "spot", check=False), "does not fit")
+    user_error(intra("predict", "--run", other, mvtec_root / "test" / "spot", check=False), "does not fit")

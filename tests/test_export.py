@@ -10,10 +10,12 @@ pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip 
 pytest.importorskip("onnxscript", reason="the onnx extra is not installed (pip install -e '.[onnx]')")
 
 from intra.export import OnnxNetwork, export_onnx  # noqa: E402
-from intra.inference import Detector  # noqa: E402
+from intra.inference.detector import Detector  # noqa: E402
 
-from conftest import user_error  # noqa: E402
-from test_cli import intra  # noqa: E402
+from conftest import (
+    intra,  # noqa: E402
+    user_error,  # noqa: E402
+)
 
 
 def test_onnx_backend_matches_torch(cli_run, mvtec_root, tmp_path):

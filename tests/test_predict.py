@@ -4,17 +4,16 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from intra.config import ScoreConfig
-from intra.data import load_image
-from intra.inference import Detector
+from intra.data.images import load_image
+from intra.evaluation.metrics import f1_at
+from intra.inference.calibration import calibrate
+from intra.inference.detector import Detector
 from intra.predict import RECORDS, predict_paths, read_anomaly_map
-from intra.thresholds import calibrate, f1_at
 
-from conftest import user_error
-from test_cli import intra
+from conftest import intra, user_error
 
 KEYS = {"path", "pred_score", "pred_label", "threshold", "pixel_threshold", "defect_area", "image_size", "seconds",
         "anomaly_map", "anomaly_map_max", "overlay", "pred_mask"}

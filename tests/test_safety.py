@@ -5,8 +5,7 @@ import os
 import pickle
 import shutil
 
-from conftest import user_error
-from test_cli import intra
+from conftest import intra, user_error
 
 
 class Payload:
@@ -61,8 +60,8 @@ def test_a_full_disk_leaves_the_previous_file_intact(tmp_path):
 
     import pytest
 
-    from intra.checkpoint import atomic_write
     from intra.errors import IntraError
+    from intra.files import atomic_write
 
     target = tmp_path / "model.json"
     target.write_text("the previous, complete file")

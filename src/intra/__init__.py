@@ -2,17 +2,17 @@
 
 Train on defect-free images with `fit`, score new ones with `Detector`:
 
-    from intra import preset, fit, Detector
+    from . import preset, fit, Detector
     result = fit(preset("cpu"), "data/my_product", "runs/my_product")
     detector = Detector.load("runs/my_product")
     maps, scores = detector.predict(images)  # images: (B, C, H, W) in [0, 1]
 """
 
 from .config import Config, DataConfig, ModelConfig, ScoreConfig, TrainConfig, preset
+from .core.model import InpaintingTransformer
 from .errors import IntraError
-from .inference import Detector
-from .model import InpaintingTransformer
-from .train import fit
+from .inference.detector import Detector
+from .training.fit import fit
 
 __all__ = [
     "Config",

@@ -17,57 +17,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import Config
+from .core.model import InpaintingTransformer
 from .errors import IntraError
-from .model import InpaintingTransformer
+from .files import atomic_write, write_json
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 METADATA = "model.json"
-TRAINING_STATE = "training_state.safetensors"
 # Files that other tools load with pickle (which can run code): never opened, only named in errors.
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # reading the umask means setting it: put it back at once
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then rename tmp_path to path (same folder, so the rename is atomic).
-
-    Any OS failure (no space, no permission) becomes an IntraError naming the file; the temporary
-    file is removed, and an existing file at `path` is left as it was.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise IntraError(f"cannot write {path}: {exc.strerror or exc}") from None
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except (OSError, SafetensorError) as exc:  # a full disk, a read-only folder...
-        Path(tmp).unlink(missing_ok=True)
-        raise IntraError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
 
 
 def save_checkpoint(
@@ -151,26 +117,3 @@ def load_checkpoint(
         raise IntraError(f"{path} does not fit the config in {METADATA}: {details[:300]}") from None
     tensors = {k[len("stats."):]: v for k, v in state.items() if k.startswith("stats.")}
     return cfg, model.eval(), tensors, meta.get("stats", {})
-
-
-def save_training_state(run_dir: str | Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-    """One atomic file: tensors (weights, optimizer moments, RNG states) + `state` as JSON metadata."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    metadata = {"format_version": str(FORMAT_VERSION), "state": json.dumps(state)}
-    atomic_write(Path(run_dir) / TRAINING_STATE, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-
-
-def load_training_state(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(tensors, state) written by save_training_state; IntraError if missing, damaged or of another version."""
-    path = Path(run_dir) / TRAINING_STATE
-    if not path.is_file():
-        raise IntraError(f"{run_dir} has no {TRAINING_STATE} to resume from (its training finished, or never saved an epoch)")
-    tensors = read_tensors(path)
-    with safe_open(str(path), framework="pt") as file:
-        metadata = file.metadata() or {}
-    if metadata.get("format_version") != str(FORMAT_VERSION):
-        raise IntraError(f"{path} has format version {metadata.get('format_version')!r}; this intra reads version {FORMAT_VERSION}")
-    try:
-        return tensors, json.loads(metadata["state"])
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise IntraError(f"{path} is corrupted: {exc}") from None

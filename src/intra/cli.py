@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--pixel-threshold", type=float, help="pred_mask threshold on the anomaly map (default: the run's calibrated one)")
     _add_runtime_flags(predict)
 
-    benchmark = commands.add_parser("benchmark", help="train and evaluate a grid of configurations", description="Train and evaluate every (dataset, configuration, seed) of a grid file (.toml or .json; see intra.benchmark) and write OUT/results.md, results.csv and results.json. Finished cells are kept: rerunning resumes.")
+    benchmark = commands.add_parser("benchmark", help="train and evaluate a grid of configurations", description="Train and evaluate every (dataset, configuration, seed) of a grid file (.toml or .json; see intra.tools.grid) and write OUT/results.md, results.csv and results.json. Finished cells are kept: rerunning resumes.")
     benchmark.add_argument("--grid", required=True, help="grid file naming datasets, configurations and seeds")
     benchmark.add_argument("--out", required=True, help="output folder (runs/, cells/ and the result tables)")
     benchmark.add_argument("--jobs", type=int, default=1, help="cells computed in parallel, one process each (default: 1); give each few threads")
@@ -144,7 +144,7 @@ def _key_values(items: list[str]) -> dict[str, str]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .train import fit
+    from .training.fit import fit
 
     if args.resume:
         cfg, data = resolve_resume(args)
@@ -164,14 +164,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def resolve_resume(args: argparse.Namespace) -> tuple[Config, str]:
     """The saved config of the run to resume (with --threads/--device applied) and its data folder."""
-    from .checkpoint import load_training_state
+    from .training import state as training_state
 
     changed = [flag for flag, (key, _, _) in TRAIN_FLAGS.items() if getattr(args, key) is not None and key not in ("train.threads", "train.device")]
     changed += ["--out"] * bool(args.out) + ["--config"] * bool(args.config) + ["--set"] * bool(args.set)
     if changed:
         raise IntraError(f"--resume continues RUN with its saved config: drop {', '.join(changed)}")
     run = Path(args.resume)
-    _, state = load_training_state(run)
+    _, state = training_state.load(run)
     try:
         cfg = Config.from_dict(json.loads((run / "config.json").read_text(encoding="utf-8")))
     except (OSError, json.JSONDecodeError) as exc:
@@ -181,8 +181,8 @@ def resolve_resume(args: argparse.Namespace) -> tuple[Config, str]:
 
 
 def _load_detector(args: argparse.Namespace):
-    from .inference import Detector
-    from .train import configure_threads
+    from .inference.detector import Detector
+    from .runtime import configure_threads
 
     if args.threads < 0:
         raise IntraError(f"--threads must not be negative, not {args.threads}")
@@ -196,13 +196,13 @@ def _load_detector(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate
+    from .evaluation.evaluate import evaluate
 
     _positive("--eval-size", args.eval_size)
     _positive("--batch-size", args.batch_size)
     detector = _load_detector(args)
     if args.set:
-        from .rescore import with_score_overrides
+        from .inference.calibration import with_score_overrides
 
         detector = with_score_overrides(detector, _key_values(args.set), args.data)
     out = Path(args.out) if args.out else Path(args.run) / "evaluation"
@@ -256,7 +256,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo
+    from .tools.demo import run_demo
 
     start = time.perf_counter()
     m = run_demo(args.out, threads=args.threads, seed=args.seed, progress=True)
@@ -267,7 +267,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_benchmark(args: argparse.Namespace) -> None:
     import subprocess
 
-    from .benchmark import finished_rows, read_grid, run_cells, write_tables
+    from .tools.grid import finished_rows, read_grid, run_cells, write_tables
 
     _positive("--jobs", args.jobs)
     if args.limit < 0:
@@ -289,8 +289,8 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from .bench import BenchOptions, format_table, run_bench
-    from .train import configure_threads
+    from .runtime import configure_threads
+    from .tools.speed import BenchOptions, format_table, run_bench
 
     for name in ("image_size", "batch", "train_batch", "naive_windows", "repeat"):
         if getattr(args, name) < (1 if name in ("image_size", "repeat") else 0):

@@ -127,7 +127,7 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Config":
+    def from_dict(cls, data: dict[str, Any]) -> Config:
         cfg = cls()
         apply_overrides(cfg, flatten(data))
         return cfg

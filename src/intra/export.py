@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write, load_checkpoint, read_metadata
+from .checkpoint import load_checkpoint, read_metadata
 from .config import Config, ModelConfig
+from .core.windows import inference_windows
 from .errors import IntraError
-from .windows import inference_windows
+from .files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class OnnxNetwork:
         self.takes_mask = covered.type == "tensor(bool)"  # the several-patches form (see the module doc)
 
     @classmethod
-    def load(cls, run_dir: str | Path, path: str | Path | None = None, threads: int = 0) -> "OnnxNetwork":
+    def load(cls, run_dir: str | Path, path: str | Path | None = None, threads: int = 0) -> OnnxNetwork:
         ort = _need("onnxruntime")
         run_dir = Path(run_dir)
         path = Path(path) if path else run_dir / ONNX_FILE
@@ -126,8 +127,8 @@ class OnnxNetwork:
         (pixels,) = self.session.run(None, feeds)
         return torch.from_numpy(pixels)
 
-    def to(self, *args, **kwargs) -> "OnnxNetwork":
+    def to(self, *args, **kwargs) -> OnnxNetwork:
         return self
 
-    def eval(self) -> "OnnxNetwork":
+    def eval(self) -> OnnxNetwork:
         return self

@@ -35,11 +35,12 @@ import torch.nn.functional as F
 from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write, write_json
-from .data import IMAGE_SUFFIXES, is_image, load_images
+from .data.datasets import IMAGE_SUFFIXES, is_image
+from .data.images import load_images
 from .errors import IntraError
-from .inference import Detector
-from .report import overlay_panel, save_png, to_rgb_uint8
+from .files import atomic_write, write_json
+from .inference.detector import Detector
+from .pictures import overlay_panel, save_png, to_rgb_uint8
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,225 @@
+"""The Inpainting Transformer: (window of patches, covered position) -> the covered patch's pixels.
+
+Paper sections 3.1-3.3: a shared linear patch embedding, the covered token replaced by a learned
+inpaint token, learned local (L*L) or global (M*N) position embeddings, n pre-LN blocks with
+multihead feature self-attention (MFSA: queries and keys from a D -> 2D -> D/2 MLP), symmetric
+long skips (block i feeds block n+1-i), then LayerNorm, a mean over tokens (or the covered token)
+and a linear map to K*K*C pixels. This module knows nothing of files, images or training.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU -> Linear."""
+
+    def __init__(self, dim_in: int, hidden: int, dim_out: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim_in, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention; with `feature_qk` it is MFSA (paper section 3.2).
+
+    MFSA computes q and k with an MLP D -> 2D -> D/2 each, so the q/k head dimension is D/(2h)
+    and the logits are scaled by 1/sqrt(D/(2h)); v and the output projection stay D -> D.
+    Standard MSA (feature_qk=False) uses linear q, k, v of width D.
+    """
+
+    def __init__(self, dim: int, heads: int, feature_qk: bool = True):
+        super().__init__()
+        self.heads = heads
+        if feature_qk:
+            self.q = Mlp(dim, 2 * dim, dim // 2)
+            self.k = Mlp(dim, 2 * dim, dim // 2)
+        else:
+            self.q = nn.Linear(dim, dim)
+            self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.fused = True  # F.scaled_dot_product_attention; the manual path is kept for tests
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D)."""
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, self.heads, -1).transpose(1, 2)  # (B, h, T, Dqk/h)
+        k = self.k(x).view(b, t, self.heads, -1).transpose(1, 2)  # (B, h, T, Dqk/h)
+        v = self.v(x).view(b, t, self.heads, -1).transpose(1, 2)  # (B, h, T, D/h)
+        if self.fused:
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:
+            weights = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, h, T, T)
+            y = weights.softmax(dim=-1) @ v
+        y = y.transpose(1, 2).reshape(b, t, -1)  # (B, T, D)
+        return self.proj(y)
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: y + Attn(LN(y)), then y + FFN(LN(y))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.attn = Attention(cfg.dim, cfg.heads, feature_qk=cfg.attention == "mfsa")
+        self.norm2 = nn.LayerNorm(cfg.dim)
+        self.mlp = Mlp(cfg.dim, int(cfg.dim * cfg.mlp_ratio), cfg.dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def skip_pairs(depth: int) -> list[tuple[int, int]]:
+    """Long skips as (source, target), blocks numbered 1..depth: block i's output joins block depth+1-i's input.
+
+    For 13 blocks: (1, 13), (2, 12), ..., (6, 8); block 7 is the middle. The range stops before
+    a pair (i, i+1), whose target already takes the source's output directly.
+    """
+    return [(i, depth + 1 - i) for i in range(1, (depth + 1) // 2)]
+
+
+class InpaintingTransformer(nn.Module):
+    """The InTra network. Inputs are flat pixel patches; output is the covered patch's pixels."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        tokens = cfg.window * cfg.window
+        positions = tokens if cfg.position == "local" else cfg.grid * cfg.grid
+        self.patch_embed = nn.Linear(cfg.patch_dim, cfg.dim)
+        self.inpaint_token = nn.Parameter(torch.zeros(cfg.dim))
+        self.pos_embed = nn.Parameter(torch.zeros(positions, cfg.dim))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, cfg.patch_dim)
+        self.skips = skip_pairs(cfg.depth) if cfg.long_skips else []
+        # Per-channel pixel statistics of the training images: inputs are standardised with them
+        # and outputs mapped back, so the network works on centred values but speaks pixels.
+        self.register_buffer("pixel_mean", torch.zeros(cfg.channels))
+        self.register_buffer("pixel_std", torch.ones(cfg.channels))
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.trunc_normal_(self.inpaint_token, std=0.02)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def set_pixel_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-channel mean and std (C,) of the training pixels; used when cfg.normalize_input."""
+        self.pixel_mean.copy_(mean)
+        self.pixel_std.copy_(std.clamp_min(1e-3))
+
+    def _patch_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixel mean and std laid out like a flat patch (C*K*K,)."""
+        k2 = self.cfg.patch_size**2
+        return self.pixel_mean.repeat_interleave(k2), self.pixel_std.repeat_interleave(k2)
+
+    def embed_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """Flat pixel patches (..., P) -> patch embeddings (..., D), standardised first if configured.
+
+        Inference embeds every patch of an image once and gathers the embeddings into windows,
+        instead of embedding each patch once per window that holds it (L*L times).
+        """
+        if self.cfg.normalize_input:
+            mean, std = self._patch_stats()
+            patches = (patches - mean) / std
+        return self.patch_embed(patches)
+
+    def tokens(self, x: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        """Window embeddings (B, T, D), covered (B,) or a mask (B, T), positions (B, T) or None -> tokens (B, T, D).
+
+        The covered patch's embedding is replaced by the inpaint token (its pixels never reach the
+        blocks) before the position embedding is added. `positions` indexes the global table
+        (absolute grid positions); with local embeddings it is ignored and token i gets embedding i.
+        A boolean `covered` mask (B, T) covers several patches per window (`forward_multi`).
+        """
+        if covered.dtype == torch.bool:
+            is_covered = covered[..., None]  # (B, T, 1)
+        else:  # a comparison, not F.one_hot: that checks its input's range, which makes a GPU wait
+            is_covered = (torch.arange(x.shape[1], device=x.device) == covered[:, None])[..., None]
+        x = torch.where(is_covered, self.inpaint_token.to(x.dtype), x)
+        if self.cfg.position == "global":
+            if positions is None:
+                raise ValueError("global position embeddings need the tokens' grid positions")
+            return x + self.pos_embed[positions]  # (B, T, D)
+        return x + self.pos_embed  # (B, T, D) + (T, D)
+
+    def embed(self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        """Patches (B, T, P), covered (B,) or a mask (B, T), positions (B, T) or None -> tokens (B, T, D)."""
+        return self.tokens(self.embed_patches(patches), covered, positions)
+
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D) through all blocks and the long skips."""
+        sources = {source for source, _ in self.skips}
+        targets = {target for _, target in self.skips}
+        saved: list[torch.Tensor] = []
+        for number, block in enumerate(self.blocks, start=1):
+            if number in targets:
+                x = x + saved.pop()  # last saved is the partner: pairs are nested
+            x = block(x)
+            if number in sources:
+                saved.append(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, P): LayerNorm, pool, linear map to pixels."""
+        x = self.norm(x)
+        if self.cfg.head == "mean":
+            pooled = x.mean(dim=1)  # (B, D)
+        else:
+            pooled = x[torch.arange(x.shape[0], device=x.device), covered]  # (B, D); x.shape[0], not len(x): keeps the batch dynamic in an ONNX export
+        out = self.head(pooled)
+        if self.cfg.normalize_input:
+            mean, std = self._patch_stats()
+            out = out * std + mean
+        return out
+
+    def forward(
+        self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Patches (B, L*L, K*K*C), covered (B,), positions (B, L*L) -> inpainted patches (B, K*K*C).
+
+        A boolean covered mask (B, L*L) instead returns every token's output (B, L*L, K*K*C): see
+        `forward_multi`. (One entry point, so DDP and torch.compile wrappers serve both.)
+        """
+        if covered.dtype == torch.bool:
+            return self.forward_multi(patches, covered, positions)
+        return self.forward_tokens(self.embed(patches, covered, positions), covered)
+
+    def forward_tokens(self, x: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, T, D), covered (B,) -> inpainted patches (B, P): blocks, then head."""
+        return self.forward_head(self.forward_blocks(x), covered)
+
+    def forward_multi(
+        self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Several covered patches per window (beyond the paper; `train/score.cover_spacing`).
+
+        Patches (B, T, P), covered mask (B, T) bool, positions (B, T) -> (B, T, P): every token's
+        own output mapped to pixels (the covered-token head applied to all tokens); callers read
+        the covered ones.
+        """
+        x = self.norm(self.forward_blocks(self.embed(patches, covered, positions)))
+        out = self.head(x)  # (B, T, P)
+        if self.cfg.normalize_input:
+            mean, std = self._patch_stats()
+            out = out * std + mean
+        return out
+
+    def set_fused_attention(self, fused: bool) -> None:
+        for block in self.blocks:
+            block.attn.fused = fused

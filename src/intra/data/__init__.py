@@ -1,0 +1,4 @@
+"""Images and datasets: reading files into tensors, listing datasets, drawing training windows, generated sets.
+
+Nothing here imports the network.
+"""

@@ -1,0 +1,127 @@
+"""Reading one image or mask file into a tensor with values in [0, 1].
+
+Images may be png, jpg, jpeg, bmp, tif or tiff, grayscale or colour, 8 or 16 bit; they are
+converted to the configured colour (gray or RGB) and resized bilinearly to the model's size; masks
+are resized with nearest neighbour. Every failure is an IntraError naming the file. This module
+knows nothing of the network.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import IntraError
+
+log = logging.getLogger(__name__)
+
+# Smaller images hold no texture to inpaint: they are thumbnails or broken exports, refused by name.
+MIN_SIDE = 16
+
+
+def _open(path: Path) -> Image.Image:
+    """Open and fully decode an image, turning every failure into an IntraError naming the file."""
+    if not path.is_file():
+        raise IntraError(f"image not found: {path}")
+    try:
+        image = Image.open(path)
+        image.load()  # decode now: truncated files fail here, not later
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise IntraError(f"cannot read image {path}: {exc}") from None
+    return image
+
+
+def _to_array(image: Image.Image, color: str) -> np.ndarray:
+    """PIL image of any mode -> float32 (H, W, C) in [0, 1], C = 1 for "gray", 3 for "rgb"."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float32)
+        array = array / (65535.0 if array.max() > 255 or image.mode.startswith("I;16") else 255.0)
+        array = array[..., None]
+        return array if color == "gray" else np.repeat(array, 3, axis=2)
+    if image.mode == "F":
+        array = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(array).all():
+            raise IntraError(f"image {getattr(image, 'filename', '')} holds NaN or infinite values")
+        array = np.clip(array, 0, 1)[..., None]
+        return array if color == "gray" else np.repeat(array, 3, axis=2)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA").convert("RGB")  # drop alpha: colour where transparent is kept as is
+    target = "L" if color == "gray" else "RGB"
+    array = np.asarray(image.convert(target), dtype=np.float32) / 255.0
+    return array[..., None] if array.ndim == 2 else array
+
+
+def is_gray(path: Path) -> bool:
+    """True if the file is a one-channel image, or colour with three equal channels."""
+    image = _open(path)
+    if image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
+        return True
+    if image.mode == "P":
+        image = image.convert("RGB")
+    if image.mode != "RGB":
+        return False
+    rgb = np.asarray(image.reduce(max(1, min(image.size) // 64)), dtype=np.int16)
+    return bool(np.abs(rgb[..., 0] - rgb[..., 1]).max() <= 2 and np.abs(rgb[..., 1] - rgb[..., 2]).max() <= 2)
+
+
+def resolve_color(color: str, paths: list[Path]) -> str:
+    """'auto' -> 'gray' if every one of (up to 50 of) the training images is gray, else 'rgb'."""
+    if color != "auto":
+        return color
+    step = max(1, len(paths) // 50)
+    return "gray" if all(is_gray(p) for p in paths[::step]) else "rgb"
+
+
+def load_image(path: str | Path, size: int, color: str, min_size: int = MIN_SIDE) -> torch.Tensor:
+    """Read, convert and resize one image -> (C, size, size) float32 in [0, 1]."""
+    path = Path(path)
+    image = _open(path)
+    if min(image.size) < min_size:
+        raise IntraError(f"image {path} is {image.size[0]}x{image.size[1]} px: too small (at least {min_size} px per side)")
+    array = _to_array(image, color)
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None]  # (1, C, h, w)
+    if tensor.shape[-2:] != (size, size):
+        tensor = torch.nn.functional.interpolate(
+            tensor, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        ).clamp_(0, 1)
+    return tensor[0]
+
+
+def load_mask(path: str | Path, size: int) -> torch.Tensor:
+    """Read a binary ground-truth mask (0 normal, one other value defect), nearest resize -> (size, size) bool.
+
+    A mask with more levels (a JPEG-compressed or smoothly resized mask) is refused: which grey
+    counts as a defect would be a guess.
+    """
+    path = Path(path)
+    image = _open(path)
+    if image.mode not in ("1", "L", "I", "I;16"):
+        image = image.convert("L")
+    values = np.unique(np.asarray(image))
+    if len(values) > 2 or (len(values) == 2 and values[0] != 0):
+        shown = ", ".join(str(int(v)) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+        raise IntraError(f"mask {path} is not binary: it holds {len(values)} values ({shown}); expected 0 and 255")
+    binary = Image.fromarray((np.asarray(image) > 0).astype(np.uint8) * 255)
+    return torch.from_numpy(np.asarray(binary.resize((size, size), Image.NEAREST)) > 0)
+
+
+def load_images(paths: list[Path], size: int, color: str, threads: int = 4) -> torch.Tensor:
+    """Load many images in parallel (decoding releases the GIL) -> (n, C, size, size)."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return torch.stack(list(pool.map(lambda p: load_image(p, size, color), paths)))
+
+
+def standardize(images: torch.Tensor, mean: float = 0.5, std: float = 0.1) -> torch.Tensor:
+    """Per-image standardisation (data.standardize): (B, C, H, W) -> (B, C, H, W).
+
+    Each image is shifted and scaled to the given mean and standard deviation over all its pixels
+    and channels (colour balance is kept). Values are not clipped to [0, 1].
+    """
+    flat = images.flatten(1)
+    centre, spread = flat.mean(1), flat.std(1).clamp_min(1e-4)
+    return (images - centre[:, None, None, None]) / spread[:, None, None, None] * std + mean

@@ -1,0 +1,112 @@
+"""Training batches: random windows cut from the training images, augmented, split into patches.
+
+Every window is drawn independently: an image uniformly, a corner uniformly over the integer
+positions {0..M-L} x {0..N-L}, a covered position uniformly over the L*L window positions. The
+augmentation acts on the window's pixels: random flips, and rotations by multiples of 90 degrees
+("rot90", for aligned objects) or by any angle ("any", for textures; pixels from around the
+window are rotated in, the image is reflected at its borders).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..config import Config
+from ..core.windows import crop_windows, patchify, random_windows, window_tokens
+from ..inference.multicover import random_lattice_masks
+
+
+@dataclass
+class Batch:
+    patches: torch.Tensor  # (B, L*L, P) window patches; the covered one is hidden by the model
+    covered: torch.Tensor  # (B,) covered index inside the window, or (B, L*L) bool with cover_spacing
+    positions: torch.Tensor  # (B, L*L) flat grid index of every token (global positions)
+    target: torch.Tensor  # (B, C, K, K) the covered patch's pixels; (n covered, C, K, K) with a mask
+
+
+def concat_batches(batches: list[Batch]) -> Batch:
+    """One batch of all the windows of `batches`, in order."""
+    names = [field.name for field in dataclasses.fields(Batch)]
+    return Batch(**{name: torch.cat([getattr(b, name) for b in batches]) for name in names})
+
+
+class WindowSampler:
+    """Draws training batches from images (n, C, H, W) already on the training device."""
+
+    def __init__(self, images: torch.Tensor, cfg: Config, augment: bool = True, cover_spacing: int | None = None):
+        self.images = images
+        self.model_cfg = cfg.model
+        self.flips = cfg.train.flips and augment
+        self.rotation = cfg.train.rotation if augment else "none"
+        self.cover_spacing = cfg.train.cover_spacing if cover_spacing is None else cover_spacing
+        k, window = cfg.model.patch_size, cfg.model.window
+        # Rotating by any angle needs the pixels around the window: reflect-pad all images once.
+        self.margin = math.ceil((math.sqrt(2) - 1) / 2 * window * k) + 1 if self.rotation == "any" else 0
+        if self.margin:
+            self.padded = F.pad(images, (self.margin,) * 4, mode="reflect")
+
+    def sample(self, count: int, generator: torch.Generator) -> Batch:
+        m = self.model_cfg
+        grid = (m.grid, m.grid)
+        image_index = torch.randint(0, len(self.images), (count,), generator=generator)
+        r, s, covered = random_windows(count, grid, m.window, generator)
+        device = self.images.device
+        # Asynchronous copies: the host does not wait for the GPU to finish the previous step.
+        image_index, r, s, covered = (t.to(device, non_blocking=True) for t in (image_index, r, s, covered))
+        if self.rotation == "any":
+            angles = torch.rand(count, generator=generator).to(device, non_blocking=True) * 2 * math.pi
+            crops = self._rotated_crops(image_index, r, s, angles)
+        else:
+            crops = crop_windows(self.images, image_index, r, s, m.window, m.patch_size)
+            if self.rotation == "rot90":
+                crops = _random_rot90(crops, generator)
+        if self.flips:
+            crops = _random_flips(crops, generator)
+        patches = patchify(crops, m.patch_size)  # (B, L*L, P)
+        if self.cover_spacing:  # several covered patches per window (multicover.py)
+            covered = random_lattice_masks(count, m.window, self.cover_spacing, generator).to(device)
+        target = patches[covered] if self.cover_spacing else patches[torch.arange(count, device=device), covered]
+        target = target.view(-1, m.channels, m.patch_size, m.patch_size)
+        return Batch(patches, covered, window_tokens(r, s, m.grid, m.window), target)
+
+    def _rotated_crops(self, image_index: torch.Tensor, r: torch.Tensor, s: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+        """Windows rotated about their centres by `angles` (radians) -> (B, C, L*K, L*K)."""
+        m = self.model_cfg
+        side = m.window * m.patch_size
+        big = side + 2 * self.margin
+        span = torch.arange(big, device=self.images.device)
+        rows = (r * m.patch_size)[:, None] + span  # padded coordinates: window top-left minus margin
+        cols = (s * m.patch_size)[:, None] + span
+        crops = self.padded[image_index[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        scale = side / big  # the output covers the central `side` pixels of the `big` crop
+        cos, sin = torch.cos(angles) * scale, torch.sin(angles) * scale
+        zeros = torch.zeros_like(cos)
+        theta = torch.stack([torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1)  # (B, 2, 3)
+        grid = F.affine_grid(theta, [len(crops), crops.shape[1], side, side], align_corners=False)
+        return F.grid_sample(crops, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _random_flips(crops: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Flip each window horizontally and vertically, each with probability 1/2."""
+    h, v = (torch.rand(2, len(crops), generator=generator) < 0.5).to(crops.device, non_blocking=True)[..., None, None, None]
+    crops = torch.where(h, crops.flip(-1), crops)
+    return torch.where(v, crops.flip(-2), crops)
+
+
+def _random_rot90(crops: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Rotate each window by 0, 90, 180 or 270 degrees, uniformly.
+
+    Every rotation is computed and one selected per window: no data-dependent indexing, so a GPU
+    never waits for the host.
+    """
+    turns = torch.randint(0, 4, (len(crops),), generator=generator).to(crops.device, non_blocking=True)
+    turns = turns[:, None, None, None]  # (B, 1, 1, 1)
+    out = crops
+    for k in (1, 2, 3):
+        out = torch.where(turns == k, torch.rot90(crops, k, dims=(-2, -1)), out)
+    return out

@@ -1,0 +1,1 @@
+"""Evaluation: metrics (pure functions of arrays), scoring a test set, and writing tables, curves and the report."""

@@ -1,0 +1,143 @@
+"""Evaluation metrics as pure functions of numpy arrays: ROC/AUROC, PRO/AUPRO, F1-max, F1 at a threshold.
+
+`auroc` is exact (ties count one half, as scikit-learn's `roc_auc_score`). `aupro` follows the
+MVTec AD reference: every connected defect region (8-connectivity) counts equally; the PRO curve
+is the mean per-region overlap against the false-positive rate on defect-free pixels, integrated
+up to FPR 0.3 and divided by 0.3, so a perfect detector scores 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+
+def trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+    """Trapezoidal integral of y over x (numpy renamed trapz between versions)."""
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
+
+
+def _ranked_curve(scores: np.ndarray, gains: np.ndarray, costs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cumulative (costs, gains) at every distinct threshold, from the highest score down.
+
+    Returns (x, y, thresholds) with a leading (0, 0) point, x and y the running sums of costs
+    and gains over all items scoring >= threshold.
+    """
+    order = np.argsort(-scores, kind="stable")
+    scores = scores[order]
+    x = np.cumsum(costs[order], dtype=np.float64)
+    y = np.cumsum(gains[order], dtype=np.float64)
+    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    return np.r_[0.0, x[last_of_tie]], np.r_[0.0, y[last_of_tie]], np.r_[np.inf, scores[last_of_tie]]
+
+
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) for scores (n,) and binary labels (n,)."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels).ravel().astype(bool)
+    positives, negatives = labels.sum(), (~labels).sum()
+    if positives == 0 or negatives == 0:
+        raise ValueError("ROC needs both positive and negative labels")
+    fp, tp, thresholds = _ranked_curve(scores, labels.astype(np.float64), (~labels).astype(np.float64))
+    return fp / negatives, tp / positives, thresholds
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (trapezoidal over distinct thresholds)."""
+    fpr, tpr, _ = roc_curve(scores, labels)
+    return trapezoid(tpr, fpr)
+
+
+def pro_curve(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, pro, thresholds) for anomaly maps (n, H, W) and boolean masks (n, H, W)."""
+    maps = np.asarray(maps, dtype=np.float32)
+    masks = np.asarray(masks).astype(bool)
+    regions = np.zeros(masks.shape, dtype=np.int64)
+    count = 0
+    for i, mask in enumerate(masks):
+        labelled, n = ndimage.label(mask, structure=np.ones((3, 3)))
+        regions[i] = np.where(labelled > 0, labelled + count, 0)
+        count += n
+    background = (~masks).sum()
+    if count == 0 or background == 0:
+        raise ValueError("PRO needs at least one defect region and some defect-free pixels")
+    areas = np.bincount(regions.ravel(), minlength=count + 1).astype(np.float64)
+    gains = np.where(regions > 0, 1.0 / (count * areas[regions]), 0.0).ravel()
+    costs = (~masks).ravel() / float(background)
+    return _ranked_curve(maps.ravel(), gains, costs)
+
+
+def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
+    """Area under the PRO curve for FPR in [0, fpr_limit], divided by fpr_limit."""
+    fpr, pro, _ = pro_curve(maps, masks)
+    return area_up_to(fpr, pro, fpr_limit) / fpr_limit
+
+
+def area_up_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
+    """Trapezoidal area under y(x) for x in [0, limit], y interpolated linearly at the limit."""
+    keep = x <= limit
+    xs, ys = x[keep], y[keep]
+    if xs[-1] < limit and keep.sum() < len(x):
+        nxt = keep.sum()
+        y_limit = np.interp(limit, [x[nxt - 1], x[nxt]], [y[nxt - 1], y[nxt]])
+        xs, ys = np.r_[xs, limit], np.r_[ys, y_limit]
+    return trapezoid(ys, xs)
+
+
+def f1_max(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(best F1, the threshold reaching it), predicting positive for score >= threshold."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels).ravel().astype(bool)
+    fp, tp, thresholds = _ranked_curve(scores, labels.astype(np.float64), (~labels).astype(np.float64))
+    fn = labels.sum() - tp
+    f1 = np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+    best = int(np.argmax(f1))
+    return float(f1[best]), float(thresholds[best])
+
+
+def evaluation_metrics(
+    scores: np.ndarray, labels: np.ndarray, kinds: list[str], maps: np.ndarray | None, masks: np.ndarray | None
+) -> dict:
+    """metrics.json content: image_auroc, pixel_auroc, aupro, per_kind {kind: image AUROC vs good}.
+
+    Without masks (a set with image labels only) pixel_auroc and aupro are None.
+    """
+    scores, labels, kinds_arr = np.asarray(scores), np.asarray(labels), np.asarray(kinds)
+    per_kind = {}
+    for kind in sorted(set(kinds) - {"good"}):
+        chosen = (kinds_arr == kind) | (labels == 0)
+        per_kind[kind] = auroc(scores[chosen], labels[chosen])
+    return {
+        "image_auroc": auroc(scores, labels),
+        "pixel_auroc": None if masks is None else auroc(maps.ravel(), masks.ravel()),
+        "aupro": None if masks is None else aupro(maps, masks),
+        "per_kind": per_kind,
+    }
+
+
+def f1_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:
+    """F1 of predicting positive for score >= threshold (as `f1_max`)."""
+    predicted, labels = np.asarray(scores).ravel() >= threshold, np.asarray(labels).ravel().astype(bool)
+    tp = float(np.sum(predicted & labels))
+    denominator = float(predicted.sum() + labels.sum())
+    return 2 * tp / denominator if denominator else 0.0
+
+
+def f1_report(
+    scores: np.ndarray, labels: np.ndarray, maps: np.ndarray | None, masks: np.ndarray | None, stored: dict
+) -> dict:
+    """metrics.json "thresholds": per level, the stored threshold and its F1, the F1-optimal one and its F1.
+
+    Without masks (a test set with image labels only) there is no pixel level.
+    """
+    report = {}
+    for level, values, truth in (("image", scores, labels), ("pixel", maps, masks)):
+        if values is None or truth is None:
+            continue
+        best_f1, best_threshold = f1_max(values, truth)
+        entry = {"f1_optimal_threshold": best_threshold, "f1_max": best_f1}
+        threshold = stored.get(f"{level}_threshold")
+        if threshold is not None:
+            entry = {"stored_threshold": threshold, "f1_at_stored": f1_at(values, truth, threshold), **entry}
+        report[level] = entry
+    return report

@@ -1,0 +1,68 @@
+"""CPU inference through oneDNN: linear layers with pre-packed weights and a fused GELU.
+
+On x86 CPUs PyTorch's default fp32 matrix product goes through MKL; on the AMD Zen 5 cores of
+CPU-2 (docs/benchmarks.md) that runs at ~200 GFLOP/s on 2 cores, while oneDNN with its weights
+laid out once in its own blocked format reaches ~470. `pack_for_cpu` returns an inference-only copy
+of the network whose `nn.Linear` layers call oneDNN with packed weights, and whose `Mlp`s run
+Linear + GELU (exact, erf) as one oneDNN call. Same function and parameters; no autograd. Where the
+torch build lacks the oneDNN operator, the plain network is returned unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+from torch import nn
+
+from ..core.model import InpaintingTransformer, Mlp
+
+log = logging.getLogger(__name__)
+
+# Rows (windows x tokens) the weights are laid out for: a typical CPU chunk, 64 windows of 49 tokens.
+_ROWS_HINT = 64 * 49
+
+
+class PackedLinear(nn.Module):
+    """y = act(x W^T + b) through oneDNN with W packed once; `act` is "none" or "gelu"."""
+
+    def __init__(self, linear: nn.Linear, act: str = "none", dtype: torch.dtype = torch.float32):
+        super().__init__()
+        weight = linear.weight.detach().to(dtype)
+        self.register_buffer("weight", torch.ops.mkldnn._reorder_linear_weight(weight, _ROWS_HINT))
+        self.register_buffer("bias", linear.bias.detach().to(dtype))
+        self.act, self.dtype = act, dtype
+        self.algorithm = "none" if act == "gelu" else ""  # "none": exact GELU, not the tanh form
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.weight, self.bias, self.act, [], self.algorithm)
+
+
+def available() -> bool:
+    """True if this torch build has oneDNN's packed linear operator."""
+    ops = torch.ops.mkldnn
+    return torch.backends.mkldnn.is_available() and hasattr(ops, "_linear_pointwise") and hasattr(ops, "_reorder_linear_weight")
+
+
+def pack_for_cpu(model: InpaintingTransformer, dtype: torch.dtype = torch.float32) -> InpaintingTransformer:
+    """An inference-only copy of `model` (on the CPU) with oneDNN linear layers; `model` itself is untouched.
+
+    With dtype=bfloat16 the matrix products run in bf16 (fp32 accumulation) while the residual
+    stream, LayerNorms and softmax stay fp32, as under autocast.
+    """
+    if not available():
+        log.info("oneDNN packed linear not available in this torch build: using the plain network")
+        return model
+    packed = copy.deepcopy(model).eval()
+    for module in list(packed.modules()):
+        if isinstance(module, Mlp) and isinstance(module.act, nn.GELU) and module.act.approximate == "none":
+            module.fc1 = PackedLinear(module.fc1, "gelu", dtype)
+            module.act = nn.Identity()
+    for module in list(packed.modules()):
+        for name, child in module.named_children():
+            if type(child) is nn.Linear:
+                setattr(module, name, PackedLinear(child, "none", dtype))
+    for parameter in packed.parameters():
+        parameter.requires_grad_(False)
+    return packed

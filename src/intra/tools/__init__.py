@@ -1,0 +1,1 @@
+"""Tools around the library: `intra bench` (speed), `intra benchmark` (quality grid) and `intra demo`."""

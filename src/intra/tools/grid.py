@@ -1,0 +1,286 @@
+"""`intra benchmark`: train and evaluate a grid of configurations, one table of results.
+
+A grid file (.toml or .json) names datasets (MVTec-layout roots), configurations (a preset plus
+config overrides) and seeds; every (dataset, configuration, seed) is a *cell*:
+
+    seeds = [0, 1]
+    eval_size = 256                        # pixel metrics at 256 x 256 (default: the model's size)
+    threads = 1                            # torch threads per process
+    set = { "train.max_minutes" = 4 }      # overrides for every configuration
+
+    [datasets]
+    tile = "data/magnetic-tile"            # relative to the grid file
+    cells = { path = "data/elpv", set = { "train.rotation" = "any" }, seeds = [0] }
+
+    [configs.cpu]
+    preset = "cpu"
+    [configs.msa]
+    set = { "model.attention" = "msa" }
+    [configs.three-scales]                 # scoring only: reuses the run trained for `cpu`
+    score = { "score.scales" = [1.0, 0.5, 0.25] }
+
+Seeds come from the configuration if it names them, else from the dataset, else from the grid
+(here `cells` runs one seed except for configurations that list their own).
+Overrides apply in the order preset, grid `set`, dataset `set`, configuration `set`. Cells whose
+training settings are equal share one trained run (runs/<dataset>/<hash>-s<seed>); `score`
+overrides are applied at evaluation time (`rescore`). Each finished cell writes
+cells/<dataset>__<config>__s<seed>.json atomically, so a rerun skips it: the benchmark resumes.
+Several processes may work on one output folder at once: a cell (and a run being trained) is
+claimed with a file lock, and the others move on. Finally results.md, results.csv and
+results.json hold one row per cell and a mean/std summary per (dataset, configuration).
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import re
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import METADATA
+from ..config import Config, apply_overrides, preset, read_config_file
+from ..errors import IntraError
+from ..files import atomic_write, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Cell:
+    dataset: str
+    data: Path
+    config: str
+    seed: int
+    cfg: Config  # the resolved training configuration
+    score: dict[str, Any] = field(default_factory=dict)  # score.* overrides at evaluation time
+    eval_size: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}__{self.config}__s{self.seed}"
+
+    def run_dir(self, out: Path) -> Path:
+        """Runs are keyed by their resolved training config, so equal settings train once."""
+        text = json.dumps(self.cfg.to_dict(), sort_keys=True)
+        return out / "runs" / self.dataset / f"{hashlib.sha1(text.encode()).hexdigest()[:10]}-s{self.seed}"
+
+
+def read_grid(path: str | Path) -> list[Cell]:
+    """All cells of a grid file, in file order (dataset, configuration, seed)."""
+    path = Path(path)
+    grid = read_config_file(path)
+    if not isinstance(grid.get("datasets"), dict) or not grid["datasets"]:
+        raise IntraError(f"{path}: needs a [datasets] table (name = path)")
+    if not isinstance(grid.get("configs"), dict) or not grid["configs"]:
+        raise IntraError(f"{path}: needs at least one [configs.NAME] table")
+    for name in [*grid["datasets"], *grid["configs"]]:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise IntraError(f"{path}: name {name!r} must be letters, digits, '_', '-' or '.' (it names files)")
+    for name, conf in grid["configs"].items():
+        unknown = sorted(set(conf) - {"preset", "set", "score", "seeds"})
+        if unknown:  # e.g. [configs.a.b] in TOML: the dot nests a table instead of naming one
+            raise IntraError(f"{path}: configuration {name!r} has unknown key(s) {', '.join(unknown)} (quote names with dots)")
+    cells = []
+    for dataset, spec in grid["datasets"].items():
+        spec = spec if isinstance(spec, dict) else {"path": spec}
+        unknown = sorted(set(spec) - {"path", "set", "seeds"})
+        if unknown:
+            raise IntraError(f"{path}: dataset {dataset!r} has unknown key(s) {', '.join(unknown)} (allowed: path, set, seeds)")
+        data = (path.parent / spec["path"]).resolve() if "path" in spec else None
+        if data is None or not data.is_dir():
+            raise IntraError(f"{path}: dataset {dataset!r} folder not found: {data}")
+        for name, conf in grid["configs"].items():
+            for seed in conf.get("seeds", spec.get("seeds", grid.get("seeds", [0]))):
+                cells.append(_cell(path, grid, dataset, data, spec, name, conf, int(seed)))
+    return cells
+
+
+def _cell(path: Path, grid: dict, dataset: str, data: Path, spec: dict, name: str, conf: dict, seed: int) -> Cell:
+    overrides = {**grid.get("set", {}), **spec.get("set", {}), **conf.get("set", {})}
+    overrides.update({"train.seed": seed, "train.threads": grid.get("threads", 0)})
+    try:
+        cfg = apply_overrides(preset(conf.get("preset", grid.get("preset", "cpu"))), overrides)
+    except IntraError as exc:
+        raise IntraError(f"{path}: configuration {name!r}: {exc}") from None
+    return Cell(dataset, data, name, seed, cfg, dict(conf.get("score", {})), grid.get("eval_size"))
+
+
+@contextmanager
+def claimed(lock_path: Path) -> Iterator[bool]:
+    """Hold an exclusive, non-blocking file lock: yields False if another process holds it."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def cell_path(out: Path, cell: Cell) -> Path:
+    return out / "cells" / f"{cell.name}.json"
+
+
+def run_cells(
+    cells: list[Cell], out: str | Path, progress: bool = False, limit: int = 0
+) -> Iterator[tuple[Cell, dict | None, str]]:
+    """Compute every unfinished cell; yields (cell, row, status) with status done, cached or failed.
+
+    Cells claimed by another process are revisited until their result appears. With `limit`,
+    stop after computing that many cells (a long grid in slices; a rerun continues).
+    """
+    out = Path(out)
+    pending = list(cells)
+    computed = 0
+    while pending and not (limit and computed >= limit):
+        waiting = []
+        for cell in pending:
+            path = cell_path(out, cell)
+            if path.is_file():
+                yield cell, json.loads(path.read_text(encoding="utf-8")), "cached"
+                continue
+            if limit and computed >= limit:
+                break
+            with claimed(path.with_suffix(".lock")) as mine:
+                if not mine or path.is_file():
+                    waiting.append(cell)
+                    continue
+                try:
+                    row = _compute(cell, out, progress)
+                except (IntraError, ValueError, RuntimeError) as exc:
+                    log.error("cell %s failed: %s", cell.name, exc)
+                    yield cell, {"error": str(exc)}, "failed"
+                    continue
+                if row is None:  # its run is being trained by another process
+                    waiting.append(cell)
+                    continue
+                write_json(path, row)
+                computed += 1
+                yield cell, row, "done"
+        if len(waiting) == len(pending):
+            time.sleep(5)
+        pending = waiting
+
+
+def _compute(cell: Cell, out: Path, progress: bool) -> dict | None:
+    """Train (unless its run exists) and evaluate one cell; None if its run is busy elsewhere."""
+    from ..evaluation.evaluate import evaluate
+    from ..inference.calibration import with_score_overrides
+    from ..inference.detector import Detector
+    from ..runtime import configure_threads
+    from ..training.fit import fit
+
+    run = cell.run_dir(out)
+    if not (run / METADATA).is_file():
+        with claimed(run.with_suffix(".lock")) as mine:
+            if not mine:
+                return None
+            if not (run / METADATA).is_file():
+                log.info("training %s into %s", cell.name, run)
+                fit(cell.cfg, cell.data, run, progress=progress)
+    configure_threads(cell.cfg.train.threads)
+    detector = Detector.load(run, device=cell.cfg.train.device)
+    if cell.score:
+        detector = with_score_overrides(detector, cell.score, cell.data)
+    metrics = evaluate(detector, cell.data, out / "cells" / cell.name, cell.eval_size, heatmaps=False, progress=progress)
+    stats = detector.stats
+    return {
+        "dataset": cell.dataset,
+        "config": cell.config,
+        "seed": cell.seed,
+        "image_auroc": metrics["image_auroc"],
+        "pixel_auroc": metrics["pixel_auroc"],
+        "aupro": metrics["aupro"],
+        "per_kind": metrics["per_kind"],
+        "train_seconds": stats.get("train_seconds"),
+        "epochs": stats.get("epochs"),
+        "ms_per_image": metrics["ms_per_image"],
+        "eval_size": metrics["eval_size"],
+        "threads": metrics["threads"],
+        "run": str(run.relative_to(out)),
+        "score": cell.score,
+    }
+
+
+SUMMARY_KEYS = ("image_auroc", "pixel_auroc", "aupro", "train_seconds", "ms_per_image")
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean and sample std over seeds per (dataset, config), in first-appearance order."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["dataset"], row["config"]), []).append(row)
+    summary = []
+    for (dataset, config), members in groups.items():
+        entry: dict[str, Any] = {"dataset": dataset, "config": config, "seeds": len(members)}
+        for key in SUMMARY_KEYS:
+            values = [m[key] for m in members if m.get(key) is not None]
+            entry[key] = statistics.fmean(values) if values else None
+            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        summary.append(entry)
+    return summary
+
+
+def _fmt(value: Any, digits: int = 3, std: Any = None) -> str:
+    if value is None:
+        return "-"
+    text = f"{value:.{digits}f}"
+    return f"{text} ± {std:.{digits}f}" if std is not None else text
+
+
+def markdown(rows: list[dict], summary: list[dict], command: str) -> str:
+    """The results as markdown: the command, a summary over seeds, then one row per cell."""
+    lines = [f"Command: `{command}`", "", "| dataset | configuration | seeds | image AUROC | pixel AUROC | AUPRO | train s | ms/image |", "|---|---|---|---|---|---|---|---|"]
+    for s in summary:
+        lines.append(
+            f"| {s['dataset']} | {s['config']} | {s['seeds']} | {_fmt(s['image_auroc'], 3, s['image_auroc_std'])} | "
+            f"{_fmt(s['pixel_auroc'], 3, s['pixel_auroc_std'])} | {_fmt(s['aupro'], 3, s['aupro_std'])} | "
+            f"{_fmt(s['train_seconds'], 0)} | {_fmt(s['ms_per_image'], 1)} |"
+        )
+    lines += ["", "| dataset | configuration | seed | image AUROC | pixel AUROC | AUPRO | image AUROC per kind | train s | ms/image |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        kinds = ", ".join(f"{k} {v:.3f}" for k, v in r["per_kind"].items())
+        lines.append(
+            f"| {r['dataset']} | {r['config']} | {r['seed']} | {_fmt(r['image_auroc'])} | {_fmt(r['pixel_auroc'])} | "
+            f"{_fmt(r['aupro'])} | {kinds} | {_fmt(r['train_seconds'], 0)} | {_fmt(r['ms_per_image'], 1)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(rows: list[dict], out: str | Path, command: str) -> dict[str, Path]:
+    """results.md, results.csv (per-kind AUROCs as auroc_<kind> columns) and results.json in out."""
+    out = Path(out)
+    summary = summarize(rows)
+    kinds = sorted({k for r in rows for k in r["per_kind"]})
+    columns = ["dataset", "config", "seed", "image_auroc", "pixel_auroc", "aupro", *[f"auroc_{k}" for k in kinds],
+               "train_seconds", "epochs", "ms_per_image", "eval_size", "threads", "run"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({**r, **{f"auroc_{k}": v for k, v in r["per_kind"].items()}})
+    paths = {"md": out / "results.md", "csv": out / "results.csv", "json": out / "results.json"}
+    atomic_write(paths["md"], lambda tmp: tmp.write_text(markdown(rows, summary, command), encoding="utf-8"))
+    atomic_write(paths["csv"], lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
+    write_json(paths["json"], {"command": command, "summary": summary, "rows": rows})
+    return paths
+
+
+def finished_rows(cells: list[Cell], out: str | Path) -> list[dict]:
+    """Rows of the cells that have a result file, in grid order."""
+    paths = [cell_path(Path(out), c) for c in cells]
+    return [json.loads(p.read_text(encoding="utf-8")) for p in paths if p.is_file()]

@@ -1,0 +1,261 @@
+"""`intra bench`: inference and training throughput, held against the machine's own matmul ceiling.
+
+One run, one device, one dtype: (1) the batched inference of `Detector.reconstruct` on random
+images: windows (forward passes)/s, ms per image, peak memory, achieved GFLOP/s; with
+`score.cover_spacing` = s a pass inpaints s*s patches, so an image takes fewer passes; (2) the naive
+loop, one window per forward pass and one patch per window, on a few windows, and the speed-up
+over it per image; (3) training steps (sampling, forward,
+backward, Adam) of `Trainer.train_step`; (4) a large matrix product in the same dtype, the ceiling
+the achieved rates are compared with. FLOPs are counted from the config by `window_flops`
+(matrix products only, a multiply-add = 2 FLOPs; tested against torch.utils.flop_counter).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import Config, ModelConfig, apply_overrides, preset
+from ..core.model import InpaintingTransformer
+from ..inference import multicover
+from ..inference.detector import Detector
+from ..inference.packed import available as packed_available
+from ..runtime import resolve_device, resolve_dtype
+
+log = logging.getLogger(__name__)
+
+
+def window_flops(m: ModelConfig) -> int:
+    """Forward FLOPs of the network for one window: every matrix product, 2 FLOPs per multiply-add.
+
+    Per block and token: q and k (MFSA: D -> 2D -> D/2 each, 3 D^2 multiply-adds; MSA: D^2 each),
+    v and the output projection (D^2 each), the feed-forward network (2 * mlp_ratio * D^2), and
+    the attention itself (T * D/2 for the scores with MFSA's narrower q/k, T * D for the values).
+    Plus the patch embedding (P * D per token) and the head (D * P per window).
+    """
+    t, d, p = m.window**2, m.dim, m.patch_dim
+    qk_width = d // 2 if m.attention == "mfsa" else d
+    qk = 2 * 3 * d * d if m.attention == "mfsa" else 2 * d * d
+    per_token = qk + 2 * d * d + 2 * int(m.mlp_ratio * d) * d + t * qk_width + t * d
+    return 2 * (t * p * d + m.depth * t * per_token + d * p)
+
+
+def train_window_flops(m: ModelConfig) -> int:
+    """Forward + backward FLOPs per training window: 3x the forward, less the patch embedding's
+    input gradient (the pixels need none)."""
+    t = m.window**2
+    return 3 * window_flops(m) - 2 * t * m.patch_dim * m.dim
+
+
+@dataclass
+class BenchOptions:
+    preset: str = "paper"
+    image_size: int = 256
+    device: str = "cpu"
+    batch: int = 0  # images per inference call; 0 = 1 on the CPU, 8 on a GPU
+    dtype: str = "fp32"
+    compile: bool = False
+    repeat: int = 3  # timed repetitions of each measurement, after one warm-up
+    naive_windows: int = 0  # windows timed in the naive loop; 0 = 16 on the CPU, 64 on a GPU
+    train_batch: int = 0  # windows per training step; 0 = the preset's, at most 32 on the CPU
+    channels: int = 3
+    overrides: dict = field(default_factory=dict)  # config keys, e.g. {"score.chunk_windows": 256}
+
+
+def bench_config(opts: BenchOptions) -> Config:
+    cfg = preset(opts.preset)
+    cfg.model.image_size = opts.image_size
+    cfg.model.channels = opts.channels
+    cfg.train.dtype = opts.dtype
+    cfg.train.compile = opts.compile
+    cfg.train.device = opts.device
+    return apply_overrides(cfg, opts.overrides)
+
+
+def run_bench(opts: BenchOptions) -> dict:
+    """All measurements of `intra bench`; returns one flat dict (see `docs/benchmarks.md`)."""
+    device = resolve_device(opts.device)
+    cpu = device.type == "cpu"
+    cfg = bench_config(opts)
+    torch.manual_seed(0)
+    detector = Detector(InpaintingTransformer(cfg.model), cfg, device=device, dtype=opts.dtype, compile=opts.compile)
+    batch = opts.batch or (1 if cpu else 8)
+    images = torch.rand(batch, cfg.model.channels, opts.image_size, opts.image_size, device=device)
+    result: dict = {
+        "preset": opts.preset, "image_size": opts.image_size, "device": device_name(device), "dtype": opts.dtype,
+        "compile": opts.compile, "threads": torch.get_num_threads() if cpu else None,
+        "cpu_onednn": cpu and packed_available(), "gflop_per_window": window_flops(cfg.model) / 1e9,
+    }
+    result.update(inference_throughput(detector, images, opts.repeat))
+    result.update(naive_throughput(detector, images[:1], opts.naive_windows or (16 if cpu else 64), opts.repeat))
+    naive_ms_per_image = 1000 * cfg.model.grid**2 / result["naive_windows_per_s"]  # one pass per patch
+    result["speedup"] = naive_ms_per_image / result["ms_per_image"]
+    result.update(train_throughput(cfg, opts, device))
+    result.update(matmul_ceiling(device, resolve_dtype(opts.dtype)))
+    result["fraction_of_matmul"] = result["achieved_gflops"] / result["matmul_gflops"]
+    result["train_fraction_of_matmul"] = result["train_gflops"] / result["matmul_gflops"]
+    return result
+
+
+def inference_throughput(detector: Detector, images: torch.Tensor, repeat: int) -> dict:
+    """Batched `Detector.reconstruct` of `images`: rate, time per image, FLOP rate, peak memory."""
+    m, spacing = detector.cfg.model, detector.cfg.score.cover_spacing
+    per_image = len(multicover.inference_plan(m.grid, m.window, spacing)[0]) if spacing else m.grid**2
+    log.info("inference: %d images of %d windows, %d repetitions", len(images), per_image, repeat)
+    start = time.perf_counter()
+    detector.reconstruct(images)  # warm-up (and compilation)
+    synchronize(detector.device)
+    warmup = time.perf_counter() - start
+    reset_peak_memory(detector.device)
+    seconds = timed(lambda: detector.reconstruct(images), repeat, detector.device)
+    windows_per_s = len(images) * per_image / seconds
+    return {
+        "batch_images": len(images),
+        "windows_per_image": per_image,
+        "patches_per_window": spacing**2 if spacing else 1,
+        "chunk_windows": detector.chunk_windows(),
+        "warmup_s": warmup,
+        "peak_mem_mb": peak_memory_mb(detector.device),
+        "windows_per_s": windows_per_s,
+        "ms_per_image": 1000 * seconds / len(images),
+        "achieved_gflops": windows_per_s * window_flops(m) / 1e9,
+    }
+
+
+def naive_throughput(detector: Detector, image: torch.Tensor, windows: int, repeat: int) -> dict:
+    """The naive loop (`Detector.reconstruct_naive`, one window per forward pass) on `windows` windows."""
+    log.info("naive loop: %d windows, one per forward pass", windows)
+    detector.reconstruct_naive(image, limit=2)  # warm-up
+    seconds = timed(lambda: detector.reconstruct_naive(image, limit=windows), repeat, detector.device)
+    return {"naive_windows": windows, "naive_windows_per_s": windows / seconds}
+
+
+def train_throughput(cfg: Config, opts: BenchOptions, device: torch.device) -> dict:
+    """Windows/s of `Trainer.train_step` (sampling, forward, loss, backward, Adam) on random images."""
+    trainer = bench_trainer(cfg, opts, device)
+    log.info("training: batches of %d windows, %d repetitions", cfg.train.batch_size, opts.repeat)
+    start = time.perf_counter()
+    trainer.train_step(0)  # warm-up (and compilation)
+    trainer.train_step(0)
+    synchronize(device)
+    warmup = time.perf_counter() - start
+    seconds = timed(lambda: trainer.train_step(0), opts.repeat, device)
+    windows_per_s = cfg.train.batch_size / seconds
+    return {
+        "train_batch": cfg.train.batch_size,
+        "train_warmup_s": warmup,
+        "train_windows_per_s": windows_per_s,
+        "train_gflops": windows_per_s * train_window_flops(cfg.model) / 1e9,
+    }
+
+
+def bench_trainer(cfg: Config, opts: BenchOptions, device: torch.device):
+    """A Trainer on 8 random images, with the benchmark's batch size."""
+    from ..training.trainer import Trainer
+
+    cpu = device.type == "cpu"
+    cfg.train.batch_size = opts.train_batch or (min(32, cfg.train.batch_size) if cpu else cfg.train.batch_size)
+    size = cfg.model.image_size
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(8, cfg.model.channels, size, size, generator=generator).to(device)
+    model = InpaintingTransformer(cfg.model).to(device)
+    return Trainer(model, images, images[:1], cfg, generator)
+
+
+def matmul_ceiling(device: torch.device, dtype: torch.dtype) -> dict:
+    """GFLOP/s of a large square matrix product in `dtype`, through aten and (CPU) through oneDNN.
+
+    The ceiling is the faster of the two: on CPU-2, aten's fp32 product (MKL) reaches less than
+    half of what oneDNN does, and the network runs on oneDNN.
+    """
+    n = 2048 if device.type == "cpu" else 8192
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    flops = 2 * n**3
+    out = {"matmul_size": n, "matmul_aten_gflops": flops / timed(lambda: a @ b, 5, device, warmup=True) / 1e9}
+    out["matmul_gflops"] = out["matmul_aten_gflops"]
+    if device.type == "cpu" and packed_available():
+        packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), n)
+        onednn = lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")  # noqa: E731
+        out["matmul_onednn_gflops"] = flops / timed(onednn, 5, device, warmup=True) / 1e9
+        out["matmul_gflops"] = max(out["matmul_gflops"], out["matmul_onednn_gflops"])
+    return out
+
+
+def timed(fn, repeat: int, device: torch.device, warmup: bool = False) -> float:
+    """Median seconds of `repeat` calls of fn (device work included)."""
+    if warmup:
+        fn()
+    times = []
+    for _ in range(repeat):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Restart peak-memory tracking: CUDA's allocator statistics, or the process's peak RSS (Linux)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    except OSError:
+        log.info("cannot reset the peak RSS: peak_mem_mb is the process's peak so far")
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    """Peak GPU memory allocated, or the process's peak resident set (VmHWM) on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()})"
+
+
+def format_table(r: dict) -> str:
+    """The human-readable summary of a `run_bench` result."""
+    ceiling = f"{r['matmul_gflops']:.0f} GFLOP/s ({r['matmul_size']}^3, aten {r['matmul_aten_gflops']:.0f}"
+    ceiling += f", oneDNN {r['matmul_onednn_gflops']:.0f})" if "matmul_onednn_gflops" in r else ")"
+    peak = "n/a" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f} MB"
+    rows = [
+        ("setup", f"{r['preset']} preset, {r['image_size']} px, {r['windows_per_image']} windows/image "
+         f"({r['patches_per_window']} patch{'es' if r['patches_per_window'] > 1 else ''} inpainted per window), {r['device']}, {r['dtype']}"
+         + (", compiled" if r["compile"] else "")),
+        ("FLOPs per window", f"{r['gflop_per_window']:.3f} GFLOP forward, {r['gflop_per_window'] * 3:.3f} training (about 3x)"),
+        ("matmul ceiling", ceiling),
+        ("inference", f"{r['windows_per_s']:.1f} windows/s, {r['ms_per_image']:.1f} ms/image, {r['achieved_gflops']:.0f} GFLOP/s "
+         f"= {100 * r['fraction_of_matmul']:.0f}% of the ceiling"),
+        ("", f"batch {r['batch_images']} images, chunks of {r['chunk_windows']} windows, peak memory {peak}"),
+        ("naive loop", f"{r['naive_windows_per_s']:.1f} windows/s (one window per forward pass): speed-up per image {r['speedup']:.1f}x"),
+        ("training", f"{r['train_windows_per_s']:.1f} windows/s, {r['train_gflops']:.0f} GFLOP/s "
+         f"= {100 * r['train_fraction_of_matmul']:.0f}% of the ceiling (batch {r['train_batch']})"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {text}" for name, text in rows)

@@ -1,0 +1,1 @@
+"""Training: `fit`, the epoch loop, resume state, optimiser knobs and data-parallel setup."""

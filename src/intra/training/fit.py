@@ -1,0 +1,142 @@
+"""fit(): train an InpaintingTransformer on defect-free images and save a run folder.
+
+Paper section 4: per epoch `windows_per_image` random windows per training image; a validation
+split of 10 % of the images (at most 20) scored on a fixed set of windows; Adam; early stopping
+when the validation loss has not improved for `patience` epochs, keeping the best weights. After
+training, the mean difference map of the training images is computed and stored with the model,
+and the decision thresholds are calibrated on the validation images (see `inference.calibration`).
+
+Run folder: config.json (resolved config), train_log.jsonl (one line per epoch),
+model.safetensors + model.json (see `checkpoint`), and while training runs
+training_state.safetensors, rewritten atomically after every epoch: `fit(..., resume=True)`
+(`intra train --resume RUN`) continues from it and, with the same thread count, ends with
+bit-identical weights to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..checkpoint import save_checkpoint
+from ..config import Config, validate
+from ..core.model import InpaintingTransformer
+from ..data.datasets import training_images
+from ..data.images import load_images, resolve_color, standardize
+from ..errors import IntraError
+from ..files import write_json
+from ..inference.calibration import calibrate
+from ..inference.detector import Detector
+from ..runtime import configure_threads, resolve_device
+from . import distributed, state
+from .trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitResult:
+    detector: Detector
+    stats: dict
+    main: bool = True  # False in the processes of a distributed run other than rank 0 (they write nothing)
+
+
+def split_validation(count: int, cfg: Config, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random (train, validation) index split: val_fraction of the images, at most val_max_images.
+
+    With a single image there is nothing to hold out: validation reuses it (logged as a warning).
+    """
+    if count < 2:
+        log.warning("only one training image: validating on the training image itself")
+        return torch.arange(count), torch.arange(count)
+    n_val = min(cfg.train.val_max_images, max(1, round(cfg.train.val_fraction * count)))
+    order = torch.randperm(count, generator=generator)
+    return order[n_val:].sort().values, order[:n_val].sort().values
+
+
+def mean_map_subset(items, cfg: Config):
+    """The training images (or paths) the mean map averages: all, or score.mean_map_images evenly spaced."""
+    count = cfg.score.mean_map_images
+    if not count or count >= len(items):
+        return items
+    return items[:: math.ceil(len(items) / count)]
+
+
+def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = False, resume: bool = False) -> FitResult:
+    """Train on the images of `data` (an MVTec-layout root or a folder of images) into `run_dir`.
+
+    With `resume`, continue the interrupted training saved in run_dir (cfg must be its config).
+    """
+    run_dir = Path(run_dir)
+    paths = training_images(data)
+    color = resolve_color(cfg.data.color, paths)
+    cfg = copy.deepcopy(cfg)
+    cfg.data.color = color
+    cfg.model.channels = 1 if color == "gray" else 3
+    validate(cfg)
+    configure_threads(cfg.train.threads)
+    world, device = distributed.setup(resolve_device(cfg.train.device))
+    torch.manual_seed(cfg.train.seed)
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+
+    if resume and world.active:
+        raise IntraError("--resume continues single-process runs only: resume without torchrun")
+    # Read every image before creating anything: a bad file must not leave a half-made run folder.
+    images = load_images(paths, cfg.model.image_size, color)  # (n, C, H, W)
+    if cfg.data.standardize:
+        images = standardize(images)
+    if not resume and world.main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / state.TRAINING_STATE).unlink(missing_ok=True)  # a stale one would be resumed by mistake
+        except OSError as exc:
+            raise IntraError(f"cannot write to run folder {run_dir}: {exc.strerror or exc}") from None
+        write_json(run_dir / "config.json", cfg.to_dict())
+    train_idx, val_idx = split_validation(len(images), cfg, generator)
+    log.info("%d training images (%s), %d held out for validation", len(train_idx), color, len(val_idx))
+
+    model = InpaintingTransformer(cfg.model)
+    model.set_pixel_stats(images[train_idx].mean(dim=(0, 2, 3)), images[train_idx].std(dim=(0, 2, 3)))
+    model = model.to(device)
+    trainer = Trainer(model, images[train_idx].to(device), images[val_idx].to(device), cfg, generator, world)
+    log_path = run_dir / "train_log.jsonl"
+    if resume:
+        state.restore(trainer, *state.load(run_dir))
+        state.truncate_log(log_path, trainer.epoch)
+        log.info("resuming %s after epoch %d", run_dir, trainer.epoch)
+    data_path = str(Path(data).resolve())
+    if world.main:
+        stats = trainer.run(log_path, progress, on_epoch=lambda t: state.save(run_dir, *state.capture(t, data=data_path)))
+    else:
+        stats = trainer.run(None)  # only rank 0 writes the log and the training state
+    model.load_state_dict(trainer.best_state)
+
+    detector = Detector(model, cfg, device=device)
+    if not world.main:
+        world.barrier()  # wait for rank 0's mean map and checkpoint
+        return FitResult(detector, stats, main=False)
+    batches = mean_map_subset(images[train_idx], cfg).split(max(1, cfg.score.chunk_windows // cfg.model.grid**2))
+    mean_map = detector.fit_mean_map(tqdm(batches, desc="mean map", disable=not progress, leave=False))
+    val_maps, val_scores = detector.predict(images[val_idx])
+    if len(val_idx) < 10:
+        log.warning("thresholds calibrated on only %d validation image(s): expect them to be rough", len(val_idx))
+    stats.update(
+        train_images=len(train_idx),
+        val_images=len(val_idx),
+        color=color,
+        val_score_max=float(val_scores.max()),
+        # Overlays saturate at twice the hottest pixel seen on held-out normal images.
+        overlay_vmax=2 * float(val_maps.max()),
+        **calibrate(val_scores.numpy(), val_maps.numpy(), cfg.score),
+    )
+    save_checkpoint(run_dir, model, cfg, {"mean_map": mean_map, "std_map": detector.std_map}, stats)
+    (run_dir / state.TRAINING_STATE).unlink(missing_ok=True)  # training is over: the model is in model.*
+    detector.stats = stats
+    world.barrier()
+    return FitResult(detector, stats)

@@ -1,0 +1,215 @@
+"""The epoch loop: sampling, optimisation, validation, early stopping and the training log.
+
+`fit` builds a Trainer and runs it; `state` saves and restores it for `--resume`.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import Config
+from ..core.losses import inpainting_loss
+from ..core.model import InpaintingTransformer
+from ..data.sampling import Batch, WindowSampler, concat_batches
+from ..errors import IntraError
+from . import distributed
+from .optim import WeightEMA, build_optimizer, lr_factor, set_lr
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    """The epoch loop: sampling, optimisation, validation, early stopping, the training log."""
+
+    def __init__(
+        self,
+        model: InpaintingTransformer,
+        train_images: torch.Tensor,
+        val_images: torch.Tensor,
+        cfg: Config,
+        generator: torch.Generator,
+        world: distributed.World | None = None,
+    ):
+        self.model, self.cfg, self.generator = model, cfg, generator
+        self.world = world or distributed.World()
+        self.device = train_images.device
+        self.sampler = WindowSampler(train_images, cfg)
+        # This process's share of each global batch, one generator per sampling shard.
+        t = cfg.train
+        self.generators = self.world.shard_generators(generator, t.sample_shards, t.batch_size, t.seed)
+        self.shard_size = t.batch_size // (len(self.generators) * self.world.size)
+        # The network as train_step calls it: DDP-wrapped when distributed, compiled on request.
+        self.network = self.world.wrap(model, self.device)
+        self.loss = inpainting_loss  # not compiled: inductor miscompiles the replicate-padding backward
+        if t.compile:
+            self.network = torch.compile(self.network)
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.dtype == "bf16")
+        self.val_batches = _validation_batches(val_images, cfg)[self.world.rank :: self.world.size]
+        self.optimizer = self.build_optimizer()
+        # Weight average (train.ema): validated and kept as the best weights instead of the raw ones.
+        self.ema = WeightEMA(model, cfg.train.ema) if cfg.train.ema else None
+        self.steps_per_epoch = math.ceil(cfg.train.windows_per_image * len(train_images) / cfg.train.batch_size)
+        self.epoch = 0
+        self.step = 0  # optimisation steps so far (with the elapsed time, drives the lr schedule)
+        self.best_loss, self.best_epoch = math.inf, 0
+        self.best_state = copy.deepcopy(model.state_dict())
+        self.elapsed = 0.0  # seconds spent in earlier sessions of a resumed run
+
+    @property
+    def eval_model(self) -> InpaintingTransformer:
+        """The weights that are validated and kept: the EMA copy if there is one."""
+        return self.ema.model if self.ema is not None else self.model
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        return build_optimizer(self.model, self.cfg.train)
+
+    def progress(self, seconds: float) -> float:
+        """Training progress in [0, 1] for the lr schedule: the larger of the step and time fractions."""
+        t = self.cfg.train
+        fraction = self.step / (t.max_epochs * self.steps_per_epoch)
+        if t.max_minutes:
+            fraction = max(fraction, seconds / (60 * t.max_minutes))
+        return min(fraction, 1.0)
+
+    def forward(self, model, batch: Batch) -> torch.Tensor:
+        """Predicted covered patches shaped like batch.target (one or several covered per window).
+
+        `model` is the network or its DDP/compiled wrapper: only its forward is called.
+        """
+        pred = model(batch.patches, batch.covered, batch.positions)
+        if batch.covered.dtype == torch.bool:  # several covered patches per window: (n, T, P)
+            pred = pred[batch.covered]
+        return pred.view_as(batch.target)
+
+    def train_step(self, batch_number: int, seconds: float = 0.0) -> dict[str, torch.Tensor]:
+        """One optimisation step on a fresh random batch; returns the detached loss terms."""
+        t = self.cfg.train
+        lr = t.lr * lr_factor(t, self.progress(seconds))
+        set_lr(self.optimizer, lr)
+        batch = self.sample()
+        with self.autocast:
+            pred = self.forward(self.network, batch)
+        pred = pred.float()  # the loss in fp32 also under bf16
+        loss, parts = self.loss(pred, batch.target, t.alpha, t.beta)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        parts["loss"] = loss.detach()
+        parts["lr"] = torch.tensor(lr)
+        return parts
+
+    def sample(self) -> Batch:
+        """This process's share of a global batch: one piece per sampling shard."""
+        if len(self.generators) == 1:
+            return self.sampler.sample(self.shard_size, self.generators[0])
+        return concat_batches([self.sampler.sample(self.shard_size, g) for g in self.generators])
+
+    def mean_loss(self, totals: dict[str, torch.Tensor], steps: int) -> float:
+        """The mean training loss of the epoch so far; IntraError if it is not finite."""
+        loss = float(totals["loss"]) / max(steps, 1)
+        if not math.isfinite(loss):
+            raise IntraError(f"training diverged: loss is {loss} in epoch {self.epoch}, by batch {steps} (try a lower train.lr)")
+        return loss
+
+    def out_of_time(self, deadline: float) -> bool:
+        """Past the deadline, agreed by all processes (they must stop at the same step)."""
+        if deadline == math.inf:
+            return False
+        return self.world.any(time.perf_counter() > deadline, self.device)
+
+    def train_epoch(self, deadline: float, progress: bool, start: float | None = None) -> dict[str, float]:
+        """Steps until the epoch is done or the deadline passes; returns mean loss terms and steps."""
+        self.model.train()
+        start = time.perf_counter() if start is None else start
+        totals: dict[str, torch.Tensor] = {}  # summed on the device: reading a value waits for it
+        done = 0
+        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch}", disable=not progress, leave=False)
+        for _ in bar:
+            parts = self.train_step(done + 1, time.perf_counter() - start)
+            for k, v in parts.items():
+                totals[k] = totals[k] + v if k in totals else v
+            done += 1
+            if done % 20 == 0:
+                bar.set_postfix(loss=f"{self.mean_loss(totals, done):.4f}")
+            if self.out_of_time(deadline):
+                break
+        self.mean_loss(totals, done)
+        sums = self.world.all_sum([float(v) for v in totals.values()], self.device)  # mean over the processes' windows
+        means = {f"train_{k}": v / max(done * self.world.size, 1) for k, v in zip(totals, sums)}
+        return {**means, "steps": done}
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Loss on the fixed validation windows."""
+        model = self.eval_model.eval()
+        total, count = 0.0, 0
+        for batch in self.val_batches:
+            pred = self.forward(model, batch)
+            loss, _ = inpainting_loss(pred, batch.target, self.cfg.train.alpha, self.cfg.train.beta)
+            total += float(loss) * len(pred)
+            count += len(pred)
+        total, count = self.world.all_sum([total, count], self.device)
+        return total / max(count, 1)
+
+    def run(self, log_path: Path | None, progress: bool = False, on_epoch=None) -> dict:
+        """Epochs until patience, max_epochs or max_minutes; the best weights end in best_state.
+
+        Continues from self.epoch (0, or a resumed state), appending to the log; calls
+        on_epoch(self) after every epoch (fit saves the training state there). log_path None
+        writes no log (the processes of a distributed run other than rank 0).
+        """
+        t = self.cfg.train
+        start = time.perf_counter() - self.elapsed
+        deadline = start + t.max_minutes * 60 if t.max_minutes else math.inf
+        with log_path.open("a" if self.epoch else "w", encoding="utf-8") if log_path else io.StringIO() as log_file:
+            while self.epoch < t.max_epochs and self.epoch - self.best_epoch < t.patience and not self.out_of_time(deadline):
+                self.epoch += 1
+                record = {"epoch": self.epoch, **self.train_epoch(deadline, progress, start)}
+                record["val_loss"] = val_loss = self.validate()
+                record["seconds"] = round(time.perf_counter() - start, 3)
+                improved = val_loss < self.best_loss
+                if improved:
+                    self.best_loss, self.best_epoch = val_loss, self.epoch
+                    self.best_state = copy.deepcopy(self.eval_model.state_dict())
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+                line = f"epoch {self.epoch:4d}  train {record.get('train_loss', math.nan):.5f}  val {val_loss:.5f}{'  *' if improved else ''}  {record['seconds']:.0f}s"
+                log.info(line)
+                if progress:
+                    tqdm.write(line)
+                self.elapsed = time.perf_counter() - start
+                if on_epoch is not None:
+                    on_epoch(self)
+        return {
+            "epochs": self.epoch,
+            "best_epoch": self.best_epoch,
+            "best_val_loss": self.best_loss,
+            "train_seconds": round(time.perf_counter() - start, 2),
+        }
+
+
+def _validation_batches(val_images: torch.Tensor, cfg: Config) -> list:
+    """A fixed set of validation windows (no augmentation), drawn once from a dedicated seed.
+
+    One covered patch per window whatever train.cover_spacing is: the validation loss measures the
+    paper's task, comparable between settings.
+    """
+    sampler = WindowSampler(val_images, cfg, augment=False, cover_spacing=0)
+    generator = torch.Generator().manual_seed(cfg.train.seed + 1)
+    total = cfg.train.val_windows_per_image * len(val_images)
+    sizes = [min(cfg.train.batch_size, total - i) for i in range(0, total, cfg.train.batch_size)]
+    return [sampler.sample(n, generator) for n in sizes]

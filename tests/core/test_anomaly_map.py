@@ -1,0 +1,42 @@
+"""The anomaly map: difference maps, filter sizes, normalisation and the image score."""
+
+import torch
+
+from intra.config import ScoreConfig
+from intra.core.anomaly_map import difference_map, filter_sizes, image_score, normalize, odd_size
+
+
+def test_difference_map_of_a_perfect_reconstruction_is_zero():
+    x = torch.rand(2, 3, 64, 64)
+    diff = difference_map(x, x.clone(), ScoreConfig())
+    assert diff.shape == (2, 64, 64)
+    assert float(diff.abs().max()) < 1e-6
+
+
+
+def test_difference_map_lights_up_where_the_reconstruction_differs():
+    x = torch.rand(1, 1, 64, 64) * 0.1 + 0.45
+    recon = x.clone()
+    recon[..., 40:48, 8:16] = torch.rand(8, 8)  # a wrong patch
+    diff = difference_map(x, recon, ScoreConfig())[0]
+    assert diff[44, 12] > 5 * diff[10, 50]
+
+
+
+def test_filter_sizes_stated_in_the_docs():
+    sizes = filter_sizes(ScoreConfig())
+    assert sizes == [
+        {"scale": 0.5, "mean_filter": 11, "gaussian_sigma": 2.0},
+        {"scale": 0.25, "mean_filter": 5, "gaussian_sigma": 1.0},
+    ]
+    assert odd_size(10.5) == 11 and odd_size(5.25) == 5 and odd_size(0.3) == 1
+
+
+
+def test_normalisation_and_score():
+    diff = torch.tensor([[[0.1, 0.5], [0.2, 0.2]]])
+    mean_map = torch.tensor([[0.1, 0.1], [0.4, 0.2]])
+    amap = normalize(diff, mean_map)
+    torch.testing.assert_close(amap, torch.tensor([[[0.0, 0.16], [0.04, 0.0]]]))
+    torch.testing.assert_close(image_score(amap), torch.tensor([0.16]))
+    assert normalize(diff, None) is diff

@@ -1,0 +1,74 @@
+"""Window placement: corners at the borders, inference windows, patchify, random windows and crops."""
+
+import torch
+
+from intra.core.windows import (
+    crop_windows,
+    inference_windows,
+    patchify,
+    random_windows,
+    unpatchify,
+    window_corner,
+    window_tokens,
+)
+
+
+def test_window_corner_centres_the_patch_away_from_borders():
+    # M = 16, L = 7: centre patch 8 sits at window position 3 (the centre) -> corner 5.
+    assert int(window_corner(8, 16, 7)) == 5
+    assert int(window_corner(3, 16, 7)) == 0  # t - 3 = 0: exactly centred, window at the border
+    assert int(window_corner(12, 16, 7)) == 9  # last centred position: 12 + 3 = 15 = M - 1
+
+
+
+def test_window_corner_clamps_at_every_border():
+    corners = window_corner(torch.arange(16), 16, 7)
+    assert corners[:4].tolist() == [0, 0, 0, 0]  # top/left border: window stays inside
+    assert corners[12:].tolist() == [9, 9, 9, 9]  # bottom/right border: corner M - L
+    assert corners.min() >= 0 and (corners + 7).max() <= 16
+
+
+
+def test_inference_windows_cover_every_patch_and_contain_it():
+    tokens, covered = inference_windows((6, 9), 3)
+    assert tokens.shape == (54, 9) and covered.shape == (54,)
+    # The covered token of window p is patch p itself.
+    assert torch.equal(tokens[torch.arange(54), covered], torch.arange(54))
+    # Interior patch (2, 4): centred, covered index = 4 (middle of 3 x 3).
+    assert int(covered[2 * 9 + 4]) == 4
+    # Corner patches sit in the windows' corners.
+    assert int(covered[0]) == 0 and int(covered[53]) == 8
+
+
+
+def test_window_tokens_are_global_grid_positions():
+    tokens = window_tokens(torch.tensor([1]), torch.tensor([2]), columns=10, window=3)
+    expected = [[(1 + i) * 10 + (2 + j) for i in range(3) for j in range(3)]]
+    assert tokens.tolist() == expected
+
+
+
+def test_patchify_round_trip_and_layout():
+    images = torch.rand(2, 3, 12, 20)
+    patches = patchify(images, 4)
+    assert patches.shape == (2, 15, 48)
+    assert torch.equal(unpatchify(patches, 3, (3, 5)), images)
+    # Patch (1, 2) is the image region rows 4..7, columns 8..11, laid out C x K x K.
+    assert torch.equal(patches[0, 1 * 5 + 2].view(3, 4, 4), images[0, :, 4:8, 8:12])
+
+
+
+def test_random_windows_reach_both_end_positions_with_equal_chance():
+    generator = torch.Generator().manual_seed(0)
+    r, s, covered = random_windows(60_000, (10, 10), 7, generator)
+    counts = torch.bincount(r, minlength=4).float()
+    assert r.min() == 0 and r.max() == 3 and covered.max() == 48
+    assert (counts / counts.mean() - 1).abs().max() < 0.05  # uniform, ends included
+
+
+
+def test_crop_windows_matches_slicing():
+    images = torch.rand(3, 2, 16, 16)
+    crops = crop_windows(images, torch.tensor([2, 0]), torch.tensor([1, 0]), torch.tensor([0, 2]), window=2, patch_size=4)
+    assert torch.equal(crops[0], images[2, :, 4:12, 0:8])
+    assert torch.equal(crops[1], images[0, :, 0:8, 8:16])

@@ -1,0 +1,40 @@
+"""Training windows: targets, augmentation ranges and several covered patches per window."""
+
+
+import torch
+
+from intra.data.sampling import WindowSampler
+
+from conftest import tiny_config
+
+
+def test_multicover_sampler_targets_are_the_covered_patches():
+    cfg = tiny_config(head="covered")
+    cfg.train.cover_spacing = 2
+    batch = WindowSampler(torch.rand(2, 3, 32, 32), cfg, augment=False).sample(8, torch.Generator().manual_seed(3))
+    assert batch.covered.dtype == torch.bool and batch.covered.shape == (8, 9)
+    assert batch.target.shape == (int(batch.covered.sum()), 3, 4, 4)
+    torch.testing.assert_close(batch.patches[batch.covered].view_as(batch.target), batch.target)
+
+
+
+def test_sampler_batches_have_consistent_targets():
+    cfg = tiny_config()
+    images = torch.rand(2, 3, 32, 32)
+    batch = WindowSampler(images, cfg, augment=False).sample(16, torch.Generator().manual_seed(1))
+    assert batch.patches.shape == (16, 9, 48) and batch.target.shape == (16, 3, 4, 4)
+    picked = batch.patches[torch.arange(16), batch.covered].view(16, 3, 4, 4)
+    torch.testing.assert_close(picked, batch.target)
+    # positions are the windows' global grid indices: a 3 x 3 block of an 8 x 8 grid.
+    rows, cols = batch.positions // 8, batch.positions % 8
+    assert ((rows.max(1).values - rows.min(1).values) == 2).all() and ((cols.max(1).values - cols.min(1).values) == 2).all()
+
+
+
+def test_augmented_windows_stay_in_range():
+    for rotation in ("rot90", "any"):
+        cfg = tiny_config()
+        cfg.train.rotation = rotation
+        batch = WindowSampler(torch.rand(2, 3, 32, 32), cfg).sample(16, torch.Generator().manual_seed(2))
+        assert batch.patches.shape == (16, 9, 48)
+        assert float(batch.patches.min()) >= 0 and float(batch.patches.max()) <= 1

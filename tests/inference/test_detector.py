@@ -1,0 +1,120 @@
+"""Batched inference equals the naive one-window-per-forward loop; bf16 stays close to fp32; chunks fit the budget."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from intra.inference.detector import Detector, window_bytes
+from intra.inference.packed import available, pack_for_cpu
+
+from conftest import lively_model, tiny_config
+
+
+@pytest.mark.parametrize("overrides", [{}, {"position": "global", "head": "covered"}, {"attention": "msa"}])
+def test_batched_and_naive_reconstructions_agree(overrides):
+    cfg = tiny_config(**overrides)
+    cfg.score.chunk_windows = 50  # chunks straddle the images' boundaries (64 windows per image)
+    detector = Detector(lively_model(cfg), cfg)
+    images = torch.rand(3, 3, 32, 32)
+    batched = detector.reconstruct(images)
+    naive = detector.reconstruct_naive(images)
+    assert batched.shape == images.shape
+    assert float(naive.std()) > 0.02  # the windows really differ: the comparison is not vacuous
+    assert float((batched - naive).abs().max()) <= 1e-5
+
+
+
+def test_chunks_follow_the_memory_budget_without_changing_the_result():
+    cfg = tiny_config()
+    detector = Detector(lively_model(cfg), cfg)
+    images = torch.rand(2, 3, 32, 32)
+    whole = detector.reconstruct(images)
+    cfg.score.memory_mb = 3 * window_bytes(cfg.model) / 2**20
+    assert detector.chunk_windows() == 3
+    assert float((detector.reconstruct(images) - whole).abs().max()) <= 1e-6
+    cfg.score.memory_mb = 1e-9
+    assert detector.chunk_windows() == 1  # never zero
+
+
+
+def test_bf16_anomaly_map_is_within_one_percent_of_fp32():
+    cfg = tiny_config()
+    model = lively_model(cfg)
+    fp32 = Detector(model, cfg)
+    bf16 = Detector(model, cfg, dtype="bf16")
+    fp32.fit_mean_map([torch.rand(4, 3, 32, 32)])
+    bf16.mean_map = fp32.mean_map
+    images = torch.rand(3, 3, 32, 32)
+    maps32, _ = fp32.predict(images)
+    maps16, _ = bf16.predict(images)
+    assert not torch.equal(maps16, maps32)  # bf16 really ran
+    assert float((maps16 - maps32).norm() / maps32.norm()) <= 1e-2
+
+
+
+@pytest.mark.skipif(not available(), reason="torch built without oneDNN")
+def test_packed_cpu_network_computes_the_same_function():
+    cfg = tiny_config()
+    model = lively_model(cfg).eval()
+    packed = pack_for_cpu(model)
+    assert packed is not model and not any(type(m) is torch.nn.Linear for m in packed.modules())
+    patches = torch.rand(5, 9, cfg.model.patch_dim)
+    covered = torch.randint(0, 9, (5,))
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(patches, covered), model(patches, covered), atol=1e-5, rtol=1e-5)
+
+
+
+def test_detector_follows_weight_changes():
+    cfg = tiny_config()
+    model = lively_model(cfg)
+    detector = Detector(model, cfg)
+    images = torch.rand(1, 3, 32, 32)
+    before = detector.reconstruct(images)
+    with torch.no_grad():
+        model.head.bias.add_(1.0)
+    after = detector.reconstruct(images)
+    assert float((after - before).abs().min()) > 0.1
+    assert float((after - detector.reconstruct_naive(images)).abs().max()) <= 1e-5
+
+
+
+PEAK_PROBE = """
+import sys, torch
+from pathlib import Path
+from intra.config import Config, ModelConfig
+from intra.inference.detector import Detector
+from intra.core.model import InpaintingTransformer
+torch.set_num_threads(1)
+cfg = Config()
+cfg.model = ModelConfig(image_size=128, patch_size=16, window=7, dim=256, depth=5, heads=4)
+cfg.score.chunk_windows, cfg.score.memory_mb = int(sys.argv[1]), 1e6
+detector = Detector(InpaintingTransformer(cfg.model), cfg)
+images = torch.rand(1, 3, 128, 128)
+detector.network()  # the oneDNN copy of the weights is made before the measurement
+def peak():
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM"))
+    return int(line.split()[1]) * 1024
+Path("/proc/self/clear_refs").write_text("5")
+base = peak()
+detector.reconstruct(images)
+print(peak() - base)
+"""
+
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's peak-RSS reset")
+def test_window_bytes_bounds_the_measured_peak_memory_per_window():
+    from intra.config import ModelConfig
+
+    def growth(chunk):
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        result = subprocess.run([sys.executable, "-c", PEAK_PROBE, str(chunk)], capture_output=True, text=True, env=env, check=True)
+        return int(result.stdout.split()[-1])
+
+    per_window = (growth(64) - growth(4)) / 60
+    estimate = window_bytes(ModelConfig(image_size=128, patch_size=16, window=7, dim=256, depth=5, heads=4))
+    assert 0.3 * estimate < per_window <= estimate

@@ -1,0 +1,17 @@
+"""The scripts beside the package (benchmarks/, scripts/) import against the current library, so they cannot rot."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = sorted([*ROOT.glob("benchmarks/*.py"), *ROOT.glob("scripts/*.py")])
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=[p.relative_to(ROOT).as_posix() for p in SCRIPTS])
+def test_script_imports_and_has_a_main(path):
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # runs the imports; the work itself sits behind `if __name__ == "__main__"`
+    assert callable(getattr(module, "main", None)), f"{path.name} has no main()"

@@ -1,0 +1,58 @@
+"""FLOP counts from the config match PyTorch's own counter; `intra bench` runs end to end."""
+
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from intra.config import ModelConfig
+from intra.core.model import InpaintingTransformer
+from intra.tools.speed import train_window_flops, window_flops
+
+from conftest import intra
+
+
+@pytest.mark.parametrize("overrides", [{}, {"attention": "msa", "heads": 2}, {"channels": 1, "mlp_ratio": 2.0, "depth": 4}])
+def test_flop_formula_matches_the_flop_counter(overrides):
+    cfg = ModelConfig(**{**dict(image_size=48, channels=3, patch_size=8, window=3, dim=64, depth=3, heads=4), **overrides})
+    model = InpaintingTransformer(cfg)
+    model.set_fused_attention(False)  # explicit matmuls: the counter does not see every fused kernel
+    patches = torch.rand(5, 9, cfg.patch_dim)
+    covered = torch.randint(0, 9, (5,))
+    with FlopCounterMode(display=False) as forward:
+        out = model(patches, covered)
+    assert forward.get_total_flops() == 5 * window_flops(cfg)
+    with FlopCounterMode(display=False) as both:
+        model(patches, covered).square().mean().backward()
+    assert both.get_total_flops() == 5 * train_window_flops(cfg)
+    assert out.shape == (5, cfg.patch_dim)
+
+
+
+def test_paper_preset_costs_about_1_4_tflop_per_256_px_image():
+    cfg = ModelConfig()  # the paper: K 16, L 7, D 512, 13 blocks, RGB
+    assert 1.35e12 < 256 * window_flops(cfg) < 1.45e12
+
+
+
+def test_bench_command_prints_a_table_then_json(tmp_path):
+    result = intra("bench", "--preset", "cpu", "--image-size", "64", "--threads", "1", "--repeat", "1",
+                   "--train-batch", "8", "--naive-windows", "4")
+    lines = result.stdout.strip().splitlines()
+    assert any(line.startswith("inference") for line in lines[:-1])
+    record = json.loads(lines[-1])
+    keys = ("windows_per_s", "naive_windows_per_s", "speedup", "ms_per_image", "achieved_gflops",
+            "matmul_gflops", "train_windows_per_s", "peak_mem_mb")
+    assert all(record[k] > 0 for k in keys)
+    # The cpu preset reads 9 patches per pass: 2 x 2 windows x 9 lattice phases for an 8 x 8 grid.
+    assert record["windows_per_image"] == 36 and record["patches_per_window"] == 9 and record["train_batch"] == 8
+    assert record["ms_per_image"] == pytest.approx(1000 * 36 / record["windows_per_s"])
+    assert record["speedup"] == pytest.approx(64 / record["naive_windows_per_s"] * 1000 / record["ms_per_image"])
+    one = intra("bench", "--preset", "cpu", "--image-size", "64", "--threads", "1", "--repeat", "1", "--train-batch", "8",
+                "--naive-windows", "4", "--set", "score.cover_spacing=0")
+    one = json.loads(one.stdout.strip().splitlines()[-1])
+    assert one["windows_per_image"] == 64 and one["patches_per_window"] == 1
+    assert one["speedup"] == pytest.approx(one["windows_per_s"] / one["naive_windows_per_s"])
+    bad = intra("bench", "--preset", "cpu", "--image-size", "60", "--threads", "1", check=False)
+    assert bad.returncode == 2 and "model.image_size" in bad.stderr

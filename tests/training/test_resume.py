@@ -1,0 +1,58 @@
+"""`intra train --resume`: a training killed mid-way ends with the same weights as an uninterrupted one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from conftest import TINY, intra, user_error
+
+# Long enough epochs (about a second each) for the test to kill the run between two of them.
+RESUMABLE = [*TINY, "--epochs", "4", "--windows-per-image", "150", "--patience", "50", "--seed", "3"]
+
+
+
+
+def saved_epoch(run) -> int:
+    try:
+        with safe_open(str(run / "training_state.safetensors"), framework="pt") as f:
+            return json.loads(f.metadata()["state"])["epoch"]
+    except Exception:  # not written yet
+        return 0
+
+
+
+def test_killed_training_resumes_to_bit_identical_weights(tmp_path, mvtec_root):
+    reference = tmp_path / "reference"
+    intra("train", "--data", mvtec_root, "--out", reference, *RESUMABLE)
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "intra.cli", "train", "--data", str(mvtec_root), "--out", str(killed), *RESUMABLE]
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while saved_epoch(killed) < 1 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    epoch = saved_epoch(killed)
+    assert 1 <= epoch < 4 and not (killed / "model.safetensors").exists(), "the run was not killed mid-way"
+
+    result = intra("train", "--resume", killed, "--threads", "1")
+    assert "trained 4 epochs" in result.stdout
+    a, b = load_file(str(reference / "model.safetensors")), load_file(str(killed / "model.safetensors"))
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), "resumed weights differ"
+    log = [json.loads(line) for line in (killed / "train_log.jsonl").read_text().splitlines()]
+    reference_log = [json.loads(line) for line in (reference / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4]
+    assert [r["val_loss"] for r in log] == [r["val_loss"] for r in reference_log]
+    assert not (killed / "training_state.safetensors").exists()  # training finished: nothing left to resume
+
+    # A finished run has nothing to resume, and a resumed run keeps its own config.
+    user_error(intra("train", "--resume", killed, check=False), "training_state.safetensors")
+    user_error(intra("train", "--resume", killed, "--lr", "0.1", check=False), "--lr")
