@@ -55,7 +55,13 @@ def inference(name: str, images: int, repeat: int) -> dict:
     batch = torch.rand(images, 3, size, size)
     seconds = best_seconds(lambda: detector.reconstruct(batch), repeat)
     windows = images * cfg.model.grid**2
-    return {"what": "inference", "preset": name, "images": images, "windows_per_s": windows / seconds, "ms_per_image": 1000 * seconds / images}
+    return {
+        "what": "inference",
+        "preset": name,
+        "images": images,
+        "windows_per_s": windows / seconds,
+        "ms_per_image": 1000 * seconds / images,
+    }
 
 
 def training(name: str, steps: int) -> dict:
@@ -69,7 +75,12 @@ def training(name: str, steps: int) -> dict:
     for step in range(steps):
         trainer.train_step(step + 2)
     seconds = time.perf_counter() - start
-    return {"what": "training", "preset": name, "batch": cfg.train.batch_size, "windows_per_s": steps * cfg.train.batch_size / seconds}
+    return {
+        "what": "training",
+        "preset": name,
+        "batch": cfg.train.batch_size,
+        "windows_per_s": steps * cfg.train.batch_size / seconds,
+    }
 
 
 def main() -> None:

@@ -49,7 +49,12 @@ class SnapshotTrainer(Trainer):
         while self.pending and minutes >= self.pending[0] - 0.05:
             model = copy.deepcopy(self.model)
             model.load_state_dict(best)
-            stats = {"minutes": round(minutes, 3), "step": self.step, "epoch": self.epoch, "val_loss": min(loss, self.best_loss)}
+            stats = {
+                "minutes": round(minutes, 3),
+                "step": self.step,
+                "epoch": self.epoch,
+                "val_loss": min(loss, self.best_loss),
+            }
             save_checkpoint(self.run_dir / f"snap-{self.pending.pop(0):g}", model, self.cfg, {}, stats)
         return loss
 
@@ -75,7 +80,9 @@ def train(args: argparse.Namespace) -> None:
     train_idx, val_idx = split_validation(len(images), cfg, generator)
     model = InpaintingTransformer(cfg.model)
     model.set_pixel_stats(images[train_idx].mean(dim=(0, 2, 3)), images[train_idx].std(dim=(0, 2, 3)))
-    trainer = SnapshotTrainer(model, images[train_idx], images[val_idx], cfg, generator, run_dir=out, snapshots=snapshots)
+    trainer = SnapshotTrainer(
+        model, images[train_idx], images[val_idx], cfg, generator, run_dir=out, snapshots=snapshots
+    )
     stats = trainer.run(out / "train_log.jsonl")
     print(json.dumps(stats))
 
@@ -101,7 +108,9 @@ def evaluate_snapshots(args: argparse.Namespace) -> None:
             metrics.update(snapshot=stats, mean_map_seconds=round(time.perf_counter() - start - metrics["seconds"], 1))
             write_json(snap / "metrics.json", metrics)
         metrics = json.loads((snap / "metrics.json").read_text())
-        points.append({k: metrics.get(k) for k in ("image_auroc", "pixel_auroc", "aupro", "per_kind", "snapshot", "ms_per_image")})
+        points.append(
+            {k: metrics.get(k) for k in ("image_auroc", "pixel_auroc", "aupro", "per_kind", "snapshot", "ms_per_image")}
+        )
         print(snap.name, json.dumps(points[-1]))
     write_json(out / "curve.json", {"train_log": log, "snapshots": points})
 

@@ -25,7 +25,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="LABEL=RUN_FOLDER")
     parser.add_argument("--out", required=True, help="PNG to write")
-    parser.add_argument("--variant", default="", help="scoring variant of score_sweep.json to plot (default: the metrics.json of curves.py evaluate)")
+    parser.add_argument(
+        "--variant",
+        default="",
+        help="scoring variant of score_sweep.json to plot (default: the metrics.json of curves.py evaluate)",
+    )
     parser.add_argument("--title", default="", help="figure title")
     args = parser.parse_args()
     fig, (loss_ax, auroc_ax) = plt.subplots(1, 2, figsize=(11, 4))
@@ -46,7 +50,11 @@ def main() -> None:
         points.sort()
         auroc_ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
     loss_ax.set(xlabel="training minutes", ylabel="validation loss", yscale="log", title="validation loss")
-    auroc_ax.set(xlabel="training minutes", ylabel="image AUROC", title=f"image AUROC (scoring: {args.variant or 'as configured'})")
+    auroc_ax.set(
+        xlabel="training minutes",
+        ylabel="image AUROC",
+        title=f"image AUROC (scoring: {args.variant or 'as configured'})",
+    )
     for ax in (loss_ax, auroc_ax):
         ax.grid(alpha=0.3)
         ax.legend()

@@ -59,7 +59,12 @@ def main() -> None:
     train = load_images(mean_map_subset([paths[i] for i in train_idx], cfg), cfg.model.image_size, cfg.data.color)
     samples = test_samples(args.data)
     test = torch.stack([load_image(s.path, cfg.model.image_size, cfg.data.color) for s in samples])
-    masks = np.stack([load_mask(s.mask_path, args.eval_size).numpy() if s.mask_path else np.zeros((args.eval_size,) * 2, bool) for s in samples])
+    masks = np.stack(
+        [
+            load_mask(s.mask_path, args.eval_size).numpy() if s.mask_path else np.zeros((args.eval_size,) * 2, bool)
+            for s in samples
+        ]
+    )
     train, test = detector.prepare(train), detector.prepare(test)
     train_rec, test_rec = reconstruct_all(detector, train), reconstruct_all(detector, test)
     seconds = time.perf_counter() - start
@@ -70,7 +75,9 @@ def main() -> None:
     results = []
     for spec in args.variant:
         name, _, settings = spec.partition(":")
-        overrides = {f"score.{k.strip()}": v.strip() for k, v in (item.split("=", 1) for item in settings.split(";") if item)}
+        overrides = {
+            f"score.{k.strip()}": v.strip() for k, v in (item.split("=", 1) for item in settings.split(";") if item)
+        }
         vcfg = apply_overrides(copy.deepcopy(cfg), overrides).score
         train_maps = anomaly_map.difference_map(train, train_rec, vcfg)
         mean_map, std_map = train_maps.mean(0), train_maps.std(0, unbiased=False)
@@ -83,7 +90,10 @@ def main() -> None:
         result = {"variant": name, "overrides": overrides, **result}
         results.append(result)
         print(json.dumps(result), flush=True)
-    write_json(Path(args.out or Path(args.run) / "score_sweep.json"), {"data": args.data, "eval_size": args.eval_size, "mean_map_images": args.mean_map_images, "results": results})
+    write_json(
+        Path(args.out or Path(args.run) / "score_sweep.json"),
+        {"data": args.data, "eval_size": args.eval_size, "mean_map_images": args.mean_map_images, "results": results},
+    )
 
 
 if __name__ == "__main__":

@@ -92,7 +92,9 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="trained run folder")
     parser.add_argument("--data", required=True, help="MVTec-layout dataset")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--train-images", type=int, default=300, help="training images for the statistics and the kNN bank")
+    parser.add_argument(
+        "--train-images", type=int, default=300, help="training images for the statistics and the kNN bank"
+    )
     parser.add_argument("--out", help="JSON output (default RUN/signals.json)")
     args = parser.parse_args()
     configure_threads(args.threads)
@@ -100,7 +102,12 @@ def main() -> None:
     cfg, m = detector.cfg, detector.cfg.model
     samples = test_samples(args.data)
     kinds = np.array([s.kind for s in samples])
-    masks = np.stack([load_mask(s.mask_path, m.image_size).numpy() if s.mask_path else np.zeros((m.image_size,) * 2, bool) for s in samples])
+    masks = np.stack(
+        [
+            load_mask(s.mask_path, m.image_size).numpy() if s.mask_path else np.zeros((m.image_size,) * 2, bool)
+            for s in samples
+        ]
+    )
     paths = training_images(args.data)
     train_index, _ = split_validation(len(paths), cfg, torch.Generator().manual_seed(cfg.train.seed))
     train_paths = [paths[i] for i in train_index][: args.train_images]
@@ -131,10 +138,21 @@ def main() -> None:
     for name, (test_maps, train_maps) in signals.items():
         results[name] = scores_by_kind(zscore(test_maps, train_maps).numpy(), masks, kinds)
         r = results[name]
-        per_kind = "  ".join(f"{k[6:]} {v:.3f}/{r['pixel_' + k[6:]]:.3f}" for k, v in r.items() if k.startswith("image_") and k != "image_auroc")
-        print(f"{name:16s} image {r['image_auroc']:.3f} pixel {r['pixel_auroc']:.3f} | per kind image/pixel: {per_kind}", flush=True)
+        per_kind = "  ".join(
+            f"{k[6:]} {v:.3f}/{r['pixel_' + k[6:]]:.3f}"
+            for k, v in r.items()
+            if k.startswith("image_") and k != "image_auroc"
+        )
+        print(
+            f"{name:16s} image {r['image_auroc']:.3f} pixel {r['pixel_auroc']:.3f} | per kind image/pixel: {per_kind}",
+            flush=True,
+        )
     out = Path(args.out) if args.out else Path(args.run) / "signals.json"
-    out.write_text(json.dumps({"run": str(args.run), "data": str(args.data), "train_images": len(train), "results": results}, indent=1))
+    out.write_text(
+        json.dumps(
+            {"run": str(args.run), "data": str(args.data), "train_images": len(train), "results": results}, indent=1
+        )
+    )
     print(f"written to {out}")
 
 

@@ -29,7 +29,9 @@ def main() -> None:
             links = [(image, out / "test" / kind_dir.name / image.name)]
             if kind_dir.name != "good":
                 mask = f"{image.stem}_mask.png"
-                links.append((data / "ground_truth" / kind_dir.name / mask, out / "ground_truth" / kind_dir.name / mask))
+                links.append(
+                    (data / "ground_truth" / kind_dir.name / mask, out / "ground_truth" / kind_dir.name / mask)
+                )
             for source, target in links:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if not target.exists():

@@ -39,7 +39,9 @@ def lively(cfg, seed: int = 0) -> InpaintingTransformer:
     model = InpaintingTransformer(cfg.model)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.normal_(1.0 if name.endswith(("norm1.weight", "norm2.weight")) else 0.0, 0.15 if cfg.model.dim < 128 else 0.05)
+            p.normal_(
+                1.0 if name.endswith(("norm1.weight", "norm2.weight")) else 0.0, 0.15 if cfg.model.dim < 128 else 0.05
+            )
     model.set_pixel_stats(torch.full((cfg.model.channels,), 0.5), torch.full((cfg.model.channels,), 0.25))
     return model
 
@@ -61,26 +63,41 @@ def correctness(device: torch.device, quick: bool) -> list[dict]:
         bf16.mean_map, bf16.std_map = fp32.mean_map, fp32.std_map  # the same normalisation (score.zscore too)
         maps32, _ = fp32.predict(images)
         maps16, _ = bf16.predict(images)
-        rows.append({
-            "check": f"{name} preset {size}px",
-            "batched_vs_naive_max_abs": float((batched[:1] - naive).abs().max()),
-            "reconstruction_std": float(naive.std()),
-            "bf16_map_rel_err": float((maps16 - maps32).norm() / maps32.norm()),
-        })
+        rows.append(
+            {
+                "check": f"{name} preset {size}px",
+                "batched_vs_naive_max_abs": float((batched[:1] - naive).abs().max()),
+                "reconstruction_std": float(naive.std()),
+                "bf16_map_rel_err": float((maps16 - maps32).norm() / maps32.norm()),
+            }
+        )
         log.info("correctness %s", rows[-1])
     return rows
 
 
-def inference_variant(name: str, size: int, device: torch.device, dtype: str, compile: bool, batch: int, chunk: int) -> dict:
+def inference_variant(
+    name: str, size: int, device: torch.device, dtype: str, compile: bool, batch: int, chunk: int
+) -> dict:
     cfg = bench_config(BenchOptions(name, size, str(device), dtype=dtype, compile=compile))
     cfg.score.chunk_windows, cfg.score.memory_mb = chunk, 1e6  # the chunk is the variable here
     torch.manual_seed(0)
     detector = Detector(InpaintingTransformer(cfg.model), cfg, device=device, dtype=dtype, compile=compile)
     images = torch.rand(batch, 3, size, size, device=device)
-    row = {"kind": "inference", "preset": name, "image_size": size, "dtype": dtype, "compile": compile, "batch": batch, "chunk": chunk}
+    row = {
+        "kind": "inference",
+        "preset": name,
+        "image_size": size,
+        "dtype": dtype,
+        "compile": compile,
+        "batch": batch,
+        "chunk": chunk,
+    }
     row.update(speed.inference_throughput(detector, images, repeat=5))
-    row["command"] = f"intra bench --preset {name} --image-size {size} --device cuda --dtype {dtype} --batch {batch}" + (
-        " --compile" if compile else "") + f" --set score.chunk_windows={chunk} --set score.memory_mb=1e6"
+    row["command"] = (
+        f"intra bench --preset {name} --image-size {size} --device cuda --dtype {dtype} --batch {batch}"
+        + (" --compile" if compile else "")
+        + f" --set score.chunk_windows={chunk} --set score.memory_mb=1e6"
+    )
     return row
 
 
@@ -91,7 +108,9 @@ def train_variant(name: str, size: int, device: torch.device, dtype: str, compil
     return row
 
 
-def train_phases(name: str, size: int, device: torch.device, dtype: str, compile: bool, batch: int, steps: int = 5) -> dict:
+def train_phases(
+    name: str, size: int, device: torch.device, dtype: str, compile: bool, batch: int, steps: int = 5
+) -> dict:
     """Median seconds of each part of a training step, with the device synchronised between parts."""
     opts = BenchOptions(name, size, str(device), dtype=dtype, compile=compile, train_batch=batch)
     trainer = speed.bench_trainer(bench_config(opts), opts, device)
@@ -144,13 +163,27 @@ def profiled(label: str, fn, out: Path, steps: int = 3) -> dict:
     device_time = lambda e: getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)  # noqa: E731
     total = sum(device_time(e) for e in events) or 1
     top = sorted(events, key=device_time, reverse=True)[:12]
-    syncs = sum(e.count for e in events if "Synchronize" in e.key or (torch.cuda.is_available() and e.key == "aten::_local_scalar_dense")) / steps
+    syncs = (
+        sum(
+            e.count
+            for e in events
+            if "Synchronize" in e.key or (torch.cuda.is_available() and e.key == "aten::_local_scalar_dense")
+        )
+        / steps
+    )
     sort = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
     with (out / f"profile_{label}.txt").open("w") as f:
-        f.write(events.table(sort_by=sort, row_limit=40) + "\n\n" + events.table(sort_by="self_cpu_time_total", row_limit=40))
+        f.write(
+            events.table(sort_by=sort, row_limit=40)
+            + "\n\n"
+            + events.table(sort_by="self_cpu_time_total", row_limit=40)
+        )
     return {
-        "kind": "profile", "label": label, "wall_ms": round(1000 * wall, 3),
-        "device_busy_ms": round(total / 1000 / steps, 3), "host_syncs_per_call": syncs,
+        "kind": "profile",
+        "label": label,
+        "wall_ms": round(1000 * wall, 3),
+        "device_busy_ms": round(total / 1000 / steps, 3),
+        "host_syncs_per_call": syncs,
         "top": [(e.key[:60], round(100 * device_time(e) / total, 1)) for e in top],
     }
 
@@ -159,14 +192,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
-    parser.add_argument("--budget-s", type=float, default=400, help="stop starting new variants after this many seconds")
+    parser.add_argument(
+        "--budget-s", type=float, default=400, help="stop starting new variants after this many seconds"
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a dry run on the CPU")
-    parser.add_argument("--part", default="full", choices=["full", "focus"], help="full: everything; focus: profiles and the key variants")
+    parser.add_argument(
+        "--part",
+        default="full",
+        choices=["full", "focus"],
+        help="full: everything; focus: profiles and the key variants",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
-                        handlers=[logging.FileHandler(out / "gpu_check.log"), logging.StreamHandler(sys.stderr)])
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(message)s",
+        handlers=[logging.FileHandler(out / "gpu_check.log"), logging.StreamHandler(sys.stderr)],
+    )
     for name in ("cache_size_limit", "recompile_limit"):  # many shapes of one compiled function in one process
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, 64)
@@ -193,8 +236,15 @@ def main() -> int:
 
     env = {"kind": "env", "torch": torch.__version__, "device": speed.device_name(device)}
     if device.type == "cuda":
-        env["smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit",
-                                     "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+        env["smi"] = subprocess.run(
+            [
+                "nvidia-smi",
+                "--query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit",
+                "--format=csv,noheader",
+            ],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
     record(env)
     for row in correctness(device, args.quick):
         record({"kind": "check", **row})
@@ -209,11 +259,22 @@ def main() -> int:
     record({"kind": "matmul", "dtype": "bf16", **speed.matmul_ceiling(device, torch.bfloat16)})
     record({"kind": "matmul", "dtype": "fp32", **speed.matmul_ceiling(device, torch.float32)})
     # The full `intra bench` (every key), eager bf16.
-    attempt(lambda: {"kind": "bench", **speed.run_bench(BenchOptions(*paper, str(device), batch=2 if q else 8, dtype="bf16",
-                                                                      train_batch=8 if q else 256))})
+    attempt(
+        lambda: {
+            "kind": "bench",
+            **speed.run_bench(
+                BenchOptions(*paper, str(device), batch=2 if q else 8, dtype="bf16", train_batch=8 if q else 256)
+            ),
+        }
+    )
     b = 2 if q else 16
-    infer = lambda setup, dtype, compile, batch, chunk: attempt(inference_variant, *setup, device, dtype, compile, batch, 64 if q else chunk)  # noqa: E731
-    train = lambda setup, dtype, compile, batch: attempt(train_variant, *setup, device, dtype, compile, 8 if q else batch)  # noqa: E731
+
+    def infer(setup, dtype, compile, batch, chunk):
+        return attempt(inference_variant, *setup, device, dtype, compile, batch, 64 if q else chunk)
+
+    def train(setup, dtype, compile, batch):
+        return attempt(train_variant, *setup, device, dtype, compile, 8 if q else batch)
+
     # Most informative first: later ones are skipped if the time budget runs out.
     infer(paper, "bf16", True, b, 1024)
     infer(paper, "bf16", False, b, 4096)
@@ -223,8 +284,14 @@ def main() -> int:
     infer(small, "bf16", False, 4 if q else 64, 16384)
     train(small, "bf16", False, 32)
     train(small, "bf16", False, 1024)
-    attempt(lambda: {"kind": "bench", **speed.run_bench(BenchOptions(*small, str(device), batch=4 if q else 64, dtype="fp32",
-                                                                      train_batch=8 if q else 32))})
+    attempt(
+        lambda: {
+            "kind": "bench",
+            **speed.run_bench(
+                BenchOptions(*small, str(device), batch=4 if q else 64, dtype="fp32", train_batch=8 if q else 32)
+            ),
+        }
+    )
     train(paper, "bf16", True, 1024)
     infer(paper, "bf16", False, b, 1024)
     infer(paper, "bf16", True, b, 256)
@@ -252,7 +319,9 @@ def focus(args, device, paper, small, attempt, record, out) -> None:
         cfg.score.chunk_windows, cfg.score.memory_mb = chunk, 1e6
         detector = Detector(InpaintingTransformer(cfg.model), cfg, device=device, dtype="bf16", compile=compile)
         images = torch.rand(batch, 3, setup[1], setup[1], device=device)
-        return profiled(f"infer_{setup[0]}_{chunk}_{'compiled' if compile else 'eager'}", lambda: detector.reconstruct(images), out)
+        return profiled(
+            f"infer_{setup[0]}_{chunk}_{'compiled' if compile else 'eager'}", lambda: detector.reconstruct(images), out
+        )
 
     attempt(profile_training, small, 8 if q else 1024)
     attempt(profile_training, paper, 8 if q else 256)
@@ -272,27 +341,36 @@ def summary(results: list[dict]) -> str:
         if r["kind"] == "env":
             lines.insert(0, f"{r['device']} | torch {r['torch']} | {r.get('smi', '')}")
         elif r["kind"] == "check":
-            lines.append(f"check {r['check']}: batched-naive {r['batched_vs_naive_max_abs']:.2e}, bf16 map rel err {r['bf16_map_rel_err']:.2e}")
+            lines.append(
+                f"check {r['check']}: batched-naive {r['batched_vs_naive_max_abs']:.2e}, bf16 map rel err {r['bf16_map_rel_err']:.2e}"
+            )
         elif r["kind"] == "matmul":
             lines.append(f"matmul {r['dtype']} {r['matmul_size']}^3: {r['matmul_gflops']:.0f} GFLOP/s")
         elif r["kind"] == "inference":
             what = f"infer {r['preset']} {r['image_size']} {r['dtype']} {'compiled' if r['compile'] else 'eager'} batch {r['batch']} chunk {r['chunk']}"
-            lines.append(f"{what:58s} {r['windows_per_s']:10.0f} {r['ms_per_image']:9.3f} {r['achieved_gflops']:9.0f} "
-                         f"{r['peak_mem_mb']:8.0f} {r['warmup_s']:8.1f}")
+            lines.append(
+                f"{what:58s} {r['windows_per_s']:10.0f} {r['ms_per_image']:9.3f} {r['achieved_gflops']:9.0f} "
+                f"{r['peak_mem_mb']:8.0f} {r['warmup_s']:8.1f}"
+            )
         elif r["kind"] == "training":
             what = f"train {r['preset']} {r['image_size']} {r['dtype']} {'compiled' if r['compile'] else 'eager'} batch {r['batch']}"
-            lines.append(f"{what:58s} {r['train_windows_per_s']:10.0f} {'':9s} {r['train_gflops']:9.0f} {'':8s} {r['train_warmup_s']:8.1f}")
+            lines.append(
+                f"{what:58s} {r['train_windows_per_s']:10.0f} {'':9s} {r['train_gflops']:9.0f} {'':8s} {r['train_warmup_s']:8.1f}"
+            )
         elif r["kind"] == "bench":
-            lines.append(f"bench {r['preset']} {r['dtype']}: {r['windows_per_s']:.0f} win/s, {r['ms_per_image']:.3f} ms/img, naive "
-                         f"{r['naive_windows_per_s']:.0f} win/s (x{r['speedup']:.1f}), train {r['train_windows_per_s']:.0f} win/s, "
-                         f"{100 * r['fraction_of_matmul']:.0f}% of matmul")
+            lines.append(
+                f"bench {r['preset']} {r['dtype']}: {r['windows_per_s']:.0f} win/s, {r['ms_per_image']:.3f} ms/img, naive "
+                f"{r['naive_windows_per_s']:.0f} win/s (x{r['speedup']:.1f}), train {r['train_windows_per_s']:.0f} win/s, "
+                f"{100 * r['fraction_of_matmul']:.0f}% of matmul"
+            )
         elif r["kind"] == "phases":
             parts = ", ".join(f"{k} {r[k]:.2f}" for k in ("sample", "forward", "loss", "backward", "adam"))
             lines.append(f"phases {r['preset']} {r['dtype']} batch {r['batch']} (ms): {parts}")
         elif r["kind"] == "profile":
-            lines.append(f"profile {r['label']}: wall {r['wall_ms']:.2f} ms/call, device busy {r['device_busy_ms']:.2f} ms, "
-                         f"host syncs {r['host_syncs_per_call']:.0f}; top: "
-                         + "; ".join(f"{k} {v}%" for k, v in r["top"][:6]))
+            lines.append(
+                f"profile {r['label']}: wall {r['wall_ms']:.2f} ms/call, device busy {r['device_busy_ms']:.2f} ms, "
+                f"host syncs {r['host_syncs_per_call']:.0f}; top: " + "; ".join(f"{k} {v}%" for k, v in r["top"][:6])
+            )
         elif r["kind"] == "error":
             lines.append(f"ERROR {r['what'][:60]}: {r['error'][:80]}")
     return "\n".join(lines)

@@ -48,13 +48,37 @@ def lively_model(cfg: Config, seed: int = 0):
 
 
 # The real CLI in a subprocess: the tiny model as flags.
-TINY = ["--image-size", "64", "--patch-size", "4", "--window", "3", "--dim", "32", "--depth", "3", "--heads", "2",
-        "--epochs", "2", "--windows-per-image", "20", "--batch-size", "64", "--threads", "1", "--device", "cpu"]
+TINY = [
+    "--image-size",
+    "64",
+    "--patch-size",
+    "4",
+    "--window",
+    "3",
+    "--dim",
+    "32",
+    "--depth",
+    "3",
+    "--heads",
+    "2",
+    "--epochs",
+    "2",
+    "--windows-per-image",
+    "20",
+    "--batch-size",
+    "64",
+    "--threads",
+    "1",
+    "--device",
+    "cpu",
+]
 
 
 def intra(*args, check=True):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run([sys.executable, "-m", "intra.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "intra.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=600
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"intra {' '.join(map(str, args))} failed:\n{result.stderr}")
     return result
@@ -83,7 +107,18 @@ def mvtec_root(tmp_path_factory):
 def cli_run(tmp_path_factory, mvtec_root):
     """A tiny run trained once through the real CLI, shared by the product tests (predict, export, report)."""
     run = tmp_path_factory.mktemp("product") / "run"
-    intra("train", "--data", mvtec_root, "--out", run, *TINY, "--set", "score.mean_filter=5", "--set", "train.val_fraction=0.4")
+    intra(
+        "train",
+        "--data",
+        mvtec_root,
+        "--out",
+        run,
+        *TINY,
+        "--set",
+        "score.mean_filter=5",
+        "--set",
+        "train.val_fraction=0.4",
+    )
     return run
 
 

@@ -62,7 +62,9 @@ def test_unusual_image_formats_are_converted_and_scored(cli_run, tmp_path):
     }
     for name, image in files.items():
         image.save(tmp_path / name, quality=95)
-    assert Image.open(tmp_path / "gray16.png").mode.startswith("I;16") and Image.open(tmp_path / "cmyk.jpg").mode == "CMYK"
+    assert (
+        Image.open(tmp_path / "gray16.png").mode.startswith("I;16") and Image.open(tmp_path / "cmyk.jpg").mode == "CMYK"
+    )
     reference = load_image(tmp_path / "rgba.png", 64, "rgb")
     assert np.allclose(load_image(tmp_path / "gray16.png", 64, "gray")[0].numpy(), gray / 255, atol=1e-6)
     assert (reference.numpy() - base.transpose(2, 0, 1) / 255).max() < 1e-6  # alpha dropped, colour kept
@@ -86,7 +88,11 @@ def make_test_set(root, mask_values=(0, 255)):
 
 def test_bad_test_sets_for_evaluate(cli_run, tmp_path):
     grey = make_test_set(tmp_path / "grey", (0, 128, 255))
-    user_error(intra("evaluate", "--run", cli_run, "--data", grey, "--out", tmp_path / "e1", check=False), "000_mask.png", "not binary")
+    user_error(
+        intra("evaluate", "--run", cli_run, "--data", grey, "--out", tmp_path / "e1", check=False),
+        "000_mask.png",
+        "not binary",
+    )
     assert not (tmp_path / "e1").exists()
     orphan = make_test_set(tmp_path / "orphan")
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(orphan / "ground_truth" / "spot" / "001_mask.png")
@@ -100,8 +106,13 @@ def test_bad_test_sets_for_evaluate(cli_run, tmp_path):
 def test_unwritable_outputs(cli_run, mvtec_root, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("a file where a folder should be (refused even for root, unlike chmod)")
-    user_error(intra("predict", "--run", cli_run, mvtec_root / "test" / "spot", "--out", blocker / "out", check=False), "a-file")
-    user_error(intra("evaluate", "--run", cli_run, "--data", mvtec_root, "--out", blocker / "eval", check=False), "a-file")
+    user_error(
+        intra("predict", "--run", cli_run, mvtec_root / "test" / "spot", "--out", blocker / "out", check=False),
+        "a-file",
+    )
+    user_error(
+        intra("evaluate", "--run", cli_run, "--data", mvtec_root, "--out", blocker / "eval", check=False), "a-file"
+    )
     user_error(intra("train", "--data", mvtec_root, "--out", blocker / "run", *TINY, check=False), "a-file")
 
 
@@ -140,14 +151,21 @@ def test_paths_with_spaces_and_non_ascii(mvtec_root, tmp_path):
     assert (out / "overlays" / "image 0 é.png").is_file() and (out / "masks" / "image 0 é.png").is_file()
 
 
-@pytest.mark.parametrize("suffix, text", [
-    (".yaml", "train:\n  max_epochs: 3\n  lr: 0.005\n  bogus: 1\n"),
-    (".toml", "[model]\ndim = 32\nbogus = 1\n"),
-])
+@pytest.mark.parametrize(
+    "suffix, text",
+    [
+        (".yaml", "train:\n  max_epochs: 3\n  lr: 0.005\n  bogus: 1\n"),
+        (".toml", "[model]\ndim = 32\nbogus = 1\n"),
+    ],
+)
 def test_config_file_with_an_unknown_key(mvtec_root, tmp_path, suffix, text):
     config = tmp_path / f"my config{suffix}"
     config.write_text(text)
-    user_error(intra("train", "--data", mvtec_root, "--out", tmp_path / "r", "--config", config, *TINY, check=False), "bogus", config.name)
+    user_error(
+        intra("train", "--data", mvtec_root, "--out", tmp_path / "r", "--config", config, *TINY, check=False),
+        "bogus",
+        config.name,
+    )
     assert not (tmp_path / "r").exists()
 
 
@@ -165,10 +183,18 @@ def test_config_file_then_flags_then_saved(mvtec_root, tmp_path):
 
 def test_negative_or_zero_numeric_options(cli_run, mvtec_root, tmp_path):
     spot = mvtec_root / "test" / "spot"
-    user_error(intra("train", "--data", mvtec_root, "--out", tmp_path / "r", *TINY, "--epochs", "0", check=False), "train.max_epochs")
-    user_error(intra("train", "--data", mvtec_root, "--out", tmp_path / "r", *TINY, "--batch-size", "-4", check=False), "train.batch_size")
+    user_error(
+        intra("train", "--data", mvtec_root, "--out", tmp_path / "r", *TINY, "--epochs", "0", check=False),
+        "train.max_epochs",
+    )
+    user_error(
+        intra("train", "--data", mvtec_root, "--out", tmp_path / "r", *TINY, "--batch-size", "-4", check=False),
+        "train.batch_size",
+    )
     user_error(intra("predict", "--run", cli_run, spot, "--batch-size", "0", check=False), "--batch-size")
     user_error(intra("predict", "--run", cli_run, spot, "--threads", "-1", check=False), "--threads")
     user_error(intra("predict", "--run", cli_run, spot, "--image-threshold", "-1", check=False), "--image-threshold")
-    user_error(intra("evaluate", "--run", cli_run, "--data", mvtec_root, "--eval-size", "-5", check=False), "--eval-size")
+    user_error(
+        intra("evaluate", "--run", cli_run, "--data", mvtec_root, "--eval-size", "-5", check=False), "--eval-size"
+    )
     assert not (tmp_path / "r").exists()

@@ -29,7 +29,9 @@ def test_train_evaluate_predict(trained_run, mvtec_root, tmp_path):
     assert rows[0] == "path,kind,label,pred_score" and len(rows) == 1 + 10
     assert len(list((out / "heatmaps").rglob("*.png"))) == 10
 
-    predicted = intra("predict", "--run", trained_run, mvtec_root / "test" / "spot", "--out", tmp_path / "pred", "--threads", "1")
+    predicted = intra(
+        "predict", "--run", trained_run, mvtec_root / "test" / "spot", "--out", tmp_path / "pred", "--threads", "1"
+    )
     records = [json.loads(line) for line in predicted.stdout.splitlines()]
     assert len(records) == 2 and all(r["pred_score"] >= 0 for r in records)
     assert len(list((tmp_path / "pred" / "overlays").glob("*.png"))) == 2
@@ -44,7 +46,9 @@ def test_every_command_documents_every_option():
     for name, parser in subparsers.choices.items():
         assert parser.description, name
         for action in parser._actions:
-            assert action.help and action.help.strip(), f"intra {name} {action.option_strings or action.dest} has no help"
+            assert action.help and action.help.strip(), (
+                f"intra {name} {action.option_strings or action.dest} has no help"
+            )
     assert "--max-minutes" in intra("train", "--help").stdout
 
 
@@ -59,8 +63,13 @@ def test_user_mistakes_give_one_line_errors(tmp_path, mvtec_root, trained_run):
     user_error(intra("train", "--data", bad, "--out", tmp_path / "r", *TINY, check=False), "b.jpg")
     small = [*TINY, "--image-size", "8"]
     user_error(intra("train", "--data", mvtec_root, "--out", tmp_path / "r", *small, check=False), "model.image_size")
-    user_error(intra("train", "--data", mvtec_root, "--out", tmp_path / "r", *TINY, "--lr", "-1", check=False), "train.lr")
-    user_error(intra("train", "--data", mvtec_root, "--out", tmp_path / "r", *TINY, "--set", "train.bogus=1", check=False), "train.bogus")
+    user_error(
+        intra("train", "--data", mvtec_root, "--out", tmp_path / "r", *TINY, "--lr", "-1", check=False), "train.lr"
+    )
+    user_error(
+        intra("train", "--data", mvtec_root, "--out", tmp_path / "r", *TINY, "--set", "train.bogus=1", check=False),
+        "train.bogus",
+    )
     user_error(intra("evaluate", "--run", tmp_path / "norun", "--data", mvtec_root, check=False), "norun")
     user_error(intra("predict", "--run", trained_run, tmp_path / "missing.png", check=False), "missing.png")
 

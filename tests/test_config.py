@@ -1,6 +1,5 @@
 """Configuration: presets, overrides and validation of impossible values."""
 
-
 import pytest
 
 from intra.config import apply_overrides

@@ -44,7 +44,10 @@ def test_onnx_backend_matches_torch(cli_run, mvtec_root, tmp_path):
 
     spot = mvtec_root / "test" / "spot"
     by_torch = [json.loads(line) for line in intra("predict", "--run", run, spot, "--threads", "1").stdout.splitlines()]
-    by_onnx = [json.loads(line) for line in intra("predict", "--run", run, spot, "--backend", "onnx", "--threads", "1").stdout.splitlines()]
+    by_onnx = [
+        json.loads(line)
+        for line in intra("predict", "--run", run, spot, "--backend", "onnx", "--threads", "1").stdout.splitlines()
+    ]
     assert len(by_onnx) == 2
     for a, b in zip(by_torch, by_onnx):
         assert a["path"] == b["path"] and abs(a["pred_score"] - b["pred_score"]) <= 1e-4
@@ -53,7 +56,9 @@ def test_onnx_backend_matches_torch(cli_run, mvtec_root, tmp_path):
 def test_onnx_backend_refuses_a_missing_or_stale_export(cli_run, mvtec_root, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(cli_run, run)
-    user_error(intra("predict", "--run", run, mvtec_root / "test" / "spot", "--backend", "onnx", check=False), "intra export")
+    user_error(
+        intra("predict", "--run", run, mvtec_root / "test" / "spot", "--backend", "onnx", check=False), "intra export"
+    )
     export_onnx(run)
     meta = json.loads((run / "model.json").read_text())
     meta["weights_sha256"] = "0" * 64  # as if the weights had been retrained since the export

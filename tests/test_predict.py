@@ -15,13 +15,27 @@ from intra.predict import RECORDS, predict_paths, read_anomaly_map
 
 from conftest import intra, user_error
 
-KEYS = {"path", "pred_score", "pred_label", "threshold", "pixel_threshold", "defect_area", "image_size", "seconds",
-        "anomaly_map", "anomaly_map_max", "overlay", "pred_mask"}
+KEYS = {
+    "path",
+    "pred_score",
+    "pred_label",
+    "threshold",
+    "pixel_threshold",
+    "defect_area",
+    "image_size",
+    "seconds",
+    "anomaly_map",
+    "anomaly_map_max",
+    "overlay",
+    "pred_mask",
+}
 
 
 def test_predict_writes_records_maps_overlays_masks_and_resumes(cli_run, mvtec_root, tmp_path):
     out = tmp_path / "pred"
-    result = intra("predict", "--run", cli_run, mvtec_root / "test", "--out", out, "--threads", "1", "--batch-size", "3")
+    result = intra(
+        "predict", "--run", cli_run, mvtec_root / "test", "--out", out, "--threads", "1", "--batch-size", "3"
+    )
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(records) == 10 and all(set(r) == KEYS for r in records)
     assert "predicted 10 images" in result.stderr.strip().splitlines()[-1]
@@ -38,7 +52,9 @@ def test_predict_writes_records_maps_overlays_masks_and_resumes(cli_run, mvtec_r
         mask = np.asarray(Image.open(out / r["pred_mask"]))
         assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255} and (mask > 0).sum() == r["defect_area"]
         assert Image.open(out / r["overlay"]).size == (3 * 64, 64)
-    assert (out / "anomaly_maps" / "spot" / "000.png").is_file() and (out / "anomaly_maps" / "good" / "000.png").is_file()
+    assert (out / "anomaly_maps" / "spot" / "000.png").is_file() and (
+        out / "anomaly_maps" / "good" / "000.png"
+    ).is_file()
     assert Image.open(out / records[0]["anomaly_map"]).mode.startswith("I;16")
 
     # Interrupted after 3 images, in the middle of writing the 4th record: rerun finishes the rest only.
@@ -53,7 +69,10 @@ def test_predict_writes_records_maps_overlays_masks_and_resumes(cli_run, mvtec_r
     assert [(out / r["overlay"]).stat().st_mtime_ns for r in records[:3]] == before
 
     # The same folder with other thresholds would mix two kinds of records: refused.
-    user_error(intra("predict", "--run", cli_run, mvtec_root / "test", "--out", out, "--image-threshold", "1", check=False), str(out))
+    user_error(
+        intra("predict", "--run", cli_run, mvtec_root / "test", "--out", out, "--image-threshold", "1", check=False),
+        str(out),
+    )
 
 
 def test_predict_streams_one_batch_at_a_time(cli_run, mvtec_root, tmp_path):

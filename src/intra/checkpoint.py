@@ -47,8 +47,15 @@ def save_checkpoint(
     run_dir = Path(run_dir)
     state = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     state.update({f"stats.{k}": v.detach().cpu().float().contiguous() for k, v in (tensors or {}).items()})
-    atomic_write(run_dir / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format_version": str(FORMAT_VERSION)}))
-    meta = {"format_version": FORMAT_VERSION, "config": cfg.to_dict(), "stats": stats or {}, "weights_sha256": sha256(run_dir / WEIGHTS)}
+    atomic_write(
+        run_dir / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format_version": str(FORMAT_VERSION)})
+    )
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "stats": stats or {},
+        "weights_sha256": sha256(run_dir / WEIGHTS),
+    }
     write_json(run_dir / METADATA, meta)
 
 
@@ -68,7 +75,9 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         with open(path, "rb") as file:
             head = file.read(2)
         if (head[:1] == b"\x80" and head[1:] in (b"\x02", b"\x03", b"\x04", b"\x05")) or head == b"PK":
-            raise IntraError(f"{path} is a pickle file (torch.save), not safetensors: intra never unpickles files, they can run code") from None
+            raise IntraError(
+                f"{path} is a pickle file (torch.save), not safetensors: intra never unpickles files, they can run code"
+            ) from None
         raise IntraError(f"{path} is corrupted or not a safetensors file: {exc}") from None
 
 
@@ -109,11 +118,11 @@ def load_checkpoint(
     if expected and sha256(path) != expected:
         raise IntraError(f"{path} does not match {METADATA} (damaged, or the two come from different saves)")
     model = InpaintingTransformer(cfg.model)
-    weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
         details = " ".join(line.strip() for line in str(exc).splitlines()[1:3])
         raise IntraError(f"{path} does not fit the config in {METADATA}: {details[:300]}") from None
-    tensors = {k[len("stats."):]: v for k, v in state.items() if k.startswith("stats.")}
+    tensors = {k[len("stats.") :]: v for k, v in state.items() if k.startswith("stats.")}
     return cfg, model.eval(), tensors, meta.get("stats", {})

@@ -46,71 +46,169 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log library details to stderr")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = commands.add_parser("train", help="train a model on defect-free images", description="Train InTra on defect-free images and write a run folder (config.json, train_log.jsonl, model.safetensors, model.json).")
-    train.add_argument("--data", help="an MVTec-layout root (uses DATA/train/good) or a folder of images (required unless --resume)")
+    train = commands.add_parser(
+        "train",
+        help="train a model on defect-free images",
+        description="Train InTra on defect-free images and write a run folder (config.json, train_log.jsonl, model.safetensors, model.json).",
+    )
+    train.add_argument(
+        "--data", help="an MVTec-layout root (uses DATA/train/good) or a folder of images (required unless --resume)"
+    )
     train.add_argument("--out", help="run folder to create (required unless --resume)")
-    train.add_argument("--resume", metavar="RUN", help="continue the interrupted training of RUN with its saved config and data (only --threads, --device and --data may be given)")
+    train.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue the interrupted training of RUN with its saved config and data (only --threads, --device and --data may be given)",
+    )
     train.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="starting configuration (default: cpu)")
     train.add_argument("--config", help="a .json, .toml or .yaml file overriding the preset")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key, e.g. --set train.lr=3e-4 (repeatable; applied last)")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set train.lr=3e-4 (repeatable; applied last)",
+    )
     for flag, (key, kind, text) in TRAIN_FLAGS.items():
         metavar = "NAME" if kind is str else "N"
         train.add_argument(flag, type=kind, dest=key, metavar=metavar, help=f"{text} [{key}]")
 
-    evaluate = commands.add_parser("evaluate", help="evaluate a run on an MVTec-layout test set", description="Score every image of DATA/test, compute image AUROC, pixel AUROC, AUPRO and per-kind AUROC, and write metrics.json, scores.csv and heatmaps.")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="evaluate a run on an MVTec-layout test set",
+        description="Score every image of DATA/test, compute image AUROC, pixel AUROC, AUPRO and per-kind AUROC, and write metrics.json, scores.csv and heatmaps.",
+    )
     evaluate.add_argument("--run", required=True, help="a trained run folder")
     evaluate.add_argument("--data", required=True, help="an MVTec-layout root with test/ and ground_truth/")
     evaluate.add_argument("--out", help="output folder (default: RUN/evaluation)")
-    evaluate.add_argument("--eval-size", type=int, help="compute pixel metrics at N x N (default: the model's image size)")
+    evaluate.add_argument(
+        "--eval-size", type=int, help="compute pixel metrics at N x N (default: the model's image size)"
+    )
     evaluate.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default: 8)")
     evaluate.add_argument("--no-heatmaps", action="store_true", help="skip writing one overlay PNG per test image")
-    evaluate.add_argument("--set", action="append", default=[], metavar="score.KEY=VALUE", help="change a scoring setting without retraining, e.g. --set score.scales=1,0.5,0.25 (repeatable; new scales or filters refit the training mean map from DATA/train/good)")
+    evaluate.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="score.KEY=VALUE",
+        help="change a scoring setting without retraining, e.g. --set score.scales=1,0.5,0.25 (repeatable; new scales or filters refit the training mean map from DATA/train/good)",
+    )
     _add_runtime_flags(evaluate)
 
-    predict = commands.add_parser("predict", help="score images and write anomaly maps, overlays and masks", description="Score images (files, folders or glob patterns): one JSON line per image on stdout (pred_score, pred_label, defect_area...), a summary on stderr; with --out also predictions.jsonl, anomaly_maps/, overlays/ and masks/. Rerun with the same --out to resume.")
+    predict = commands.add_parser(
+        "predict",
+        help="score images and write anomaly maps, overlays and masks",
+        description="Score images (files, folders or glob patterns): one JSON line per image on stdout (pred_score, pred_label, defect_area...), a summary on stderr; with --out also predictions.jsonl, anomaly_maps/, overlays/ and masks/. Rerun with the same --out to resume.",
+    )
     predict.add_argument("--run", required=True, help="a trained run folder")
     predict.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders of images or glob patterns")
-    predict.add_argument("--out", help="output folder (default: records on stdout only); an interrupted run resumes in it")
+    predict.add_argument(
+        "--out", help="output folder (default: records on stdout only); an interrupted run resumes in it"
+    )
     predict.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default: 8)")
-    predict.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="run the network with torch or with onnxruntime on RUN/model.onnx (see intra export)")
-    predict.add_argument("--image-threshold", type=float, help="pred_label threshold on pred_score (default: the run's calibrated one)")
-    predict.add_argument("--pixel-threshold", type=float, help="pred_mask threshold on the anomaly map (default: the run's calibrated one)")
+    predict.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="run the network with torch or with onnxruntime on RUN/model.onnx (see intra export)",
+    )
+    predict.add_argument(
+        "--image-threshold", type=float, help="pred_label threshold on pred_score (default: the run's calibrated one)"
+    )
+    predict.add_argument(
+        "--pixel-threshold",
+        type=float,
+        help="pred_mask threshold on the anomaly map (default: the run's calibrated one)",
+    )
     _add_runtime_flags(predict)
 
-    benchmark = commands.add_parser("benchmark", help="train and evaluate a grid of configurations", description="Train and evaluate every (dataset, configuration, seed) of a grid file (.toml or .json; see intra.tools.grid) and write OUT/results.md, results.csv and results.json. Finished cells are kept: rerunning resumes.")
+    benchmark = commands.add_parser(
+        "benchmark",
+        help="train and evaluate a grid of configurations",
+        description="Train and evaluate every (dataset, configuration, seed) of a grid file (.toml or .json; see intra.tools.grid) and write OUT/results.md, results.csv and results.json. Finished cells are kept: rerunning resumes.",
+    )
     benchmark.add_argument("--grid", required=True, help="grid file naming datasets, configurations and seeds")
     benchmark.add_argument("--out", required=True, help="output folder (runs/, cells/ and the result tables)")
-    benchmark.add_argument("--jobs", type=int, default=1, help="cells computed in parallel, one process each (default: 1); give each few threads")
-    benchmark.add_argument("--limit", type=int, default=0, help="stop after computing N cells per process (a long grid in slices; rerun to continue; default: no limit)")
-    export = commands.add_parser("export", help="export the inpainting network (ONNX)", description="Export the run's inpainting network to ONNX with a dynamic batch dimension, for `intra predict --backend onnx` or other runtimes.")
+    benchmark.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="cells computed in parallel, one process each (default: 1); give each few threads",
+    )
+    benchmark.add_argument(
+        "--limit",
+        type=int,
+        default=0,
+        help="stop after computing N cells per process (a long grid in slices; rerun to continue; default: no limit)",
+    )
+    export = commands.add_parser(
+        "export",
+        help="export the inpainting network (ONNX)",
+        description="Export the run's inpainting network to ONNX with a dynamic batch dimension, for `intra predict --backend onnx` or other runtimes.",
+    )
     export.add_argument("--run", required=True, help="a trained run folder")
     export.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
     export.add_argument("--out", help="output file (default: RUN/model.onnx)")
 
-    demo = commands.add_parser("demo", help="the whole pipeline on generated data, in a few minutes", description="Generate a synthetic defect dataset, train the cpu preset on it, evaluate, and write metrics and heatmaps under OUT.")
+    demo = commands.add_parser(
+        "demo",
+        help="the whole pipeline on generated data, in a few minutes",
+        description="Generate a synthetic defect dataset, train the cpu preset on it, evaluate, and write metrics and heatmaps under OUT.",
+    )
     demo.add_argument("--out", required=True, help="folder for the dataset, the run and the evaluation")
     demo.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     demo.add_argument("--seed", type=int, default=0, help="seed for the data and the training (default: 0)")
 
-    bench = commands.add_parser("bench", help="measure inference and training speed", description="Time batched inference, the naive one-window-per-forward loop and training steps on random images, against a matrix-product ceiling measured in the same run; prints a table, then one JSON line.")
-    bench.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="model configuration to time (default: paper)")
+    bench = commands.add_parser(
+        "bench",
+        help="measure inference and training speed",
+        description="Time batched inference, the naive one-window-per-forward loop and training steps on random images, against a matrix-product ceiling measured in the same run; prints a table, then one JSON line.",
+    )
+    bench.add_argument(
+        "--preset", default="paper", choices=sorted(PRESETS), help="model configuration to time (default: paper)"
+    )
     bench.add_argument("--image-size", type=int, default=256, help="image side in pixels (default: 256)")
     bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    bench.add_argument("--batch", type=int, default=0, help="images per inference call (default: 1 on the CPU, 8 on a GPU)")
-    bench.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="precision of the matrix products (default: fp32)")
+    bench.add_argument(
+        "--batch", type=int, default=0, help="images per inference call (default: 1 on the CPU, 8 on a GPU)"
+    )
+    bench.add_argument(
+        "--dtype", default="fp32", choices=["fp32", "bf16"], help="precision of the matrix products (default: fp32)"
+    )
     bench.add_argument("--compile", action="store_true", help="run the network through torch.compile")
-    bench.add_argument("--train-batch", type=int, default=0, help="windows per training step (default: the preset's, at most 32 on the CPU)")
-    bench.add_argument("--naive-windows", type=int, default=0, help="windows timed in the naive loop (default: 16 on the CPU, 64 on a GPU)")
+    bench.add_argument(
+        "--train-batch",
+        type=int,
+        default=0,
+        help="windows per training step (default: the preset's, at most 32 on the CPU)",
+    )
+    bench.add_argument(
+        "--naive-windows",
+        type=int,
+        default=0,
+        help="windows timed in the naive loop (default: 16 on the CPU, 64 on a GPU)",
+    )
     bench.add_argument("--repeat", type=int, default=3, help="timed repetitions of each measurement (default: 3)")
     bench.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. --set score.memory_mb=512 (repeatable)")
+    bench.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set score.memory_mb=512 (repeatable)",
+    )
     return parser
 
 
 def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="precision of the network's matrix products (default: fp32)")
+    parser.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="precision of the network's matrix products (default: fp32)",
+    )
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -158,15 +256,21 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not result.main:
         return  # a distributed run's other processes: rank 0 reports
     s = result.stats
-    print(f"trained {s['epochs']} epochs in {s['train_seconds']:.0f}s; best validation loss {s['best_val_loss']:.5f} (epoch {s['best_epoch']}); "
-          f"thresholds: image {s['image_threshold']:.4g}, pixel {s['pixel_threshold']:.4g}; run saved to {run}")
+    print(
+        f"trained {s['epochs']} epochs in {s['train_seconds']:.0f}s; best validation loss {s['best_val_loss']:.5f} (epoch {s['best_epoch']}); "
+        f"thresholds: image {s['image_threshold']:.4g}, pixel {s['pixel_threshold']:.4g}; run saved to {run}"
+    )
 
 
 def resolve_resume(args: argparse.Namespace) -> tuple[Config, str]:
     """The saved config of the run to resume (with --threads/--device applied) and its data folder."""
     from .training import state as training_state
 
-    changed = [flag for flag, (key, _, _) in TRAIN_FLAGS.items() if getattr(args, key) is not None and key not in ("train.threads", "train.device")]
+    changed = [
+        flag
+        for flag, (key, _, _) in TRAIN_FLAGS.items()
+        if getattr(args, key) is not None and key not in ("train.threads", "train.device")
+    ]
     changed += ["--out"] * bool(args.out) + ["--config"] * bool(args.config) + ["--set"] * bool(args.set)
     if changed:
         raise IntraError(f"--resume continues RUN with its saved config: drop {', '.join(changed)}")
@@ -206,7 +310,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
         detector = with_score_overrides(detector, _key_values(args.set), args.data)
     out = Path(args.out) if args.out else Path(args.run) / "evaluation"
-    m = evaluate(detector, args.data, out, eval_size=args.eval_size, batch_size=args.batch_size, heatmaps=not args.no_heatmaps, progress=True)
+    m = evaluate(
+        detector,
+        args.data,
+        out,
+        eval_size=args.eval_size,
+        batch_size=args.batch_size,
+        heatmaps=not args.no_heatmaps,
+        progress=True,
+    )
     print(_summary(m))
     print(f"results written to {out}")
 
@@ -222,15 +334,26 @@ def cmd_predict(args: argparse.Namespace) -> None:
     paths = expand_inputs(args.inputs)
     detector = _load_detector(args)
     thresholds = {
-        "image_threshold": args.image_threshold if args.image_threshold is not None else detector.stats.get("image_threshold"),
-        "pixel_threshold": args.pixel_threshold if args.pixel_threshold is not None else detector.stats.get("pixel_threshold"),
+        "image_threshold": args.image_threshold
+        if args.image_threshold is not None
+        else detector.stats.get("image_threshold"),
+        "pixel_threshold": args.pixel_threshold
+        if args.pixel_threshold is not None
+        else detector.stats.get("pixel_threshold"),
     }
     if thresholds["image_threshold"] is None:
-        print("intra: warning: this run has no calibrated thresholds (trained by an older intra): pred_label is null", file=sys.stderr)
+        print(
+            "intra: warning: this run has no calibrated thresholds (trained by an older intra): pred_label is null",
+            file=sys.stderr,
+        )
     out, done = None, set()
     if args.out:
         out = Path(args.out)
-        manifest = {"run": str(Path(args.run).resolve()), "weights_sha256": read_metadata(args.run).get("weights_sha256"), **thresholds}
+        manifest = {
+            "run": str(Path(args.run).resolve()),
+            "weights_sha256": read_metadata(args.run).get("weights_sha256"),
+            **thresholds,
+        }
         done = open_output(out, manifest)
     start = time.perf_counter()
     count = anomalous = 0
@@ -261,7 +384,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     m = run_demo(args.out, threads=args.threads, seed=args.seed, progress=True)
     print(_summary(m))
-    print(f"demo finished in {time.perf_counter() - start:.0f}s; metrics in {Path(args.out) / 'evaluation' / 'metrics.json'}")
+    print(
+        f"demo finished in {time.perf_counter() - start:.0f}s; metrics in {Path(args.out) / 'evaluation' / 'metrics.json'}"
+    )
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
@@ -274,8 +399,21 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         raise IntraError(f"--limit must not be negative, not {args.limit}")
     cells = read_grid(args.grid)
     command = f"intra benchmark --grid {args.grid} --out {args.out}"
-    again = [sys.executable, "-m", "intra.cli", "benchmark", "--grid", args.grid, "--out", args.out, "--limit", str(args.limit)]
-    helpers = [subprocess.Popen(again, stdout=subprocess.DEVNULL) for _ in range(args.jobs - 1)]  # cells are shared out through file locks
+    again = [
+        sys.executable,
+        "-m",
+        "intra.cli",
+        "benchmark",
+        "--grid",
+        args.grid,
+        "--out",
+        args.out,
+        "--limit",
+        str(args.limit),
+    ]
+    helpers = [
+        subprocess.Popen(again, stdout=subprocess.DEVNULL) for _ in range(args.jobs - 1)
+    ]  # cells are shared out through file locks
     failed = 0
     for number, (cell, row, status) in enumerate(run_cells(cells, args.out, args.jobs == 1, args.limit), start=1):
         failed += status == "failed"
@@ -296,8 +434,18 @@ def cmd_bench(args: argparse.Namespace) -> None:
         if getattr(args, name) < (1 if name in ("image_size", "repeat") else 0):
             raise IntraError(f"--{name.replace('_', '-')} must be positive, not {getattr(args, name)}")
     configure_threads(args.threads)
-    opts = BenchOptions(args.preset, args.image_size, args.device, args.batch, args.dtype, args.compile, args.repeat,
-                        args.naive_windows, args.train_batch, overrides=_key_values(args.set))
+    opts = BenchOptions(
+        args.preset,
+        args.image_size,
+        args.device,
+        args.batch,
+        args.dtype,
+        args.compile,
+        args.repeat,
+        args.naive_windows,
+        args.train_batch,
+        overrides=_key_values(args.set),
+    )
     result = run_bench(opts)
     print(format_table(result))
     print(json.dumps(result))
@@ -311,14 +459,21 @@ def _summary(m: dict) -> str:
 
 
 COMMANDS = {
-    "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export,
-    "demo": cmd_demo, "bench": cmd_bench, "benchmark": cmd_benchmark,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "export": cmd_export,
+    "demo": cmd_demo,
+    "bench": cmd_bench,
+    "benchmark": cmd_benchmark,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         COMMANDS[args.command](args)
     except IntraError as exc:

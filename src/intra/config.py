@@ -136,9 +136,7 @@ class Config:
 def _cpu_preset() -> Config:
     # Sizes chosen by measurement on 2 CPU cores; see docs/benchmarks.md ("cpu preset").
     cfg = Config()
-    cfg.model = ModelConfig(
-        image_size=128, patch_size=8, window=7, dim=64, depth=5, heads=4, mlp_ratio=4.0
-    )
+    cfg.model = ModelConfig(image_size=128, patch_size=8, window=7, dim=64, depth=5, heads=4, mlp_ratio=4.0)
     cfg.model.head = "covered"  # read the covered token itself: needed for several covered patches per window (below)
     cfg.train.windows_per_image = 100
     cfg.train.batch_size = 32
@@ -228,8 +226,15 @@ _CHOICES = {
 }
 _POSITIVE = {
     "model": ("image_size", "patch_size", "window", "dim", "depth", "heads", "mlp_ratio"),
-    "train": ("windows_per_image", "batch_size", "lr", "max_epochs", "patience", "val_max_images",
-              "val_windows_per_image"),
+    "train": (
+        "windows_per_image",
+        "batch_size",
+        "lr",
+        "max_epochs",
+        "patience",
+        "val_max_images",
+        "val_windows_per_image",
+    ),
     "score": ("mean_filter", "gaussian_sigma", "chunk_windows"),
 }
 
@@ -267,7 +272,9 @@ def validate(cfg: Config) -> None:
     for section in ("train", "score"):
         spacing = getattr(cfg, section).cover_spacing
         if spacing and (spacing < 2 or m.head != "covered"):
-            raise IntraError(f"{section}.cover_spacing must be 0 or at least 2 (with model.head = covered), not {spacing}")
+            raise IntraError(
+                f"{section}.cover_spacing must be 0 or at least 2 (with model.head = covered), not {spacing}"
+            )
     if cfg.score.memory_mb < 0:
         raise IntraError(f"score.memory_mb must not be negative, not {cfg.score.memory_mb}")
     if not 0 < cfg.train.val_fraction < 1:

@@ -63,8 +63,13 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None) -> Path:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # exporter internals (deprecations, axis renaming)
                 program = torch.onnx.export(
-                    model, example, input_names=list(INPUTS), output_names=["pixels"],
-                    dynamic_shapes=({0: batch}, {0: batch}, {0: batch}), dynamo=True, verbose=False,
+                    model,
+                    example,
+                    input_names=list(INPUTS),
+                    output_names=["pixels"],
+                    dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
+                    dynamo=True,
+                    verbose=False,
                 )
         finally:
             quiet.setLevel(level)
@@ -106,7 +111,9 @@ class OnnxNetwork:
             raise IntraError(f"{path} was exported from other weights than {run_dir}: export again")
         return cls(session, path, Config.from_dict(meta["config"]).model)
 
-    def __call__(self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Like the torch module: covered (B,) -> pixels (B, P); a covered mask (B, L*L) -> (B, L*L, P)."""
         if covered.dtype == torch.bool:
             return self.forward_multi(patches, covered, positions)
@@ -115,10 +122,14 @@ class OnnxNetwork:
         mask = torch.arange(patches.shape[1], device=covered.device) == covered[:, None]
         return self._run(patches, mask, positions)[torch.arange(patches.shape[0]), covered.cpu()].to(patches.device)
 
-    def forward_multi(self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_multi(
+        self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Patches (B, L*L, P), covered mask (B, L*L) bool, positions -> every token's pixels (B, L*L, P)."""
         if not self.takes_mask:
-            raise IntraError(f"{self.path} inpaints one patch per window (a mean-head model): score.cover_spacing needs model.head = covered")
+            raise IntraError(
+                f"{self.path} inpaints one patch per window (a mean-head model): score.cover_spacing needs model.head = covered"
+            )
         return self._run(patches, covered, positions).to(patches.device)
 
     def _run(self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:

@@ -18,7 +18,16 @@ from .files import atomic_write
 
 # Inferno colormap, sampled at 8 evenly spaced points (RGB 0-255).
 _INFERNO = np.array(
-    [[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21], [250, 193, 39], [252, 255, 164]],
+    [
+        [0, 0, 4],
+        [40, 11, 84],
+        [101, 21, 110],
+        [159, 42, 99],
+        [212, 72, 66],
+        [245, 125, 21],
+        [250, 193, 39],
+        [252, 255, 164],
+    ],
     dtype=np.float32,
 )
 
@@ -37,7 +46,9 @@ def to_rgb_uint8(image: torch.Tensor) -> np.ndarray:
     return np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array
 
 
-def overlay_panel(base: np.ndarray, anomaly_map: np.ndarray, vmax: float, mask: np.ndarray | None = None) -> Image.Image:
+def overlay_panel(
+    base: np.ndarray, anomaly_map: np.ndarray, vmax: float, mask: np.ndarray | None = None
+) -> Image.Image:
     """Side by side: the image (H, W, 3) uint8, the heatmap blended over it, and the mask if given."""
     heat = colorize(anomaly_map, vmax)
     h, w = anomaly_map.shape

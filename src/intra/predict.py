@@ -105,7 +105,9 @@ def open_output(out_dir: Path, manifest: dict) -> set[str]:
         except (OSError, json.JSONDecodeError):
             old = None
         if old != manifest:
-            raise IntraError(f"{out_dir} holds predictions made with another run or thresholds ({previous}): choose another --out")
+            raise IntraError(
+                f"{out_dir} holds predictions made with another run or thresholds ({previous}): choose another --out"
+            )
     write_json(previous, manifest)
     if not records.is_file():
         return set()
@@ -177,7 +179,12 @@ def predict_paths(
 
 
 def _one_image(
-    path: Path, image: torch.Tensor, amap: torch.Tensor, score: float, image_threshold: float | None, pixel_threshold: float | None
+    path: Path,
+    image: torch.Tensor,
+    amap: torch.Tensor,
+    score: float,
+    image_threshold: float | None,
+    pixel_threshold: float | None,
 ) -> tuple[dict, np.ndarray | None]:
     """The record of one image and its pred_mask (h, w) bool at the image's own resolution."""
     with Image.open(path) as original:
@@ -199,7 +206,13 @@ def _one_image(
 
 
 def _write_files(
-    out_dir: Path, name: str, image: torch.Tensor, amap: torch.Tensor, mask: np.ndarray | None, pixel_threshold: float | None, vmax: float
+    out_dir: Path,
+    name: str,
+    image: torch.Tensor,
+    amap: torch.Tensor,
+    mask: np.ndarray | None,
+    pixel_threshold: float | None,
+    vmax: float,
 ) -> dict:
     """Anomaly map (16-bit PNG), overlay and mask of one image; returns their record entries."""
     values = amap.numpy()

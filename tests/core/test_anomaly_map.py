@@ -13,14 +13,12 @@ def test_difference_map_of_a_perfect_reconstruction_is_zero():
     assert float(diff.abs().max()) < 1e-6
 
 
-
 def test_difference_map_lights_up_where_the_reconstruction_differs():
     x = torch.rand(1, 1, 64, 64) * 0.1 + 0.45
     recon = x.clone()
     recon[..., 40:48, 8:16] = torch.rand(8, 8)  # a wrong patch
     diff = difference_map(x, recon, ScoreConfig())[0]
     assert diff[44, 12] > 5 * diff[10, 50]
-
 
 
 def test_filter_sizes_stated_in_the_docs():
@@ -30,7 +28,6 @@ def test_filter_sizes_stated_in_the_docs():
         {"scale": 0.25, "mean_filter": 5, "gaussian_sigma": 1.0},
     ]
     assert odd_size(10.5) == 11 and odd_size(5.25) == 5 and odd_size(0.3) == 1
-
 
 
 def test_normalisation_and_score():

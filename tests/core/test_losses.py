@@ -11,13 +11,11 @@ def test_gms_of_identical_images_is_one():
     torch.testing.assert_close(gms_map(x, x), torch.ones_like(x))
 
 
-
 def test_gms_drops_where_structure_differs():
     a = torch.zeros(1, 1, 16, 16)
     b = a.clone()
     b[..., 8:, :] = 1.0  # an edge that a lacks
     assert gms_map(a, b).min() < 0.1
-
 
 
 def test_ssim_of_identical_patches_is_one():
@@ -26,12 +24,10 @@ def test_ssim_of_identical_patches_is_one():
     assert float(ssim_loss(x, x)) < 1e-6
 
 
-
 def test_ssim_is_lower_for_a_flat_prediction():
     target = torch.rand(4, 1, 16, 16)
     flat = target.mean(dim=(2, 3), keepdim=True).expand_as(target)
     assert float(ssim(flat, target).mean()) < 0.2
-
 
 
 def test_loss_of_a_perfect_prediction_is_zero_and_terms_are_reported():
@@ -42,14 +38,12 @@ def test_loss_of_a_perfect_prediction_is_zero_and_terms_are_reported():
     assert float(msgms_loss(x, x)) < 1e-6
 
 
-
 def test_loss_weights_combine_the_terms():
     pred, target = torch.rand(8, 1, 16, 16), torch.rand(8, 1, 16, 16)
     loss, parts = inpainting_loss(pred, target, alpha=0.5, beta=2.0)
     torch.testing.assert_close(loss, parts["l2"] + 0.5 * parts["gms"] + 2.0 * parts["ssim"])
     l2_only, parts = inpainting_loss(pred, target, alpha=0, beta=0)
     assert set(parts) == {"l2"}
-
 
 
 def test_filters_keep_constants_and_shapes():

@@ -1,6 +1,5 @@
 """The network: MFSA sizes, long skips, heads, positions, fused attention, gradients."""
 
-
 import pytest
 import torch
 
@@ -22,12 +21,10 @@ def test_one_covered_token_matches_the_single_patch_forward():
     torch.testing.assert_close(single, several)
 
 
-
 def make(**overrides) -> InpaintingTransformer:
     settings = dict(image_size=32, channels=3, patch_size=4, window=3, dim=32, depth=5, heads=4)
     cfg = ModelConfig(**{**settings, **overrides})
     return InpaintingTransformer(cfg)
-
 
 
 def window_batch(model: InpaintingTransformer, batch: int = 6):
@@ -36,7 +33,6 @@ def window_batch(model: InpaintingTransformer, batch: int = 6):
     covered = torch.randint(0, m.window**2, (batch,))
     positions = torch.randint(0, m.grid**2, (batch, m.window**2))
     return patches, covered, positions
-
 
 
 def test_mfsa_head_dimensions():
@@ -51,18 +47,15 @@ def test_mfsa_head_dimensions():
     assert attn(x).shape == (2, 49, 512)
 
 
-
 def test_standard_msa_option_uses_linear_qk():
     attn = Attention(dim=64, heads=4, feature_qk=False)
     assert isinstance(attn.q, torch.nn.Linear) and attn.q.out_features == 64
-
 
 
 def test_skip_pairs_for_the_paper_depth():
     assert skip_pairs(13) == [(1, 13), (2, 12), (3, 11), (4, 10), (5, 9), (6, 8)]
     assert skip_pairs(3) == [(1, 3)]
     assert skip_pairs(4) == [(1, 4)]
-
 
 
 def test_skip_pairing_in_the_forward_pass():
@@ -80,11 +73,9 @@ def test_skip_pairing_in_the_forward_pass():
     torch.testing.assert_close(inputs[7], outputs[6])  # the middle block has no skip
 
 
-
 def test_long_skips_off_changes_nothing_but_the_skips():
     model = make(long_skips=False)
     assert model.skips == []
-
 
 
 @pytest.mark.parametrize("overrides", [{}, {"head": "covered"}, {"position": "global"}, {"attention": "msa"}])
@@ -94,7 +85,6 @@ def test_every_parameter_receives_a_gradient(overrides):
     model(patches, covered, positions).square().mean().backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
-
 
 
 def test_output_shape_and_covered_pixels_are_ignored():
@@ -107,11 +97,9 @@ def test_output_shape_and_covered_pixels_are_ignored():
     torch.testing.assert_close(model(changed, covered, positions), out)
 
 
-
 def test_global_position_table_is_grid_sized():
     model = make(position="global")
     assert model.pos_embed.shape == (64, 32)  # M*N = 8*8 entries, not (M*N)^2
-
 
 
 def test_fused_and_manual_attention_agree():
@@ -122,7 +110,6 @@ def test_fused_and_manual_attention_agree():
         model.set_fused_attention(False)
         manual = model(*batch)
     torch.testing.assert_close(fused, manual, atol=1e-5, rtol=1e-5)
-
 
 
 def test_input_normalisation_maps_back_to_pixels():

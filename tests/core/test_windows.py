@@ -20,13 +20,11 @@ def test_window_corner_centres_the_patch_away_from_borders():
     assert int(window_corner(12, 16, 7)) == 9  # last centred position: 12 + 3 = 15 = M - 1
 
 
-
 def test_window_corner_clamps_at_every_border():
     corners = window_corner(torch.arange(16), 16, 7)
     assert corners[:4].tolist() == [0, 0, 0, 0]  # top/left border: window stays inside
     assert corners[12:].tolist() == [9, 9, 9, 9]  # bottom/right border: corner M - L
     assert corners.min() >= 0 and (corners + 7).max() <= 16
-
 
 
 def test_inference_windows_cover_every_patch_and_contain_it():
@@ -40,12 +38,10 @@ def test_inference_windows_cover_every_patch_and_contain_it():
     assert int(covered[0]) == 0 and int(covered[53]) == 8
 
 
-
 def test_window_tokens_are_global_grid_positions():
     tokens = window_tokens(torch.tensor([1]), torch.tensor([2]), columns=10, window=3)
     expected = [[(1 + i) * 10 + (2 + j) for i in range(3) for j in range(3)]]
     assert tokens.tolist() == expected
-
 
 
 def test_patchify_round_trip_and_layout():
@@ -57,7 +53,6 @@ def test_patchify_round_trip_and_layout():
     assert torch.equal(patches[0, 1 * 5 + 2].view(3, 4, 4), images[0, :, 4:8, 8:12])
 
 
-
 def test_random_windows_reach_both_end_positions_with_equal_chance():
     generator = torch.Generator().manual_seed(0)
     r, s, covered = random_windows(60_000, (10, 10), 7, generator)
@@ -66,9 +61,10 @@ def test_random_windows_reach_both_end_positions_with_equal_chance():
     assert (counts / counts.mean() - 1).abs().max() < 0.05  # uniform, ends included
 
 
-
 def test_crop_windows_matches_slicing():
     images = torch.rand(3, 2, 16, 16)
-    crops = crop_windows(images, torch.tensor([2, 0]), torch.tensor([1, 0]), torch.tensor([0, 2]), window=2, patch_size=4)
+    crops = crop_windows(
+        images, torch.tensor([2, 0]), torch.tensor([1, 0]), torch.tensor([0, 2]), window=2, patch_size=4
+    )
     assert torch.equal(crops[0], images[2, :, 4:12, 0:8])
     assert torch.equal(crops[1], images[0, :, 0:8, 8:16])

@@ -18,7 +18,6 @@ def test_mvtec_layout_listing(mvtec_root):
     assert sum(s.label for s in samples) == 6
 
 
-
 def test_layout_errors_name_the_problem(tmp_path, mvtec_root):
     with pytest.raises(IntraError, match="not found"):
         training_images(tmp_path / "missing")
@@ -33,13 +32,11 @@ def test_layout_errors_name_the_problem(tmp_path, mvtec_root):
         datasets.test_samples(broken)
 
 
-
 def test_a_test_set_without_ground_truth_has_image_labels_only(tmp_path):
     for kind in ("good", "dent"):
         write_image(tmp_path / "test" / kind / "000.png", np.zeros((8, 8), np.uint8))
     samples = datasets.test_samples(tmp_path)
     assert [(s.kind, s.label, s.mask_path) for s in samples] == [("dent", 1, None), ("good", 0, None)]
-
 
 
 def test_plain_folder_of_training_images(tmp_path):

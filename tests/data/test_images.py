@@ -1,6 +1,5 @@
 """Reading image files: formats, colour conversion, masks and per-image standardisation."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -31,7 +30,6 @@ def test_standardize_gives_every_image_the_same_mean_and_contrast(tmp_path, mvte
     torch.testing.assert_close(detector.predict(image * 0.5 + 0.2)[0], detector.predict(image)[0], atol=1e-4, rtol=1e-3)
 
 
-
 @pytest.mark.parametrize("suffix", [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"])
 def test_every_supported_format_loads_resized(tmp_path, suffix):
     rgb = (np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)
@@ -41,7 +39,6 @@ def test_every_supported_format_loads_resized(tmp_path, suffix):
     assert 0 <= float(x.min()) and float(x.max()) <= 1
 
 
-
 def test_gray_and_rgb_conversions_are_consistent(tmp_path):
     gray = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))
     path = write_image(tmp_path / "g.png", gray)
@@ -49,7 +46,6 @@ def test_gray_and_rgb_conversions_are_consistent(tmp_path):
     assert as_gray.shape == (1, 64, 64) and as_rgb.shape == (3, 64, 64)
     torch.testing.assert_close(as_rgb[0], as_gray[0])
     torch.testing.assert_close(as_gray[0, 0, :3], torch.tensor([0, 4, 8]) / 255)
-
 
 
 def test_sixteen_bit_rgba_and_palette_images(tmp_path):
@@ -63,7 +59,6 @@ def test_sixteen_bit_rgba_and_palette_images(tmp_path):
     torch.testing.assert_close(load_image(tmp_path / "p.png", 16, "gray"), torch.full((1, 16, 16), 90 / 255))
 
 
-
 def test_color_detection(tmp_path):
     g = write_image(tmp_path / "g.png", np.full((30, 30), 100, np.uint8))
     c = write_image(tmp_path / "c.png", np.dstack([np.full((30, 30), v, np.uint8) for v in (10, 100, 200)]))
@@ -72,7 +67,6 @@ def test_color_detection(tmp_path):
     assert resolve_color("auto", [g, gray_as_rgb]) == "gray"
     assert resolve_color("auto", [g, c]) == "rgb"
     assert resolve_color("rgb", [g]) == "rgb"
-
 
 
 def test_truncated_and_non_image_files_name_the_file(tmp_path):
@@ -85,7 +79,6 @@ def test_truncated_and_non_image_files_name_the_file(tmp_path):
     text.write_text("not an image")
     with pytest.raises(IntraError, match="notes.png"):
         load_image(text, 32, "rgb")
-
 
 
 def test_masks_are_binary_and_nearest_resized(tmp_path):

@@ -1,6 +1,5 @@
 """Training windows: targets, augmentation ranges and several covered patches per window."""
 
-
 import torch
 
 from intra.data.sampling import WindowSampler
@@ -17,7 +16,6 @@ def test_multicover_sampler_targets_are_the_covered_patches():
     torch.testing.assert_close(batch.patches[batch.covered].view_as(batch.target), batch.target)
 
 
-
 def test_sampler_batches_have_consistent_targets():
     cfg = tiny_config()
     images = torch.rand(2, 3, 32, 32)
@@ -27,8 +25,9 @@ def test_sampler_batches_have_consistent_targets():
     torch.testing.assert_close(picked, batch.target)
     # positions are the windows' global grid indices: a 3 x 3 block of an 8 x 8 grid.
     rows, cols = batch.positions // 8, batch.positions % 8
-    assert ((rows.max(1).values - rows.min(1).values) == 2).all() and ((cols.max(1).values - cols.min(1).values) == 2).all()
-
+    assert ((rows.max(1).values - rows.min(1).values) == 2).all() and (
+        (cols.max(1).values - cols.min(1).values) == 2
+    ).all()
 
 
 def test_augmented_windows_stay_in_range():

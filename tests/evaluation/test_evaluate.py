@@ -1,7 +1,5 @@
 """Scoring a test set: metrics with and without pixel masks."""
 
-
-
 from intra.training.fit import fit
 
 from conftest import tiny_config

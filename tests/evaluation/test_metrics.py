@@ -15,13 +15,11 @@ def test_auroc_equals_scikit_learn_with_ties(seed):
     assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
 
 
-
 def test_auroc_extremes():
     labels = np.array([0, 0, 1, 1])
     assert auroc(np.array([0.1, 0.2, 0.8, 0.9]), labels) == 1.0
     assert auroc(np.array([0.9, 0.8, 0.2, 0.1]), labels) == 0.0
     assert auroc(np.ones(4), labels) == 0.5
-
 
 
 def test_pro_curve_on_a_hand_made_case():
@@ -34,13 +32,11 @@ def test_pro_curve_on_a_hand_made_case():
     np.testing.assert_allclose(pro, [0, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0])
 
 
-
 def test_aupro_on_a_hand_made_case():
     masks = np.array([[[1, 1, 0, 0, 0, 0]]], dtype=bool)
     maps = np.array([[[0.9, 0.5, 0.7, 0.4, 0.3, 0.2]]])
     # Area under PRO up to FPR 0.3: 0.25 * 0.5 (PRO 0.5 until FPR 0.25) + 0.05 * 1.0 = 0.175.
     assert aupro(maps, masks, fpr_limit=0.3) == pytest.approx(0.175 / 0.3)
-
 
 
 def test_aupro_weights_regions_equally():
@@ -57,7 +53,6 @@ def test_aupro_weights_regions_equally():
     assert aupro(maps, masks) == pytest.approx(0.3 * (0.5 + 0.65) / 2 / 0.3)
 
 
-
 def test_perfect_segmentation_has_aupro_one():
     masks = np.zeros((3, 8, 8), dtype=bool)
     masks[0, 2:4, 2:4] = True
@@ -65,11 +60,9 @@ def test_perfect_segmentation_has_aupro_one():
     assert aupro(masks.astype(float), masks) == pytest.approx(1.0)
 
 
-
 def test_f1_max():
     f1, threshold = f1_max(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
     assert f1 == pytest.approx(0.8) and threshold == pytest.approx(0.35)
-
 
 
 def test_evaluation_metrics_keys():

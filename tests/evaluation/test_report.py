@@ -13,10 +13,15 @@ from conftest import intra
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Flags for a closed network, as root, without a screen (see .ci/run, which installs Debian's chromium).
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
-
-
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +29,6 @@ def evaluation(cli_run, mvtec_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "eval"
     intra("evaluate", "--run", cli_run, "--data", mvtec_root, "--out", out, "--threads", "1", "--no-heatmaps")
     return out
-
 
 
 def test_evaluate_writes_thresholds_tables_and_curves(evaluation, cli_run):
@@ -42,8 +46,10 @@ def test_evaluate_writes_thresholds_tables_and_curves(evaluation, cli_run):
         assert Image.open(evaluation / f"{name}.png").size[0] >= 300
 
 
-
-@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="Debian's chromium is not installed here (.ci/run installs it)")
+@pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("CI"),
+    reason="Debian's chromium is not installed here (.ci/run installs it)",
+)
 def test_html_report_loads_in_headless_chromium(evaluation):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
     page_url = Path(evaluation / "report.html").resolve().as_uri()
@@ -60,4 +66,10 @@ def test_html_report_loads_in_headless_chromium(evaluation):
         browser.close()
     assert problems == []
     assert len(images) == 3 + 10 and all(done and width > 0 for done, width, _ in images), images
-    assert {"Metrics", "Per defect kind", "Curves", "Highest-scored normal images", "Lowest-scored defective images"} <= set(headings)
+    assert {
+        "Metrics",
+        "Per defect kind",
+        "Curves",
+        "Highest-scored normal images",
+        "Lowest-scored defective images",
+    } <= set(headings)

@@ -1,6 +1,5 @@
 """Calibration and rescoring: the training statistics, z-scores and scoring changes without retraining."""
 
-
 import pytest
 import torch
 
@@ -28,7 +27,6 @@ def test_score_settings_change_without_retraining(tmp_path, mvtec_root):
         with_score_overrides(detector, {"model.dim": 8}, None)
 
 
-
 def test_zscore_divides_by_the_training_std_and_survives_save_load(tmp_path, mvtec_root):
     from intra.core.anomaly_map import normalize
 
@@ -47,5 +45,7 @@ def test_zscore_divides_by_the_training_std_and_survives_save_load(tmp_path, mvt
     loaded = Detector.load(tmp_path / "run", device="cpu")
     assert torch.equal(loaded.std_map, detector.std_map)
     assert torch.equal(loaded.predict(images)[0], detector.predict(images)[0])
-    expected = (detector.difference_maps(images) - detector.mean_map) / detector.std_map.clamp_min(0.01 * float(detector.std_map.mean()))
+    expected = (detector.difference_maps(images) - detector.mean_map) / detector.std_map.clamp_min(
+        0.01 * float(detector.std_map.mean())
+    )
     torch.testing.assert_close(detector.predict(images)[0], expected)

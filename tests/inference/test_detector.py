@@ -26,7 +26,6 @@ def test_batched_and_naive_reconstructions_agree(overrides):
     assert float((batched - naive).abs().max()) <= 1e-5
 
 
-
 def test_chunks_follow_the_memory_budget_without_changing_the_result():
     cfg = tiny_config()
     detector = Detector(lively_model(cfg), cfg)
@@ -37,7 +36,6 @@ def test_chunks_follow_the_memory_budget_without_changing_the_result():
     assert float((detector.reconstruct(images) - whole).abs().max()) <= 1e-6
     cfg.score.memory_mb = 1e-9
     assert detector.chunk_windows() == 1  # never zero
-
 
 
 def test_bf16_anomaly_map_is_within_one_percent_of_fp32():
@@ -54,7 +52,6 @@ def test_bf16_anomaly_map_is_within_one_percent_of_fp32():
     assert float((maps16 - maps32).norm() / maps32.norm()) <= 1e-2
 
 
-
 @pytest.mark.skipif(not available(), reason="torch built without oneDNN")
 def test_packed_cpu_network_computes_the_same_function():
     cfg = tiny_config()
@@ -65,7 +62,6 @@ def test_packed_cpu_network_computes_the_same_function():
     covered = torch.randint(0, 9, (5,))
     with torch.inference_mode():
         torch.testing.assert_close(packed(patches, covered), model(patches, covered), atol=1e-5, rtol=1e-5)
-
 
 
 def test_detector_follows_weight_changes():
@@ -79,7 +75,6 @@ def test_detector_follows_weight_changes():
     after = detector.reconstruct(images)
     assert float((after - before).abs().min()) > 0.1
     assert float((after - detector.reconstruct_naive(images)).abs().max()) <= 1e-5
-
 
 
 PEAK_PROBE = """
@@ -105,14 +100,15 @@ print(peak() - base)
 """
 
 
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's peak-RSS reset")
 def test_window_bytes_bounds_the_measured_peak_memory_per_window():
     from intra.config import ModelConfig
 
     def growth(chunk):
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        result = subprocess.run([sys.executable, "-c", PEAK_PROBE, str(chunk)], capture_output=True, text=True, env=env, check=True)
+        result = subprocess.run(
+            [sys.executable, "-c", PEAK_PROBE, str(chunk)], capture_output=True, text=True, env=env, check=True
+        )
         return int(result.stdout.split()[-1])
 
     per_window = (growth(64) - growth(4)) / 60

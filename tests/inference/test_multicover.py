@@ -1,6 +1,5 @@
 """Several covered patches per pass: the lattice masks, the inference plan and its reconstruction."""
 
-
 import pytest
 import torch
 
@@ -21,11 +20,9 @@ def test_multicover_plan_reads_every_patch_once(grid, window, spacing):
     assert len(tokens) < grid * grid or grid == window  # fewer passes than one per patch
 
 
-
 def test_lattice_mask_covers_every_spacing_th_patch():
     mask = lattice_masks(torch.tensor([1]), torch.tensor([0]), 5, 2).view(5, 5)
     assert mask.nonzero().tolist() == [[1, 0], [1, 2], [1, 4], [3, 0], [3, 2], [3, 4]]
-
 
 
 def test_multicover_reconstruction_matches_a_pass_by_pass_loop():

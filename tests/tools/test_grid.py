@@ -5,11 +5,20 @@ import json
 
 from conftest import intra, user_error
 
-TINY = {"model.image_size": 64, "model.patch_size": 4, "model.window": 3, "model.dim": 32, "model.depth": 3,
-        "model.heads": 2, "train.max_epochs": 2, "train.windows_per_image": 20, "train.batch_size": 64,
-        "train.device": "cpu", "score.mean_filter": 5, "score.gaussian_sigma": 1.0}
-
-
+TINY = {
+    "model.image_size": 64,
+    "model.patch_size": 4,
+    "model.window": 3,
+    "model.dim": 32,
+    "model.depth": 3,
+    "model.heads": 2,
+    "train.max_epochs": 2,
+    "train.windows_per_image": 20,
+    "train.batch_size": 64,
+    "train.device": "cpu",
+    "score.mean_filter": 5,
+    "score.gaussian_sigma": 1.0,
+}
 
 
 def write_grid(path, data):
@@ -22,12 +31,14 @@ def write_grid(path, data):
         "configs": {
             "base": {},
             "three-scales": {"score": {"score.scales": [1.0, 0.5, 0.25]}},
-            "multi": {"set": {"model.head": "covered", "train.cover_spacing": 2, "score.cover_spacing": 2}, "seeds": [0, 1]},
+            "multi": {
+                "set": {"model.head": "covered", "train.cover_spacing": 2, "score.cover_spacing": 2},
+                "seeds": [0, 1],
+            },
         },
     }
     path.write_text(json.dumps(grid))
     return path
-
 
 
 def test_benchmark_writes_tables_shares_runs_and_resumes(tmp_path, mvtec_root):
@@ -55,7 +66,6 @@ def test_benchmark_writes_tables_shares_runs_and_resumes(tmp_path, mvtec_root):
     assert weights.stat().st_mtime_ns == stamp  # nothing retrained
 
 
-
 def test_benchmark_grid_mistakes_are_one_line_errors(tmp_path, mvtec_root):
     grid = tmp_path / "grid.json"
     grid.write_text(json.dumps({"datasets": {"syn": str(mvtec_root)}, "configs": {"x": {"set": {"model.bogus": 1}}}}))
@@ -66,5 +76,7 @@ def test_benchmark_grid_mistakes_are_one_line_errors(tmp_path, mvtec_root):
     user_error(intra("benchmark", "--grid", grid, "--out", tmp_path / "o", check=False), "nope")
     # A dot in a TOML table name nests a table: refused instead of silently scoring the base config.
     toml = tmp_path / "grid.toml"
-    toml.write_text(f'[datasets]\nsyn = "{mvtec_root}"\n[configs.scales-1-.5]\nscore = {{ "score.scales" = [1.0, 0.5] }}\n')
+    toml.write_text(
+        f'[datasets]\nsyn = "{mvtec_root}"\n[configs.scales-1-.5]\nscore = {{ "score.scales" = [1.0, 0.5] }}\n'
+    )
     user_error(intra("benchmark", "--grid", toml, "--out", tmp_path / "o", check=False), "'scales-1-'", "quote")

@@ -13,9 +13,13 @@ from intra.tools.speed import train_window_flops, window_flops
 from conftest import intra
 
 
-@pytest.mark.parametrize("overrides", [{}, {"attention": "msa", "heads": 2}, {"channels": 1, "mlp_ratio": 2.0, "depth": 4}])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"attention": "msa", "heads": 2}, {"channels": 1, "mlp_ratio": 2.0, "depth": 4}]
+)
 def test_flop_formula_matches_the_flop_counter(overrides):
-    cfg = ModelConfig(**{**dict(image_size=48, channels=3, patch_size=8, window=3, dim=64, depth=3, heads=4), **overrides})
+    cfg = ModelConfig(
+        **{**dict(image_size=48, channels=3, patch_size=8, window=3, dim=64, depth=3, heads=4), **overrides}
+    )
     model = InpaintingTransformer(cfg)
     model.set_fused_attention(False)  # explicit matmuls: the counter does not see every fused kernel
     patches = torch.rand(5, 9, cfg.patch_dim)
@@ -29,28 +33,62 @@ def test_flop_formula_matches_the_flop_counter(overrides):
     assert out.shape == (5, cfg.patch_dim)
 
 
-
 def test_paper_preset_costs_about_1_4_tflop_per_256_px_image():
     cfg = ModelConfig()  # the paper: K 16, L 7, D 512, 13 blocks, RGB
     assert 1.35e12 < 256 * window_flops(cfg) < 1.45e12
 
 
-
 def test_bench_command_prints_a_table_then_json(tmp_path):
-    result = intra("bench", "--preset", "cpu", "--image-size", "64", "--threads", "1", "--repeat", "1",
-                   "--train-batch", "8", "--naive-windows", "4")
+    result = intra(
+        "bench",
+        "--preset",
+        "cpu",
+        "--image-size",
+        "64",
+        "--threads",
+        "1",
+        "--repeat",
+        "1",
+        "--train-batch",
+        "8",
+        "--naive-windows",
+        "4",
+    )
     lines = result.stdout.strip().splitlines()
     assert any(line.startswith("inference") for line in lines[:-1])
     record = json.loads(lines[-1])
-    keys = ("windows_per_s", "naive_windows_per_s", "speedup", "ms_per_image", "achieved_gflops",
-            "matmul_gflops", "train_windows_per_s", "peak_mem_mb")
+    keys = (
+        "windows_per_s",
+        "naive_windows_per_s",
+        "speedup",
+        "ms_per_image",
+        "achieved_gflops",
+        "matmul_gflops",
+        "train_windows_per_s",
+        "peak_mem_mb",
+    )
     assert all(record[k] > 0 for k in keys)
     # The cpu preset reads 9 patches per pass: 2 x 2 windows x 9 lattice phases for an 8 x 8 grid.
     assert record["windows_per_image"] == 36 and record["patches_per_window"] == 9 and record["train_batch"] == 8
     assert record["ms_per_image"] == pytest.approx(1000 * 36 / record["windows_per_s"])
     assert record["speedup"] == pytest.approx(64 / record["naive_windows_per_s"] * 1000 / record["ms_per_image"])
-    one = intra("bench", "--preset", "cpu", "--image-size", "64", "--threads", "1", "--repeat", "1", "--train-batch", "8",
-                "--naive-windows", "4", "--set", "score.cover_spacing=0")
+    one = intra(
+        "bench",
+        "--preset",
+        "cpu",
+        "--image-size",
+        "64",
+        "--threads",
+        "1",
+        "--repeat",
+        "1",
+        "--train-batch",
+        "8",
+        "--naive-windows",
+        "4",
+        "--set",
+        "score.cover_spacing=0",
+    )
     one = json.loads(one.stdout.strip().splitlines()[-1])
     assert one["windows_per_image"] == 64 and one["patches_per_window"] == 1
     assert one["speedup"] == pytest.approx(one["windows_per_s"] / one["naive_windows_per_s"])

@@ -23,13 +23,14 @@ def test_sampling_shards_split_a_global_batch_between_processes():
     assert [g.initial_seed() for g in second] == [g.initial_seed() for g in alone[2:]]
 
 
-
 def test_two_processes_match_one_process_fed_the_same_windows(tmp_path, mvtec_root):
     args = ["train", "--data", mvtec_root, *TINY, "--set", "score.mean_filter=5", "--set", "train.sample_shards=2"]
     intra(*args, "--out", tmp_path / "one")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "intra.cli"]
-    two = subprocess.run([*launch, *map(str, args), "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=600)
+    two = subprocess.run(
+        [*launch, *map(str, args), "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=600
+    )
     assert two.returncode == 0, two.stderr
     assert two.stdout.count("trained 2 epochs") == 1  # only rank 0 reports ...
     log = (tmp_path / "two" / "train_log.jsonl").read_text().splitlines()
@@ -46,7 +47,6 @@ def test_two_processes_match_one_process_fed_the_same_windows(tmp_path, mvtec_ro
     assert diff <= 1e-5 < moved
 
 
-
 def initial_weights(names):
     from intra.core.model import InpaintingTransformer
 
@@ -56,4 +56,4 @@ def initial_weights(names):
     cfg.model.image_size = 64
     torch.manual_seed(cfg.train.seed)
     state = InpaintingTransformer(cfg.model).state_dict()
-    return {name: state[name[len("model."):]] for name in names if "pixel" not in name}
+    return {name: state[name[len("model.") :]] for name in names if "pixel" not in name}

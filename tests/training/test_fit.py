@@ -17,8 +17,16 @@ from conftest import tiny_config
 def test_fit_with_every_option_and_several_patches_per_pass(tmp_path, mvtec_root):
     cfg = tiny_config(head="covered")
     cfg.model.image_size = 64
-    overrides = {"train.cover_spacing": 2, "score.cover_spacing": 3, "train.optimizer": "adamw", "train.weight_decay": 0.05, "train.schedule": "cosine",
-                 "train.warmup": 0.2, "train.grad_clip": 1.0, "train.ema": 0.9}
+    overrides = {
+        "train.cover_spacing": 2,
+        "score.cover_spacing": 3,
+        "train.optimizer": "adamw",
+        "train.weight_decay": 0.05,
+        "train.schedule": "cosine",
+        "train.warmup": 0.2,
+        "train.grad_clip": 1.0,
+        "train.ema": 0.9,
+    }
     result = fit(apply_overrides(cfg, overrides), mvtec_root, tmp_path / "run")
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert log[1]["train_lr"] < log[0]["train_lr"] or log[0]["train_lr"] < cfg.train.lr  # scheduled
@@ -26,7 +34,6 @@ def test_fit_with_every_option_and_several_patches_per_pass(tmp_path, mvtec_root
     maps, scores = result.detector.predict(images)
     again = Detector.load(tmp_path / "run", device="cpu").predict(images)
     assert torch.equal(maps, again[0]) and maps.shape == (2, 64, 64)
-
 
 
 def test_tiny_model_overfits_one_image():
@@ -47,7 +54,6 @@ def test_tiny_model_overfits_one_image():
     assert losses[-1] < losses[0] / 10
 
 
-
 def test_fit_writes_a_run_and_save_load_gives_identical_scores(tmp_path, mvtec_root, tiny_cfg):
     tiny_cfg.model.image_size = 64
     result = fit(tiny_cfg, mvtec_root, tmp_path / "run")
@@ -65,7 +71,6 @@ def test_fit_writes_a_run_and_save_load_gives_identical_scores(tmp_path, mvtec_r
     maps2, scores2 = loaded.predict(images)
     assert torch.equal(scores, scores2) and torch.equal(maps, maps2)
     assert maps.shape == (3, 64, 64) and (maps >= 0).all()
-
 
 
 def test_training_is_reproducible_with_a_seed(tmp_path, mvtec_root, tiny_cfg):

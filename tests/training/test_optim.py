@@ -1,6 +1,5 @@
 """Optimisation knobs beyond the paper: learning-rate schedules and the weight average."""
 
-
 import pytest
 import torch
 
@@ -19,7 +18,6 @@ def test_lr_schedules_warm_up_then_decay():
     assert lr_factor(t, 1.0) == pytest.approx(0.1)
     assert lr_factor(TrainConfig(schedule="linear"), 0.25) == pytest.approx(0.75)
     assert lr_factor(TrainConfig(), 0.7) == 1.0  # the paper: constant
-
 
 
 def test_weight_ema_moves_towards_the_model():

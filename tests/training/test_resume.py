@@ -16,15 +16,12 @@ from conftest import TINY, intra, user_error
 RESUMABLE = [*TINY, "--epochs", "4", "--windows-per-image", "150", "--patience", "50", "--seed", "3"]
 
 
-
-
 def saved_epoch(run) -> int:
     try:
         with safe_open(str(run / "training_state.safetensors"), framework="pt") as f:
             return json.loads(f.metadata()["state"])["epoch"]
     except Exception:  # not written yet
         return 0
-
 
 
 def test_killed_training_resumes_to_bit_identical_weights(tmp_path, mvtec_root):

@@ -181,7 +181,9 @@ class InpaintingTransformer(nn.Module):
         if self.cfg.head == "mean":
             pooled = x.mean(dim=1)  # (B, D)
         else:
-            pooled = x[torch.arange(x.shape[0], device=x.device), covered]  # (B, D); x.shape[0], not len(x): keeps the batch dynamic in an ONNX export
+            pooled = x[
+                torch.arange(x.shape[0], device=x.device), covered
+            ]  # (B, D); x.shape[0], not len(x): keeps the batch dynamic in an ONNX export
         out = self.head(pooled)
         if self.cfg.normalize_input:
             mean, std = self._patch_stats()

@@ -101,4 +101,6 @@ def _check_orphan_masks(folder: Path, stems: set[str]) -> None:
     for mask in sorted(folder.iterdir()):
         stem = mask.stem.removesuffix("_mask")
         if is_image(mask) and stem not in stems:
-            raise IntraError(f"mask {mask} has no test image (expected {folder.parent.parent / 'test' / folder.name / stem}.<png|jpg|...>)")
+            raise IntraError(
+                f"mask {mask} has no test image (expected {folder.parent.parent / 'test' / folder.name / stem}.<png|jpg|...>)"
+            )

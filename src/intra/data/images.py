@@ -82,7 +82,9 @@ def load_image(path: str | Path, size: int, color: str, min_size: int = MIN_SIDE
     path = Path(path)
     image = _open(path)
     if min(image.size) < min_size:
-        raise IntraError(f"image {path} is {image.size[0]}x{image.size[1]} px: too small (at least {min_size} px per side)")
+        raise IntraError(
+            f"image {path} is {image.size[0]}x{image.size[1]} px: too small (at least {min_size} px per side)"
+        )
     array = _to_array(image, color)
     tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None]  # (1, C, h, w)
     if tensor.shape[-2:] != (size, size):

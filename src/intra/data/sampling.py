@@ -74,7 +74,9 @@ class WindowSampler:
         target = target.view(-1, m.channels, m.patch_size, m.patch_size)
         return Batch(patches, covered, window_tokens(r, s, m.grid, m.window), target)
 
-    def _rotated_crops(self, image_index: torch.Tensor, r: torch.Tensor, s: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    def _rotated_crops(
+        self, image_index: torch.Tensor, r: torch.Tensor, s: torch.Tensor, angles: torch.Tensor
+    ) -> torch.Tensor:
         """Windows rotated about their centres by `angles` (radians) -> (B, C, L*K, L*K)."""
         m = self.model_cfg
         side = m.window * m.patch_size
@@ -93,7 +95,9 @@ class WindowSampler:
 
 def _random_flips(crops: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Flip each window horizontally and vertically, each with probability 1/2."""
-    h, v = (torch.rand(2, len(crops), generator=generator) < 0.5).to(crops.device, non_blocking=True)[..., None, None, None]
+    h, v = (torch.rand(2, len(crops), generator=generator) < 0.5).to(crops.device, non_blocking=True)[
+        ..., None, None, None
+    ]
     crops = torch.where(h, crops.flip(-1), crops)
     return torch.where(v, crops.flip(-2), crops)
 

@@ -75,7 +75,9 @@ def evaluate(
         images = torch.stack([load_image(s.path, size, cfg.data.color) for s in chunk])
         batch_maps, batch_scores = detector.predict(images)
         if eval_size != size:
-            batch_maps = F.interpolate(batch_maps[:, None], size=(eval_size, eval_size), mode="bilinear", align_corners=False)[:, 0]
+            batch_maps = F.interpolate(
+                batch_maps[:, None], size=(eval_size, eval_size), mode="bilinear", align_corners=False
+            )[:, 0]
         maps[first : first + len(chunk)] = batch_maps.numpy()
         pictures.extend(to_rgb_uint8(image) for image in images)
         scores[first : first + len(chunk)] = batch_scores.numpy()
@@ -106,8 +108,15 @@ def evaluate(
     curves = plots.curve_pngs(scores, labels, maps, pixel_masks)
     plots.write_curves(out_dir, curves)
     galleries = _galleries(samples, scores, pictures, maps, masks, root, detector.stats.get("image_threshold"))
-    page = html_report(f"intra evaluation: {Path(root).resolve().name}", _subtitle(result, root, detector), _metric_rows(result),
-                       KIND_COLUMNS, [[_cell(row[c]) for c in KIND_COLUMNS] for row in rows], curves, galleries)
+    page = html_report(
+        f"intra evaluation: {Path(root).resolve().name}",
+        _subtitle(result, root, detector),
+        _metric_rows(result),
+        KIND_COLUMNS,
+        [[_cell(row[c]) for c in KIND_COLUMNS] for row in rows],
+        curves,
+        galleries,
+    )
     atomic_write(out_dir / "report.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
     write_json(out_dir / "metrics.json", result)
     return result
@@ -116,7 +125,9 @@ def evaluate(
 KIND_COLUMNS = ["kind", "images", "image_auroc", "pixel_auroc", "aupro", "mean_score", "flagged"]
 
 
-def per_kind_rows(samples: list[Sample], scores: np.ndarray, maps: np.ndarray, masks: np.ndarray | None, threshold: float | None) -> list[dict]:
+def per_kind_rows(
+    samples: list[Sample], scores: np.ndarray, maps: np.ndarray, masks: np.ndarray | None, threshold: float | None
+) -> list[dict]:
     """One row per kind (good first): AUROCs and AUPRO of the kind against the good images, flagged share.
 
     masks None (image labels only): no pixel columns.
@@ -127,14 +138,23 @@ def per_kind_rows(samples: list[Sample], scores: np.ndarray, maps: np.ndarray, m
     rows = []
     for kind in [GOOD] + sorted(set(kinds) - {GOOD}):
         chosen = kinds == kind
-        row = {"kind": kind, "images": int(chosen.sum()), "image_auroc": None, "pixel_auroc": None, "aupro": None,
-               "mean_score": float(scores[chosen].mean()),
-               "flagged": None if threshold is None else float(np.mean(scores[chosen] >= threshold))}
+        row = {
+            "kind": kind,
+            "images": int(chosen.sum()),
+            "image_auroc": None,
+            "pixel_auroc": None,
+            "aupro": None,
+            "mean_score": float(scores[chosen].mean()),
+            "flagged": None if threshold is None else float(np.mean(scores[chosen] >= threshold)),
+        }
         if kind != GOOD:
             both = chosen | good
             row["image_auroc"] = metrics.auroc(scores[both], labels[both])
             if masks is not None:
-                row.update(pixel_auroc=metrics.auroc(maps[both].ravel(), masks[both].ravel()), aupro=metrics.aupro(maps[both], masks[both]))
+                row.update(
+                    pixel_auroc=metrics.auroc(maps[both].ravel(), masks[both].ravel()),
+                    aupro=metrics.aupro(maps[both], masks[both]),
+                )
         rows.append(row)
     return rows
 
@@ -153,7 +173,10 @@ def _write_tables(out_dir: Path, rows: list[dict]) -> None:
     atomic_write(out_dir / "per_kind.csv", lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
     lines = ["| " + " | ".join(KIND_COLUMNS) + " |", "|" + "---|" * len(KIND_COLUMNS)]
     lines += ["| " + " | ".join(_cell(row[c]) for c in KIND_COLUMNS) + " |" for row in rows]
-    text = "\n".join(lines) + "\n\nflagged: share of the kind's images with pred_score >= the run's stored image threshold.\n"
+    text = (
+        "\n".join(lines)
+        + "\n\nflagged: share of the kind's images with pred_score >= the run's stored image threshold.\n"
+    )
     atomic_write(out_dir / "per_kind.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
@@ -162,9 +185,22 @@ def _metric_rows(m: dict) -> list[list[str]]:
     rows = [[name, "-" if m.get(key) is None else f"{m[key]:.4f}"] for name, key in names]  # no masks: no pixel metrics
     for level, entry in m["thresholds"].items():
         if "stored_threshold" in entry:
-            rows.append([f"{level} threshold (stored, from normal images)", f"{entry['stored_threshold']:.4g}  (F1 {entry['f1_at_stored']:.3f})"])
-        rows.append([f"{level} threshold (F1-optimal here, not stored)", f"{entry['f1_optimal_threshold']:.4g}  (F1 {entry['f1_max']:.3f})"])
-    rows += [["images", str(m["images"])], ["ms per image", f"{m['ms_per_image']:.1f} ({m['device']}, {m['threads']} threads)"]]
+            rows.append(
+                [
+                    f"{level} threshold (stored, from normal images)",
+                    f"{entry['stored_threshold']:.4g}  (F1 {entry['f1_at_stored']:.3f})",
+                ]
+            )
+        rows.append(
+            [
+                f"{level} threshold (F1-optimal here, not stored)",
+                f"{entry['f1_optimal_threshold']:.4g}  (F1 {entry['f1_max']:.3f})",
+            ]
+        )
+    rows += [
+        ["images", str(m["images"])],
+        ["ms per image", f"{m['ms_per_image']:.1f} ({m['device']}, {m['threads']} threads)"],
+    ]
     return rows
 
 
@@ -172,16 +208,25 @@ def _subtitle(m: dict, root: str | Path, detector: Detector) -> str:
     return f"data: {Path(root).resolve()}; model: {detector.cfg.model.image_size} px, patch {detector.cfg.model.patch_size}, window {detector.cfg.model.window}; pixel metrics at {m['eval_size']} px"
 
 
-def _galleries(samples: list[Sample], scores: np.ndarray, pictures: list[np.ndarray], maps: np.ndarray, masks: np.ndarray,
-               root: str | Path, threshold: float | None) -> dict[str, list[dict]]:
+def _galleries(
+    samples: list[Sample],
+    scores: np.ndarray,
+    pictures: list[np.ndarray],
+    maps: np.ndarray,
+    masks: np.ndarray,
+    root: str | Path,
+    threshold: float | None,
+) -> dict[str, list[dict]]:
     vmax = float(np.quantile(maps, 0.999))
     labels = np.array([s.label for s in samples])
     galleries = {}
     for title, indices in gallery_indices(scores, labels, GALLERY_SIZE).items():
         galleries[title] = [
-            {"png": png_bytes(overlay_panel(pictures[i], maps[i], vmax, masks[i] if samples[i].label else None)),
-             "caption": f"{samples[i].path.relative_to(root).as_posix()}  score {scores[i]:.4g}",
-             "flagged": threshold is not None and bool(scores[i] >= threshold)}
+            {
+                "png": png_bytes(overlay_panel(pictures[i], maps[i], vmax, masks[i] if samples[i].label else None)),
+                "caption": f"{samples[i].path.relative_to(root).as_posix()}  score {scores[i]:.4g}",
+                "flagged": threshold is not None and bool(scores[i] >= threshold),
+            }
             for i in indices
         ]
     return galleries

@@ -17,7 +17,9 @@ def trapezoid(y: np.ndarray, x: np.ndarray) -> float:
     return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
 
 
-def _ranked_curve(scores: np.ndarray, gains: np.ndarray, costs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _ranked_curve(
+    scores: np.ndarray, gains: np.ndarray, costs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cumulative (costs, gains) at every distinct threshold, from the highest score down.
 
     Returns (x, y, thresholds) with a leading (0, 0) point, x and y the running sums of costs

@@ -29,7 +29,9 @@ def _thin(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x[keep], y[keep]
 
 
-def _figure(x: np.ndarray, y: np.ndarray, title: str, xlabel: str, ylabel: str, area: str, limit: float | None = None) -> bytes:
+def _figure(
+    x: np.ndarray, y: np.ndarray, title: str, xlabel: str, ylabel: str, area: str, limit: float | None = None
+) -> bytes:
     """One curve as PNG bytes (about 480 x 400 px), with the area in the legend."""
     fig, ax = plt.subplots(figsize=(4.8, 4.0), dpi=100)
     x, y = _thin(x, y)
@@ -48,13 +50,22 @@ def _figure(x: np.ndarray, y: np.ndarray, title: str, xlabel: str, ylabel: str, 
     return buffer.getvalue()
 
 
-def curve_pngs(scores: np.ndarray, labels: np.ndarray, maps: np.ndarray, masks: np.ndarray | None, aupro_limit: float = 0.3) -> dict[str, bytes]:
+def curve_pngs(
+    scores: np.ndarray, labels: np.ndarray, maps: np.ndarray, masks: np.ndarray | None, aupro_limit: float = 0.3
+) -> dict[str, bytes]:
     """{"roc_image", "roc_pixel", "pro"} -> PNG bytes, from image scores/labels and maps/masks (n, H, W).
 
     masks None (a test set with image labels only): the image ROC alone.
     """
     fpr, tpr, _ = metrics.roc_curve(scores, labels)
-    image_roc = _figure(fpr, tpr, CURVES["roc_image"], "false positive rate", "true positive rate", f"AUROC {metrics.trapezoid(tpr, fpr):.3f}")
+    image_roc = _figure(
+        fpr,
+        tpr,
+        CURVES["roc_image"],
+        "false positive rate",
+        "true positive rate",
+        f"AUROC {metrics.trapezoid(tpr, fpr):.3f}",
+    )
     if masks is None:
         return {"roc_image": image_roc}
     pixel_fpr, pixel_tpr, _ = metrics.roc_curve(maps.ravel(), masks.ravel())
@@ -62,8 +73,23 @@ def curve_pngs(scores: np.ndarray, labels: np.ndarray, maps: np.ndarray, masks: 
     aupro = metrics.area_up_to(pro_fpr, pro, aupro_limit) / aupro_limit
     return {
         "roc_image": image_roc,
-        "roc_pixel": _figure(pixel_fpr, pixel_tpr, CURVES["roc_pixel"], "false positive rate (pixels)", "true positive rate (pixels)", f"AUROC {metrics.trapezoid(pixel_tpr, pixel_fpr):.3f}"),
-        "pro": _figure(pro_fpr, pro, CURVES["pro"], "false positive rate (pixels)", "per-region overlap", f"AUPRO@{aupro_limit} {aupro:.3f}", aupro_limit),
+        "roc_pixel": _figure(
+            pixel_fpr,
+            pixel_tpr,
+            CURVES["roc_pixel"],
+            "false positive rate (pixels)",
+            "true positive rate (pixels)",
+            f"AUROC {metrics.trapezoid(pixel_tpr, pixel_fpr):.3f}",
+        ),
+        "pro": _figure(
+            pro_fpr,
+            pro,
+            CURVES["pro"],
+            "false positive rate (pixels)",
+            "per-region overlap",
+            f"AUPRO@{aupro_limit} {aupro:.3f}",
+            aupro_limit,
+        ),
     }
 
 

@@ -44,8 +44,15 @@ def _table(header: list[str], rows: list[list[str]], css: str = "") -> str:
     return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def html_report(title: str, subtitle: str, metric_rows: list[list[str]], kind_header: list[str], kind_rows: list[list[str]],
-                curves: dict[str, bytes], galleries: dict[str, list[dict]]) -> str:
+def html_report(
+    title: str,
+    subtitle: str,
+    metric_rows: list[list[str]],
+    kind_header: list[str],
+    kind_rows: list[list[str]],
+    curves: dict[str, bytes],
+    galleries: dict[str, list[dict]],
+) -> str:
     """The evaluation report as one HTML document: metrics, per-kind table, curves, galleries.
 
     galleries: {title: [{"png": bytes, "caption": str, "flagged": bool}]}. Images are embedded
@@ -55,18 +62,24 @@ def html_report(title: str, subtitle: str, metric_rows: list[list[str]], kind_he
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         "<link rel='icon' href='data:,'>",  # no favicon request: the file stays self-contained
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><p class='muted'>{html.escape(subtitle)}</p>",
-        "<h2>Metrics</h2>", _table(["metric", "value"], metric_rows, "metrics"),
-        "<h2>Per defect kind</h2>", _table(kind_header, kind_rows),
+        "<h2>Metrics</h2>",
+        _table(["metric", "value"], metric_rows, "metrics"),
+        "<h2>Per defect kind</h2>",
+        _table(kind_header, kind_rows),
         "<h2>Curves</h2><div class='curves'>",
         *(f"<img src='{data_uri(png)}' alt='{html.escape(name)}'>" for name, png in curves.items()),
         "</div>",
     ]
     for gallery_title, items in galleries.items():
-        parts.append(f"<h2>{html.escape(gallery_title)}</h2><p class='muted'>image | anomaly heatmap | ground-truth mask (defective images)</p><div class='gallery'>")
+        parts.append(
+            f"<h2>{html.escape(gallery_title)}</h2><p class='muted'>image | anomaly heatmap | ground-truth mask (defective images)</p><div class='gallery'>"
+        )
         for item in items:
             flag = "<span class='flag'>flagged</span> " if item["flagged"] else ""
-            parts.append(f"<figure><img src='{data_uri(item['png'])}' alt='{html.escape(item['caption'])}'>"
-                         f"<figcaption>{flag}{html.escape(item['caption'])}</figcaption></figure>")
+            parts.append(
+                f"<figure><img src='{data_uri(item['png'])}' alt='{html.escape(item['caption'])}'>"
+                f"<figcaption>{flag}{html.escape(item['caption'])}</figcaption></figure>"
+            )
         parts.append("</div>")
     parts.append("</body></html>\n")
     return "\n".join(parts)

@@ -61,7 +61,9 @@ def with_score_overrides(detector: Detector, overrides: dict[str, Any], data: st
     cfg = apply_overrides(copy.deepcopy(detector.cfg), overrides)
     changed = any(getattr(cfg.score, k) != getattr(detector.cfg.score, k) for k in MAP_KEYS)
     changed = changed or (cfg.score.zscore and detector.std_map is None)  # a run from before zscore
-    new = Detector(detector.model, cfg, detector.mean_map, detector.device, dict(detector.stats), std_map=detector.std_map)
+    new = Detector(
+        detector.model, cfg, detector.mean_map, detector.device, dict(detector.stats), std_map=detector.std_map
+    )
     if changed and cfg.score.normalize:
         if data is None:
             raise IntraError("changing score.scales or the filters needs the training data to refit the mean map")

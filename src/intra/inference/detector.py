@@ -89,7 +89,9 @@ class Detector:
     def load(cls, run_dir: str | Path, device: str = "auto", dtype: str = "fp32") -> Detector:
         """Load a trained run folder (see `checkpoint`)."""
         cfg, model, tensors, stats = load_checkpoint(run_dir)
-        return cls(model, cfg, tensors.get("mean_map"), resolve_device(device), stats, dtype, std_map=tensors.get("std_map"))
+        return cls(
+            model, cfg, tensors.get("mean_map"), resolve_device(device), stats, dtype, std_map=tensors.get("std_map")
+        )
 
     def network(self) -> InpaintingTransformer:
         """The network `reconstruct` runs: on the CPU a oneDNN-packed copy of `model`, else `model`.
@@ -178,7 +180,9 @@ class Detector:
             index = torch.arange(start, min(start + chunk, total), device=self.device)
             image_index, window_index = index // windows_per_image, index % windows_per_image
             tokens = self._tokens[window_index]  # (n, L*L)
-            out[start : start + len(index)] = self.model(patches[image_index[:, None], tokens], self._covered[window_index], tokens)
+            out[start : start + len(index)] = self.model(
+                patches[image_index[:, None], tokens], self._covered[window_index], tokens
+            )
         return unpatchify(out.view(b, windows_per_image, m.patch_dim), m.channels, (m.grid, m.grid))
 
     @torch.inference_mode()

@@ -36,13 +36,19 @@ class PackedLinear(nn.Module):
         self.algorithm = "none" if act == "gelu" else ""  # "none": exact GELU, not the tanh form
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.weight, self.bias, self.act, [], self.algorithm)
+        return torch.ops.mkldnn._linear_pointwise(
+            x.to(self.dtype), self.weight, self.bias, self.act, [], self.algorithm
+        )
 
 
 def available() -> bool:
     """True if this torch build has oneDNN's packed linear operator."""
     ops = torch.ops.mkldnn
-    return torch.backends.mkldnn.is_available() and hasattr(ops, "_linear_pointwise") and hasattr(ops, "_reorder_linear_weight")
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(ops, "_linear_pointwise")
+        and hasattr(ops, "_reorder_linear_weight")
+    )
 
 
 def pack_for_cpu(model: InpaintingTransformer, dtype: torch.dtype = torch.float32) -> InpaintingTransformer:

@@ -89,13 +89,17 @@ def read_grid(path: str | Path) -> list[Cell]:
     for name, conf in grid["configs"].items():
         unknown = sorted(set(conf) - {"preset", "set", "score", "seeds"})
         if unknown:  # e.g. [configs.a.b] in TOML: the dot nests a table instead of naming one
-            raise IntraError(f"{path}: configuration {name!r} has unknown key(s) {', '.join(unknown)} (quote names with dots)")
+            raise IntraError(
+                f"{path}: configuration {name!r} has unknown key(s) {', '.join(unknown)} (quote names with dots)"
+            )
     cells = []
     for dataset, spec in grid["datasets"].items():
         spec = spec if isinstance(spec, dict) else {"path": spec}
         unknown = sorted(set(spec) - {"path", "set", "seeds"})
         if unknown:
-            raise IntraError(f"{path}: dataset {dataset!r} has unknown key(s) {', '.join(unknown)} (allowed: path, set, seeds)")
+            raise IntraError(
+                f"{path}: dataset {dataset!r} has unknown key(s) {', '.join(unknown)} (allowed: path, set, seeds)"
+            )
         data = (path.parent / spec["path"]).resolve() if "path" in spec else None
         if data is None or not data.is_dir():
             raise IntraError(f"{path}: dataset {dataset!r} folder not found: {data}")
@@ -196,7 +200,9 @@ def _compute(cell: Cell, out: Path, progress: bool) -> dict | None:
     detector = Detector.load(run, device=cell.cfg.train.device)
     if cell.score:
         detector = with_score_overrides(detector, cell.score, cell.data)
-    metrics = evaluate(detector, cell.data, out / "cells" / cell.name, cell.eval_size, heatmaps=False, progress=progress)
+    metrics = evaluate(
+        detector, cell.data, out / "cells" / cell.name, cell.eval_size, heatmaps=False, progress=progress
+    )
     stats = detector.stats
     return {
         "dataset": cell.dataset,
@@ -244,14 +250,23 @@ def _fmt(value: Any, digits: int = 3, std: Any = None) -> str:
 
 def markdown(rows: list[dict], summary: list[dict], command: str) -> str:
     """The results as markdown: the command, a summary over seeds, then one row per cell."""
-    lines = [f"Command: `{command}`", "", "| dataset | configuration | seeds | image AUROC | pixel AUROC | AUPRO | train s | ms/image |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Command: `{command}`",
+        "",
+        "| dataset | configuration | seeds | image AUROC | pixel AUROC | AUPRO | train s | ms/image |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for s in summary:
         lines.append(
             f"| {s['dataset']} | {s['config']} | {s['seeds']} | {_fmt(s['image_auroc'], 3, s['image_auroc_std'])} | "
             f"{_fmt(s['pixel_auroc'], 3, s['pixel_auroc_std'])} | {_fmt(s['aupro'], 3, s['aupro_std'])} | "
             f"{_fmt(s['train_seconds'], 0)} | {_fmt(s['ms_per_image'], 1)} |"
         )
-    lines += ["", "| dataset | configuration | seed | image AUROC | pixel AUROC | AUPRO | image AUROC per kind | train s | ms/image |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| dataset | configuration | seed | image AUROC | pixel AUROC | AUPRO | image AUROC per kind | train s | ms/image |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         kinds = ", ".join(f"{k} {v:.3f}" for k, v in r["per_kind"].items())
         lines.append(
@@ -266,8 +281,21 @@ def write_tables(rows: list[dict], out: str | Path, command: str) -> dict[str, P
     out = Path(out)
     summary = summarize(rows)
     kinds = sorted({k for r in rows for k in r["per_kind"]})
-    columns = ["dataset", "config", "seed", "image_auroc", "pixel_auroc", "aupro", *[f"auroc_{k}" for k in kinds],
-               "train_seconds", "epochs", "ms_per_image", "eval_size", "threads", "run"]
+    columns = [
+        "dataset",
+        "config",
+        "seed",
+        "image_auroc",
+        "pixel_auroc",
+        "aupro",
+        *[f"auroc_{k}" for k in kinds],
+        "train_seconds",
+        "epochs",
+        "ms_per_image",
+        "eval_size",
+        "threads",
+        "run",
+    ]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, columns, extrasaction="ignore")
     writer.writeheader()

@@ -86,9 +86,14 @@ def run_bench(opts: BenchOptions) -> dict:
     batch = opts.batch or (1 if cpu else 8)
     images = torch.rand(batch, cfg.model.channels, opts.image_size, opts.image_size, device=device)
     result: dict = {
-        "preset": opts.preset, "image_size": opts.image_size, "device": device_name(device), "dtype": opts.dtype,
-        "compile": opts.compile, "threads": torch.get_num_threads() if cpu else None,
-        "cpu_onednn": cpu and packed_available(), "gflop_per_window": window_flops(cfg.model) / 1e9,
+        "preset": opts.preset,
+        "image_size": opts.image_size,
+        "device": device_name(device),
+        "dtype": opts.dtype,
+        "compile": opts.compile,
+        "threads": torch.get_num_threads() if cpu else None,
+        "cpu_onednn": cpu and packed_available(),
+        "gflop_per_window": window_flops(cfg.model) / 1e9,
     }
     result.update(inference_throughput(detector, images, opts.repeat))
     result.update(naive_throughput(detector, images[:1], opts.naive_windows or (16 if cpu else 64), opts.repeat))
@@ -245,17 +250,32 @@ def format_table(r: dict) -> str:
     ceiling += f", oneDNN {r['matmul_onednn_gflops']:.0f})" if "matmul_onednn_gflops" in r else ")"
     peak = "n/a" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f} MB"
     rows = [
-        ("setup", f"{r['preset']} preset, {r['image_size']} px, {r['windows_per_image']} windows/image "
-         f"({r['patches_per_window']} patch{'es' if r['patches_per_window'] > 1 else ''} inpainted per window), {r['device']}, {r['dtype']}"
-         + (", compiled" if r["compile"] else "")),
-        ("FLOPs per window", f"{r['gflop_per_window']:.3f} GFLOP forward, {r['gflop_per_window'] * 3:.3f} training (about 3x)"),
+        (
+            "setup",
+            f"{r['preset']} preset, {r['image_size']} px, {r['windows_per_image']} windows/image "
+            f"({r['patches_per_window']} patch{'es' if r['patches_per_window'] > 1 else ''} inpainted per window), {r['device']}, {r['dtype']}"
+            + (", compiled" if r["compile"] else ""),
+        ),
+        (
+            "FLOPs per window",
+            f"{r['gflop_per_window']:.3f} GFLOP forward, {r['gflop_per_window'] * 3:.3f} training (about 3x)",
+        ),
         ("matmul ceiling", ceiling),
-        ("inference", f"{r['windows_per_s']:.1f} windows/s, {r['ms_per_image']:.1f} ms/image, {r['achieved_gflops']:.0f} GFLOP/s "
-         f"= {100 * r['fraction_of_matmul']:.0f}% of the ceiling"),
+        (
+            "inference",
+            f"{r['windows_per_s']:.1f} windows/s, {r['ms_per_image']:.1f} ms/image, {r['achieved_gflops']:.0f} GFLOP/s "
+            f"= {100 * r['fraction_of_matmul']:.0f}% of the ceiling",
+        ),
         ("", f"batch {r['batch_images']} images, chunks of {r['chunk_windows']} windows, peak memory {peak}"),
-        ("naive loop", f"{r['naive_windows_per_s']:.1f} windows/s (one window per forward pass): speed-up per image {r['speedup']:.1f}x"),
-        ("training", f"{r['train_windows_per_s']:.1f} windows/s, {r['train_gflops']:.0f} GFLOP/s "
-         f"= {100 * r['train_fraction_of_matmul']:.0f}% of the ceiling (batch {r['train_batch']})"),
+        (
+            "naive loop",
+            f"{r['naive_windows_per_s']:.1f} windows/s (one window per forward pass): speed-up per image {r['speedup']:.1f}x",
+        ),
+        (
+            "training",
+            f"{r['train_windows_per_s']:.1f} windows/s, {r['train_gflops']:.0f} GFLOP/s "
+            f"= {100 * r['train_fraction_of_matmul']:.0f}% of the ceiling (batch {r['train_batch']})",
+        ),
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {text}" for name, text in rows)

@@ -76,14 +76,18 @@ class World:
         # The pixel statistics buffers never change: no need to broadcast them every step.
         return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 
-    def shard_generators(self, generator: torch.Generator, shards: int, batch_size: int, seed: int) -> list[torch.Generator]:
+    def shard_generators(
+        self, generator: torch.Generator, shards: int, batch_size: int, seed: int
+    ) -> list[torch.Generator]:
         """The generators of this process's sampling shards (see the module docstring).
 
         With one shard in all, it is `generator` itself: a single-process run draws as it always has.
         """
         shards = shards or self.size
         if shards % self.size:
-            raise IntraError(f"train.sample_shards ({shards}) must be a multiple of the number of processes ({self.size})")
+            raise IntraError(
+                f"train.sample_shards ({shards}) must be a multiple of the number of processes ({self.size})"
+            )
         if batch_size % shards:
             raise IntraError(f"train.batch_size ({batch_size}) must be a multiple of the sampling shards ({shards})")
         if shards == 1:

@@ -112,7 +112,9 @@ def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = Fal
         log.info("resuming %s after epoch %d", run_dir, trainer.epoch)
     data_path = str(Path(data).resolve())
     if world.main:
-        stats = trainer.run(log_path, progress, on_epoch=lambda t: state.save(run_dir, *state.capture(t, data=data_path)))
+        stats = trainer.run(
+            log_path, progress, on_epoch=lambda t: state.save(run_dir, *state.capture(t, data=data_path))
+        )
     else:
         stats = trainer.run(None)  # only rank 0 writes the log and the training state
     model.load_state_dict(trainer.best_state)

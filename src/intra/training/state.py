@@ -36,7 +36,9 @@ def capture(trainer: Trainer, **extra) -> tuple[dict[str, torch.Tensor], dict]:
     tensors.update({f"ema.{k}": v for k, v in ema["model"].items()})
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.generator"] = trainer.generator.get_state()
-    tensors.update({f"rng.shard.{j}": g.get_state() for j, g in enumerate(trainer.generators) if g is not trainer.generator})
+    tensors.update(
+        {f"rng.shard.{j}": g.get_state() for j, g in enumerate(trainer.generators) if g is not trainer.generator}
+    )
     if torch.cuda.is_available() and any(p.is_cuda for p in trainer.model.parameters()):
         tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     optim = trainer.optimizer.state_dict()
@@ -65,7 +67,7 @@ def restore(trainer: Trainer, tensors: dict[str, torch.Tensor], state: dict) -> 
     device = next(trainer.model.parameters()).device
 
     def part(prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
     try:
         trainer.model.load_state_dict(part("model."))
@@ -90,7 +92,9 @@ def restore(trainer: Trainer, tensors: dict[str, torch.Tensor], state: dict) -> 
         trainer.epoch, trainer.best_epoch, trainer.step = state["epoch"], state["best_epoch"], state["step"]
         trainer.best_loss, trainer.elapsed = state["best_loss"], state["elapsed"]
     except (KeyError, RuntimeError, ValueError) as exc:
-        raise IntraError(f"the training state does not fit this run's config: {str(exc).splitlines()[0][:200]}") from None
+        raise IntraError(
+            f"the training state does not fit this run's config: {str(exc).splitlines()[0][:200]}"
+        ) from None
 
 
 def save(run_dir: str | Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
@@ -104,12 +108,16 @@ def load(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors, state) written by `save`; IntraError if missing, damaged or of another version."""
     path = Path(run_dir) / TRAINING_STATE
     if not path.is_file():
-        raise IntraError(f"{run_dir} has no {TRAINING_STATE} to resume from (its training finished, or never saved an epoch)")
+        raise IntraError(
+            f"{run_dir} has no {TRAINING_STATE} to resume from (its training finished, or never saved an epoch)"
+        )
     tensors = read_tensors(path)
     with safe_open(str(path), framework="pt") as file:
         metadata = file.metadata() or {}
     if metadata.get("format_version") != str(FORMAT_VERSION):
-        raise IntraError(f"{path} has format version {metadata.get('format_version')!r}; this intra reads version {FORMAT_VERSION}")
+        raise IntraError(
+            f"{path} has format version {metadata.get('format_version')!r}; this intra reads version {FORMAT_VERSION}"
+        )
     try:
         return tensors, json.loads(metadata["state"])
     except (KeyError, json.JSONDecodeError) as exc:

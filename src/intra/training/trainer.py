@@ -122,7 +122,9 @@ class Trainer:
         """The mean training loss of the epoch so far; IntraError if it is not finite."""
         loss = float(totals["loss"]) / max(steps, 1)
         if not math.isfinite(loss):
-            raise IntraError(f"training diverged: loss is {loss} in epoch {self.epoch}, by batch {steps} (try a lower train.lr)")
+            raise IntraError(
+                f"training diverged: loss is {loss} in epoch {self.epoch}, by batch {steps} (try a lower train.lr)"
+            )
         return loss
 
     def out_of_time(self, deadline: float) -> bool:
@@ -176,7 +178,11 @@ class Trainer:
         start = time.perf_counter() - self.elapsed
         deadline = start + t.max_minutes * 60 if t.max_minutes else math.inf
         with log_path.open("a" if self.epoch else "w", encoding="utf-8") if log_path else io.StringIO() as log_file:
-            while self.epoch < t.max_epochs and self.epoch - self.best_epoch < t.patience and not self.out_of_time(deadline):
+            while (
+                self.epoch < t.max_epochs
+                and self.epoch - self.best_epoch < t.patience
+                and not self.out_of_time(deadline)
+            ):
                 self.epoch += 1
                 record = {"epoch": self.epoch, **self.train_epoch(deadline, progress, start)}
                 record["val_loss"] = val_loss = self.validate()
