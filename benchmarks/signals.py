@@ -29,12 +29,11 @@ import torch
 import torch.nn.functional as F
 
 from intra.core.similarity import gaussian_filter, mean_filter
-from intra.core.windows import patchify
+from intra.core.windows import lattice_plan, patchify
 from intra.data.datasets import test_samples, training_images
 from intra.data.images import load_images, load_mask
 from intra.evaluation.metrics import auroc
 from intra.inference.detector import Detector
-from intra.inference.multicover import inference_plan
 from intra.runtime import configure_threads
 from intra.training.fit import split_validation
 
@@ -50,7 +49,8 @@ def texture_energy(images: torch.Tensor) -> torch.Tensor:
 def encoder_features(detector: Detector, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
     """(B, C, H, W) -> (B, M*N, D): every patch's features from a window that holds it, nothing covered."""
     net, m = detector.model, detector.cfg.model
-    tokens, _, owned = inference_plan(m.grid, m.window, 1)  # windows tiling the grid; each patch owned once
+    plan = lattice_plan((m.grid, m.grid), m.window, 1)  # windows tiling the grid; each patch owned once
+    tokens, owned = plan.tokens, plan.read
     out = torch.empty(len(images), m.grid * m.grid, m.dim)
     for start in range(0, len(images), batch):
         embedded = net.embed_patches(patchify(detector.prepare(images[start : start + batch]), m.patch_size))

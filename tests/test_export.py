@@ -9,13 +9,11 @@ import torch
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install -e '.[onnx]')")
 pytest.importorskip("onnxscript", reason="the onnx extra is not installed (pip install -e '.[onnx]')")
 
-from intra.export import OnnxNetwork, export_onnx  # noqa: E402
+from intra.errors import IntraError  # noqa: E402
+from intra.export import export_onnx  # noqa: E402
 from intra.inference.detector import Detector  # noqa: E402
 
-from conftest import (
-    intra,  # noqa: E402
-    user_error,  # noqa: E402
-)
+from conftest import intra, user_error  # noqa: E402
 
 
 def test_onnx_backend_matches_torch(cli_run, mvtec_root, tmp_path):
@@ -25,19 +23,19 @@ def test_onnx_backend_matches_torch(cli_run, mvtec_root, tmp_path):
     assert (run / "model.onnx").is_file() and "dynamic batch" in result.stdout
 
     torch_detector = Detector.load(run, device="cpu")
-    onnx_detector = Detector.load(run, device="cpu")
-    onnx_detector.model = OnnxNetwork.load(run, threads=1)
+    onnx_detector = Detector.load(run, backend="onnx", threads=1)
+    assert onnx_detector.backend.describe()["backend"] == "onnxruntime"
     onnx_detector.cfg.score.chunk_windows = 100  # uneven chunks: the batch dimension really is dynamic
     for detector in (torch_detector, onnx_detector):
-        detector.cfg.score.cover_spacing = 0  # first one patch per pass: `covered` given as indices
+        detector.cfg.score.cover_spacing = 0  # first one patch per pass
     images = torch.rand(3, 3, 64, 64)
     maps_t, scores_t = torch_detector.predict(images)
     maps_o, scores_o = onnx_detector.predict(images)
     assert (maps_t - maps_o).abs().max() <= 1e-4 and (scores_t - scores_o).abs().max() <= 1e-4
-    # The covered-token head is exported with a mask input: the same graph inpaints 4 patches per pass.
-    assert onnx_detector.model.takes_mask
+    # The same graph inpaints 4 patches per pass (the plan is the engine's, not the graph's).
     for detector in (torch_detector, onnx_detector):
         detector.cfg.score.cover_spacing = 2
+        detector._plans.clear()
     maps_t2, _ = torch_detector.predict(images)
     maps_o2, _ = onnx_detector.predict(images)
     assert (maps_t2 - maps_o2).abs().max() <= 1e-4 and (maps_t2 - maps_t).abs().max() > 1e-3  # really another path
@@ -63,8 +61,8 @@ def test_onnx_backend_refuses_a_missing_or_stale_export(cli_run, mvtec_root, tmp
     meta = json.loads((run / "model.json").read_text())
     meta["weights_sha256"] = "0" * 64  # as if the weights had been retrained since the export
     (run / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(Exception, match="other weights|does not match"):
-        OnnxNetwork.load(run)
+    with pytest.raises(IntraError, match="other weights|does not match"):
+        Detector.load(run, backend="onnx")
 
 
 def test_onnx_export_of_a_mean_head_inpaints_one_patch_per_window(cli_run, tmp_path):
@@ -75,11 +73,6 @@ def test_onnx_export_of_a_mean_head_inpaints_one_patch_per_window(cli_run, tmp_p
     meta["config"]["train"]["cover_spacing"] = meta["config"]["score"]["cover_spacing"] = 0
     (run / "model.json").write_text(json.dumps(meta))
     export_onnx(run)
-    torch_detector, onnx_detector = Detector.load(run, device="cpu"), Detector.load(run, device="cpu")
-    onnx_detector.model = OnnxNetwork.load(run, threads=1)
-    assert not onnx_detector.model.takes_mask
+    torch_detector, onnx_detector = Detector.load(run, device="cpu"), Detector.load(run, backend="onnx", threads=1)
     images = torch.rand(2, 3, 64, 64)
     assert (torch_detector.predict(images)[0] - onnx_detector.predict(images)[0]).abs().max() <= 1e-4
-    onnx_detector.cfg.score.cover_spacing = 2
-    with pytest.raises(Exception, match="one patch per window"):
-        onnx_detector.predict(images)

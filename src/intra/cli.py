@@ -291,12 +291,8 @@ def _load_detector(args: argparse.Namespace):
     if args.threads < 0:
         raise IntraError(f"--threads must not be negative, not {args.threads}")
     configure_threads(args.threads)
-    detector = Detector.load(args.run, device=args.device, dtype=args.dtype)
-    if getattr(args, "backend", "torch") == "onnx":
-        from .export import OnnxNetwork
-
-        detector.model = OnnxNetwork.load(args.run, threads=args.threads)
-    return detector
+    backend = getattr(args, "backend", "torch")
+    return Detector.load(args.run, device=args.device, dtype=args.dtype, backend=backend, threads=args.threads)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

@@ -1,15 +1,13 @@
-"""ONNX export of the inpainting network, and the onnxruntime backend that stands in for it.
+"""ONNX export of the inpainting network (`intra export`), for `inference.backends.OnnxBackend` and other runtimes.
 
-Only the network is exported, with a dynamic batch dimension B. A covered-token head
-(`model.head = covered`) is exported in its several-patches form: (patches (B, L*L, K*K*C)
-float32, covered mask (B, L*L) bool, positions (B, L*L) int64) -> every token's pixels
-(B, L*L, K*K*C), so one graph serves one covered patch per pass and `score.cover_spacing`. A mean
-head can only inpaint one patch per window and keeps the one-patch form: (patches, covered (B,)
-int64, positions) -> pixels (B, K*K*C). Window gathering, the anomaly map and the score stay in
-`Detector`, shared by both backends: `OnnxNetwork` is called exactly where the torch module is.
-The exporter is torch's dynamo-based one (it needs the `onnxscript` package of the `onnx` extra).
-The ONNX file records the SHA-256 of the weights it came from, so a model.onnx left over from
-older weights is refused.
+Only the network is exported (`WindowGraph`), with a dynamic batch dimension B: (patches
+(B, L*L, K*K*C) float32, covered mask (B, L*L) bool, positions (B, L*L) int64) -> every token's
+pixels (B, L*L, K*K*C) with the covered-token head, so one graph serves one covered patch per
+pass and `score.cover_spacing`; or the covered patch's pixels (B, K*K*C) with the mean head, which
+inpaints one patch per window. Window gathering, the anomaly map and the score stay in the
+engine, shared by every backend. The exporter is torch's dynamo-based one (it needs the
+`onnxscript` package of the `onnx` extra). The ONNX file records the SHA-256 of the weights it
+came from, so a model.onnx left over from older weights is refused.
 """
 
 from __future__ import annotations
@@ -19,10 +17,11 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .checkpoint import load_checkpoint, read_metadata
-from .config import Config, ModelConfig
-from .core.windows import inference_windows
+from .core.model import InpaintingTransformer
+from .core.windows import one_patch_plan
 from .errors import IntraError
 from .files import atomic_write
 
@@ -33,25 +32,43 @@ SHA_KEY = "intra.weights_sha256"
 INPUTS = ("patches", "covered", "positions")
 
 
-def _need(module: str):
+def need(module: str):
     try:
         return __import__(module)
     except ImportError:
         raise IntraError(f"this needs the {module} package: pip install 'intra[onnx]'") from None
 
 
+class WindowGraph(nn.Module):
+    """What is exported: windows of pixel patches -> pixels, with shapes fixed by the batch alone.
+
+    patches (B, L*L, P), covered mask (B, L*L) bool, positions (B, L*L) -> every token's pixels
+    (B, L*L, P) with the covered-token head (callers keep the covered tokens they read), or the
+    covered patch's pixels (B, P) with the mean head (one covered patch per window).
+    """
+
+    def __init__(self, model: InpaintingTransformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        x = model.forward_blocks(model.tokens(model.embed_patches(patches), covered, positions))
+        if model.cfg.head == "mean":
+            return model.head_pixels(model.norm(x).mean(dim=1))
+        return model.head_pixels(model.norm(x))
+
+
 def export_onnx(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the run's network as ONNX (default RUN/model.onnx); returns the path."""
-    onnx = _need("onnx")
-    _need("onnxscript")
+    onnx = need("onnx")
+    need("onnxscript")
     run_dir = Path(run_dir)
     cfg, model, _, _ = load_checkpoint(run_dir)
     sha = read_metadata(run_dir).get("weights_sha256", "")
     m = cfg.model
-    tokens, covered = inference_windows((m.grid, m.grid), m.window)
-    if m.head == "covered":  # a mask input: the graph also serves several covered patches per pass
-        covered = torch.arange(m.window**2) == covered[:, None]  # (windows, L*L) bool
-    example = (torch.rand(2, m.window**2, m.patch_dim), covered[:2].clone(), tokens[:2].clone())
+    plan = one_patch_plan((m.grid, m.grid), m.window)
+    example = (torch.rand(2, m.window**2, m.patch_dim), plan.covered[:2].clone(), plan.tokens[:2].clone())
     batch = torch.export.Dim("batch")
     path = Path(out) if out else run_dir / ONNX_FILE
 
@@ -63,7 +80,7 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None) -> Path:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # exporter internals (deprecations, axis renaming)
                 program = torch.onnx.export(
-                    model,
+                    WindowGraph(model),
                     example,
                     input_names=list(INPUTS),
                     output_names=["pixels"],
@@ -80,66 +97,3 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None) -> Path:
     atomic_write(path, write)
     log.info("exported %s", path)
     return path
-
-
-class OnnxNetwork:
-    """Stands in for InpaintingTransformer in a Detector: same call, run by onnxruntime on the CPU."""
-
-    def __init__(self, session, path: Path, cfg: ModelConfig):
-        self.session, self.path, self.cfg = session, path, cfg
-        self.inputs = [i.name for i in session.get_inputs()]
-        covered = next(i for i in session.get_inputs() if i.name == "covered")
-        self.takes_mask = covered.type == "tensor(bool)"  # the several-patches form (see the module doc)
-
-    @classmethod
-    def load(cls, run_dir: str | Path, path: str | Path | None = None, threads: int = 0) -> OnnxNetwork:
-        ort = _need("onnxruntime")
-        run_dir = Path(run_dir)
-        path = Path(path) if path else run_dir / ONNX_FILE
-        if not path.is_file():
-            raise IntraError(f"{path} not found: run `intra export --run {run_dir} --format onnx` first")
-        options = ort.SessionOptions()
-        if threads > 0:
-            options.intra_op_num_threads = threads
-        try:
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            raise IntraError(f"{path} is not a valid ONNX model: {str(exc).splitlines()[0][:200]}") from None
-        meta = read_metadata(run_dir)
-        sha = session.get_modelmeta().custom_metadata_map.get(SHA_KEY)
-        if sha != meta.get("weights_sha256"):
-            raise IntraError(f"{path} was exported from other weights than {run_dir}: export again")
-        return cls(session, path, Config.from_dict(meta["config"]).model)
-
-    def __call__(
-        self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Like the torch module: covered (B,) -> pixels (B, P); a covered mask (B, L*L) -> (B, L*L, P)."""
-        if covered.dtype == torch.bool:
-            return self.forward_multi(patches, covered, positions)
-        if not self.takes_mask:
-            return self._run(patches, covered.long(), positions)
-        mask = torch.arange(patches.shape[1], device=covered.device) == covered[:, None]
-        return self._run(patches, mask, positions)[torch.arange(patches.shape[0]), covered.cpu()].to(patches.device)
-
-    def forward_multi(
-        self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Patches (B, L*L, P), covered mask (B, L*L) bool, positions -> every token's pixels (B, L*L, P)."""
-        if not self.takes_mask:
-            raise IntraError(
-                f"{self.path} inpaints one patch per window (a mean-head model): score.cover_spacing needs model.head = covered"
-            )
-        return self._run(patches, covered, positions).to(patches.device)
-
-    def _run(self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-        given = dict(zip(INPUTS, (patches.float(), covered, positions)))
-        feeds = {name: given[name].cpu().numpy() for name in self.inputs}
-        (pixels,) = self.session.run(None, feeds)
-        return torch.from_numpy(pixels)
-
-    def to(self, *args, **kwargs) -> OnnxNetwork:
-        return self
-
-    def eval(self) -> OnnxNetwork:
-        return self

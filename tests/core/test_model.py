@@ -6,19 +6,22 @@ import torch
 from intra.config import ModelConfig
 from intra.core.model import Attention, InpaintingTransformer, skip_pairs
 from intra.data.sampling import WindowSampler
+from intra.export import WindowGraph
 
 from conftest import tiny_config
 
 
-def test_one_covered_token_matches_the_single_patch_forward():
-    cfg = tiny_config(head="covered")
+@pytest.mark.parametrize("head, spacing", [("covered", 0), ("covered", 2), ("mean", 0)])
+def test_forward_returns_the_covered_patches_in_mask_order(head, spacing):
+    cfg = tiny_config(head=head)
+    cfg.train.cover_spacing = spacing
     model = InpaintingTransformer(cfg.model).eval()
     batch = WindowSampler(torch.rand(2, 3, 32, 32), cfg, augment=False).sample(5, torch.Generator().manual_seed(0))
-    mask = torch.nn.functional.one_hot(batch.covered, 9).bool()
     with torch.no_grad():
-        single = model(batch.patches, batch.covered, batch.positions)
-        several = model.forward_multi(batch.patches, mask, batch.positions)[mask]
-    torch.testing.assert_close(single, several)
+        pred = model(batch.patches, batch.covered, batch.positions)
+        every = WindowGraph(model)(batch.patches, batch.covered, batch.positions)  # the exported graph
+    assert pred.shape == (int(batch.covered.sum()), cfg.model.patch_dim) == batch.target.flatten(1).shape
+    torch.testing.assert_close(pred, every if head == "mean" else every[batch.covered])
 
 
 def make(**overrides) -> InpaintingTransformer:
@@ -30,7 +33,7 @@ def make(**overrides) -> InpaintingTransformer:
 def window_batch(model: InpaintingTransformer, batch: int = 6):
     m = model.cfg
     patches = torch.rand(batch, m.window**2, m.patch_dim)
-    covered = torch.randint(0, m.window**2, (batch,))
+    covered = torch.arange(m.window**2) == torch.randint(0, m.window**2, (batch, 1))  # (B, L*L) one per window
     positions = torch.randint(0, m.grid**2, (batch, m.window**2))
     return patches, covered, positions
 
@@ -93,7 +96,7 @@ def test_output_shape_and_covered_pixels_are_ignored():
     out = model(patches, covered, positions)
     assert out.shape == (6, model.cfg.patch_dim)
     changed = patches.clone()
-    changed[torch.arange(6), covered] = torch.rand(6, model.cfg.patch_dim)  # the covered patch itself
+    changed[covered] = torch.rand(6, model.cfg.patch_dim)  # the covered patch itself
     torch.testing.assert_close(model(changed, covered, positions), out)
 
 

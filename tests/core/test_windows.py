@@ -1,10 +1,14 @@
 """Window placement: corners at the borders, inference windows, patchify, random windows and crops."""
 
+import pytest
 import torch
 
 from intra.core.windows import (
     crop_windows,
+    inference_plan,
     inference_windows,
+    lattice_masks,
+    one_patch_plan,
     patchify,
     random_windows,
     unpatchify,
@@ -68,3 +72,29 @@ def test_crop_windows_matches_slicing():
     )
     assert torch.equal(crops[0], images[2, :, 4:12, 0:8])
     assert torch.equal(crops[1], images[0, :, 0:8, 8:16])
+
+
+@pytest.mark.parametrize(
+    "grid, window, spacing",
+    [((16, 16), 7, 2), ((16, 16), 7, 3), ((8, 8), 3, 2), ((7, 7), 7, 3), ((20, 13), 5, 4), ((9, 30), 7, 3)],
+)
+def test_lattice_plan_reads_every_patch_once(grid, window, spacing):
+    plan = inference_plan(grid, window, spacing)
+    assert plan.tokens.shape == plan.covered.shape == plan.read.shape == (plan.passes, window * window)
+    assert (plan.read <= plan.covered).all()
+    cells = grid[0] * grid[1]
+    assert torch.equal(torch.bincount(plan.tokens[plan.read], minlength=cells), torch.ones(cells, dtype=torch.long))
+    assert plan.passes < cells or grid == (window, window)  # fewer passes than one per patch
+
+
+@pytest.mark.parametrize("grid", [(6, 9), (3, 3), (11, 4)])
+def test_one_patch_plan_reads_each_patch_at_its_window_centre(grid):
+    plan = one_patch_plan(grid, 3)
+    assert plan.passes == grid[0] * grid[1] and torch.equal(plan.read, plan.covered)
+    assert torch.equal(plan.tokens[plan.read], torch.arange(plan.passes))  # pass i reads patch i
+    assert (plan.covered.sum(1) == 1).all()
+
+
+def test_lattice_mask_covers_every_spacing_th_patch():
+    mask = lattice_masks(torch.tensor([1]), torch.tensor([0]), 5, 2).view(5, 5)
+    assert mask.nonzero().tolist() == [[1, 0], [1, 2], [1, 4], [3, 0], [3, 2], [3, 4]]

@@ -1,4 +1,4 @@
-"""Batched inference equals the naive one-window-per-forward loop; bf16 stays close to fp32; chunks fit the budget."""
+"""The engine: batched equals the pass-by-pass loop for every plan, packed equals plain, bf16 stays close to fp32, chunks fit the budget."""
 
 import os
 import subprocess
@@ -9,21 +9,60 @@ import torch
 
 from intra.inference.detector import Detector, window_bytes
 from intra.inference.packed import available, pack_for_cpu
+from intra.tools.speed import naive_reconstruct
 
 from conftest import lively_model, tiny_config
 
+# Every plan the engine runs: the paper's one patch per pass, and a lattice of patches per pass.
+PLANS = [{}, {"head": "covered", "spacing": 2}]
 
-@pytest.mark.parametrize("overrides", [{}, {"position": "global", "head": "covered"}, {"attention": "msa"}])
-def test_batched_and_naive_reconstructions_agree(overrides):
+
+def detector_for(overrides: dict, **kwargs) -> Detector:
+    overrides = dict(overrides)
+    spacing = overrides.pop("spacing", 0)
     cfg = tiny_config(**overrides)
-    cfg.score.chunk_windows = 50  # chunks straddle the images' boundaries (64 windows per image)
-    detector = Detector(lively_model(cfg), cfg)
+    cfg.score.cover_spacing = spacing
+    cfg.score.chunk_windows = 50  # chunks straddle the images' boundaries
+    return Detector(lively_model(cfg), cfg, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"position": "global", "head": "covered"}, {"attention": "msa"}, {"head": "covered", "spacing": 2}],
+)
+def test_batched_and_naive_reconstructions_agree(overrides):
+    detector = detector_for(overrides)
     images = torch.rand(3, 3, 32, 32)
     batched = detector.reconstruct(images)
-    naive = detector.reconstruct_naive(images)
+    naive = naive_reconstruct(detector.model, images, detector.plan((8, 8)))
     assert batched.shape == images.shape
     assert float(naive.std()) > 0.02  # the windows really differ: the comparison is not vacuous
     assert float((batched - naive).abs().max()) <= 1e-5
+
+
+@pytest.mark.skipif(not available(), reason="torch built without oneDNN")
+@pytest.mark.parametrize("overrides", PLANS)
+def test_packed_and_plain_networks_reconstruct_the_same(overrides):
+    packed = detector_for(overrides)
+    plain = detector_for(overrides, backend=None)
+    plain.backend.network = lambda: plain.model  # the plain module: no packing
+    assert packed.backend.describe()["backend"] == "torch-onednn" and plain.backend.describe()["backend"] == "torch"
+    images = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(packed.reconstruct(images), plain.reconstruct(images), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", PLANS)
+def test_bf16_anomaly_map_is_within_one_percent_of_fp32(overrides):
+    fp32 = detector_for(overrides)
+    bf16 = detector_for(overrides, dtype="bf16")
+    fp32.fit_mean_map([torch.rand(4, 3, 32, 32)])
+    bf16.mean_map = fp32.mean_map
+    images = torch.rand(3, 3, 32, 32)
+    maps32, _ = fp32.predict(images)
+    maps16, _ = bf16.predict(images)
+    assert bf16.backend.describe()["dtype"].startswith("bf16")
+    assert not torch.equal(maps16, maps32)  # bf16 really ran
+    assert float((maps16 - maps32).norm() / maps32.norm()) <= 1e-2
 
 
 def test_chunks_follow_the_memory_budget_without_changing_the_result():
@@ -38,20 +77,6 @@ def test_chunks_follow_the_memory_budget_without_changing_the_result():
     assert detector.chunk_windows() == 1  # never zero
 
 
-def test_bf16_anomaly_map_is_within_one_percent_of_fp32():
-    cfg = tiny_config()
-    model = lively_model(cfg)
-    fp32 = Detector(model, cfg)
-    bf16 = Detector(model, cfg, dtype="bf16")
-    fp32.fit_mean_map([torch.rand(4, 3, 32, 32)])
-    bf16.mean_map = fp32.mean_map
-    images = torch.rand(3, 3, 32, 32)
-    maps32, _ = fp32.predict(images)
-    maps16, _ = bf16.predict(images)
-    assert not torch.equal(maps16, maps32)  # bf16 really ran
-    assert float((maps16 - maps32).norm() / maps32.norm()) <= 1e-2
-
-
 @pytest.mark.skipif(not available(), reason="torch built without oneDNN")
 def test_packed_cpu_network_computes_the_same_function():
     cfg = tiny_config()
@@ -60,6 +85,7 @@ def test_packed_cpu_network_computes_the_same_function():
     assert packed is not model and not any(type(m) is torch.nn.Linear for m in packed.modules())
     patches = torch.rand(5, 9, cfg.model.patch_dim)
     covered = torch.randint(0, 9, (5,))
+    covered = torch.arange(9) == covered[:, None]
     with torch.inference_mode():
         torch.testing.assert_close(packed(patches, covered), model(patches, covered), atol=1e-5, rtol=1e-5)
 
@@ -74,7 +100,7 @@ def test_detector_follows_weight_changes():
         model.head.bias.add_(1.0)
     after = detector.reconstruct(images)
     assert float((after - before).abs().min()) > 0.1
-    assert float((after - detector.reconstruct_naive(images)).abs().max()) <= 1e-5
+    assert float((after - naive_reconstruct(model, images, detector.plan((8, 8)))).abs().max()) <= 1e-5
 
 
 PEAK_PROBE = """
@@ -89,7 +115,7 @@ cfg.model = ModelConfig(image_size=128, patch_size=16, window=7, dim=256, depth=
 cfg.score.chunk_windows, cfg.score.memory_mb = int(sys.argv[1]), 1e6
 detector = Detector(InpaintingTransformer(cfg.model), cfg)
 images = torch.rand(1, 3, 128, 128)
-detector.network()  # the oneDNN copy of the weights is made before the measurement
+detector.backend.network()  # the oneDNN copy of the weights is made before the measurement
 def peak():
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM"))
     return int(line.split()[1]) * 1024

@@ -23,7 +23,7 @@ def test_flop_formula_matches_the_flop_counter(overrides):
     model = InpaintingTransformer(cfg)
     model.set_fused_attention(False)  # explicit matmuls: the counter does not see every fused kernel
     patches = torch.rand(5, 9, cfg.patch_dim)
-    covered = torch.randint(0, 9, (5,))
+    covered = torch.arange(9) == torch.randint(0, 9, (5, 1))  # one covered patch per window
     with FlopCounterMode(display=False) as forward:
         out = model(patches, covered)
     assert forward.get_total_flops() == 5 * window_flops(cfg)

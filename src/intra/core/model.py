@@ -1,4 +1,4 @@
-"""The Inpainting Transformer: (window of patches, covered position) -> the covered patch's pixels.
+"""The Inpainting Transformer: (window of patches, covered positions) -> the covered patches' pixels.
 
 Paper sections 3.1-3.3: a shared linear patch embedding, the covered token replaced by a learned
 inpaint token, learned local (L*L) or global (M*N) position embeddings, n pre-LN blocks with
@@ -140,27 +140,18 @@ class InpaintingTransformer(nn.Module):
         return self.patch_embed(patches)
 
     def tokens(self, x: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-        """Window embeddings (B, T, D), covered (B,) or a mask (B, T), positions (B, T) or None -> tokens (B, T, D).
+        """Window embeddings (B, T, D), covered mask (B, T) bool, positions (B, T) or None -> tokens (B, T, D).
 
-        The covered patch's embedding is replaced by the inpaint token (its pixels never reach the
-        blocks) before the position embedding is added. `positions` indexes the global table
+        The covered patches' embeddings are replaced by the inpaint token (their pixels never reach
+        the blocks) before the position embedding is added. `positions` indexes the global table
         (absolute grid positions); with local embeddings it is ignored and token i gets embedding i.
-        A boolean `covered` mask (B, T) covers several patches per window (`forward_multi`).
         """
-        if covered.dtype == torch.bool:
-            is_covered = covered[..., None]  # (B, T, 1)
-        else:  # a comparison, not F.one_hot: that checks its input's range, which makes a GPU wait
-            is_covered = (torch.arange(x.shape[1], device=x.device) == covered[:, None])[..., None]
-        x = torch.where(is_covered, self.inpaint_token.to(x.dtype), x)
+        x = torch.where(covered[..., None], self.inpaint_token.to(x.dtype), x)
         if self.cfg.position == "global":
             if positions is None:
                 raise ValueError("global position embeddings need the tokens' grid positions")
             return x + self.pos_embed[positions]  # (B, T, D)
         return x + self.pos_embed  # (B, T, D) + (T, D)
-
-    def embed(self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-        """Patches (B, T, P), covered (B,) or a mask (B, T), positions (B, T) or None -> tokens (B, T, D)."""
-        return self.tokens(self.embed_patches(patches), covered, positions)
 
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, T, D) through all blocks and the long skips."""
@@ -175,52 +166,36 @@ class InpaintingTransformer(nn.Module):
                 saved.append(x)
         return x
 
-    def forward_head(self, x: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> (B, P): LayerNorm, pool, linear map to pixels."""
-        x = self.norm(x)
-        if self.cfg.head == "mean":
-            pooled = x.mean(dim=1)  # (B, D)
-        else:
-            pooled = x[
-                torch.arange(x.shape[0], device=x.device), covered
-            ]  # (B, D); x.shape[0], not len(x): keeps the batch dynamic in an ONNX export
+    def head_pixels(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Normalised token outputs (..., D) -> pixels (..., P): the linear head, standardisation undone."""
         out = self.head(pooled)
         if self.cfg.normalize_input:
             mean, std = self._patch_stats()
             out = out * std + mean
         return out
 
+    def decode(self, x: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+        """Block outputs (B, T, D), selected covered tokens (B, T) bool -> their pixels (n selected, P).
+
+        Rows of the result follow `select` in row-major order. The covered-token head reads each
+        selected token's own output; the mean head (the paper) reads the mean over all tokens, so
+        it inpaints one patch per window and `select` must hold exactly one token per row.
+        """
+        if self.cfg.head == "mean":
+            return self.head_pixels(self.norm(x).mean(dim=1))  # (B, P)
+        return self.head_pixels(self.norm(x[select]))  # (n, P)
+
     def forward(
         self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Patches (B, L*L, K*K*C), covered (B,), positions (B, L*L) -> inpainted patches (B, K*K*C).
+        """Patches (B, L*L, K*K*C), covered mask (B, L*L) bool, positions (B, L*L) -> the covered patches' pixels (n, K*K*C).
 
-        A boolean covered mask (B, L*L) instead returns every token's output (B, L*L, K*K*C): see
-        `forward_multi`. (One entry point, so DDP and torch.compile wrappers serve both.)
+        One covered patch per window gives (B, K*K*C). Several (`train.cover_spacing`, beyond the
+        paper; the covered-token head) give one row per covered patch, in row-major mask order,
+        so that `patches[covered]` are the targets.
         """
-        if covered.dtype == torch.bool:
-            return self.forward_multi(patches, covered, positions)
-        return self.forward_tokens(self.embed(patches, covered, positions), covered)
-
-    def forward_tokens(self, x: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, T, D), covered (B,) -> inpainted patches (B, P): blocks, then head."""
-        return self.forward_head(self.forward_blocks(x), covered)
-
-    def forward_multi(
-        self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Several covered patches per window (beyond the paper; `train/score.cover_spacing`).
-
-        Patches (B, T, P), covered mask (B, T) bool, positions (B, T) -> (B, T, P): every token's
-        own output mapped to pixels (the covered-token head applied to all tokens); callers read
-        the covered ones.
-        """
-        x = self.norm(self.forward_blocks(self.embed(patches, covered, positions)))
-        out = self.head(x)  # (B, T, P)
-        if self.cfg.normalize_input:
-            mean, std = self._patch_stats()
-            out = out * std + mean
-        return out
+        x = self.tokens(self.embed_patches(patches), covered, positions)
+        return self.decode(self.forward_blocks(x), covered)
 
     def set_fused_attention(self, fused: bool) -> None:
         for block in self.blocks:

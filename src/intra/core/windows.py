@@ -1,15 +1,20 @@
-"""Patches and windows: where every patch and window of an image sits.
+"""Patches and windows: where every patch and window of an image sits, and every placement plan.
 
 Names follow the method page: an image of C x H x W pixels is a grid of M x N patches of K x K
 pixels; a window is L x L patches with top-left patch (r, s); the covered patch is (t, u) on the
 grid, or index `covered` = (t - r) * L + (u - s) inside its window. A patch is flattened as
 C x K x K (channel first), so `patch.view(C, K, K)` is the image patch.
 
-Training draws windows at random (`random_windows`); inference places one window per patch
-(`inference_windows`) with the corner formula r = clamp(t - L // 2, 0, M - L).
+Training draws windows at random (`random_windows`), each covering one patch or a lattice of
+patches (`random_lattice_masks`). Inference reads an image with a *plan* (`inference_plan`):
+one window per patch with the corner formula r = clamp(t - L // 2, 0, M - L) (the paper), or a
+tiling of windows each read in s*s passes that cover a lattice of patches s apart (beyond the paper).
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 
@@ -94,3 +99,93 @@ def crop_windows(
     # The slice between advanced indices moves C last: (B, L*K, L*K, C).
     crops = images[image_index[:, None, None], :, rows[:, :, None], cols[:, None, :]]
     return crops.permute(0, 3, 1, 2)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every forward pass that reads one image of M x N patches.
+
+    tokens (passes, L*L) long: the flat grid index t*N + u of each window token, row-major in the
+    window; covered (passes, L*L) bool: the tokens replaced by the inpaint token; read (passes, L*L)
+    bool: the covered tokens whose output is kept. Over a plan every grid patch is read exactly once.
+    The flat grid indices double as the tokens' global positions.
+    """
+
+    grid: tuple[int, int]
+    tokens: torch.Tensor
+    covered: torch.Tensor
+    read: torch.Tensor
+
+    @property
+    def passes(self) -> int:
+        return self.tokens.shape[0]
+
+    def to(self, device: torch.device) -> Plan:
+        return Plan(self.grid, self.tokens.to(device), self.covered.to(device), self.read.to(device))
+
+
+def one_patch_plan(grid: tuple[int, int], window: int) -> Plan:
+    """The paper's plan: one pass per patch, the patch covered and read at its window's centre (clamped)."""
+    tokens, covered = inference_windows(grid, window)
+    mask = torch.arange(window * window) == covered[:, None]  # (M*N, L*L)
+    return Plan(grid, tokens, mask, mask)
+
+
+def lattice_masks(phase_rows: torch.Tensor, phase_cols: torch.Tensor, window: int, spacing: int) -> torch.Tensor:
+    """Covered masks for lattice phases (a, b), each (B,) -> (B, L*L) bool: tokens (i, j) with i = a, j = b (mod s)."""
+    offsets = torch.arange(window, device=phase_rows.device) % spacing
+    rows = offsets[None, :] == phase_rows[:, None]  # (B, L)
+    cols = offsets[None, :] == phase_cols[:, None]  # (B, L)
+    return (rows[:, :, None] & cols[:, None, :]).reshape(len(phase_rows), window * window)
+
+
+def random_lattice_masks(count: int, window: int, spacing: int, generator: torch.Generator) -> torch.Tensor:
+    """Training masks with a uniform random lattice phase per window -> (count, L*L) bool."""
+    phases = torch.randint(0, spacing, (2, count), generator=generator)
+    return lattice_masks(phases[0], phases[1], window, spacing)
+
+
+def tiling_corners(size: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Along one axis of `size` patches: ceil(size / L) window corners spread evenly over 0..size-L,
+    and for every patch (size,) the window whose centre is nearest (the first on ties)."""
+    count = math.ceil(size / window)
+    if count == 1:
+        corners = torch.zeros(1, dtype=torch.long)
+    else:
+        corners = torch.tensor([round(k * (size - window) / (count - 1)) for k in range(count)])
+    centres = corners.float() + (window - 1) / 2
+    owner = (torch.arange(size).float()[:, None] - centres[None, :]).abs().argmin(dim=1)
+    return corners, owner
+
+
+def lattice_plan(grid: tuple[int, int], window: int, spacing: int) -> Plan:
+    """Several patches per pass (beyond the paper; `score.cover_spacing` = s >= 2).
+
+    The grid is tiled with ceil(M / L) x ceil(N / L) windows; each window is read in s*s passes,
+    one per lattice phase, every pass covering the whole lattice of its phase (as in training)
+    while only the covered patches the window *owns* (it is the window whose centre is nearest)
+    are read. Passes per image: ceil(M / L) * ceil(N / L) * s^2 (81 for a 16 x 16 grid, L = 7,
+    s = 3) instead of M * N.
+    """
+    m, n = grid
+    row_corners, row_owner = tiling_corners(m, window)
+    col_corners, col_owner = tiling_corners(n, window)
+    w_rows, w_cols, a, b = (
+        t.reshape(-1)
+        for t in torch.meshgrid(
+            torch.arange(len(row_corners)),
+            torch.arange(len(col_corners)),
+            torch.arange(spacing),
+            torch.arange(spacing),
+            indexing="ij",
+        )
+    )  # each (passes,)
+    tokens = window_tokens(row_corners[w_rows], col_corners[w_cols], n, window)  # (passes, L*L)
+    covered = lattice_masks(a, b, window, spacing)
+    owned = (row_owner[tokens // n] == w_rows[:, None]) & (col_owner[tokens % n] == w_cols[:, None])
+    return Plan(grid, tokens, covered, covered & owned)
+
+
+def inference_plan(grid: tuple[int, int], window: int, spacing: int = 0) -> Plan:
+    """The plan `score.cover_spacing` asks for: one patch per pass (0) or a lattice s patches apart."""
+    return lattice_plan(grid, window, spacing) if spacing else one_patch_plan(grid, window)

@@ -17,16 +17,15 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Config
-from ..core.windows import crop_windows, patchify, random_windows, window_tokens
-from ..inference.multicover import random_lattice_masks
+from ..core.windows import crop_windows, patchify, random_lattice_masks, random_windows, window_tokens
 
 
 @dataclass
 class Batch:
     patches: torch.Tensor  # (B, L*L, P) window patches; the covered one is hidden by the model
-    covered: torch.Tensor  # (B,) covered index inside the window, or (B, L*L) bool with cover_spacing
+    covered: torch.Tensor  # (B, L*L) bool: the covered tokens, one per window or a lattice (cover_spacing)
     positions: torch.Tensor  # (B, L*L) flat grid index of every token (global positions)
-    target: torch.Tensor  # (B, C, K, K) the covered patch's pixels; (n covered, C, K, K) with a mask
+    target: torch.Tensor  # (n covered, C, K, K) the covered patches' pixels, in row-major mask order
 
 
 def concat_batches(batches: list[Batch]) -> Batch:
@@ -68,9 +67,11 @@ class WindowSampler:
         if self.flips:
             crops = _random_flips(crops, generator)
         patches = patchify(crops, m.patch_size)  # (B, L*L, P)
-        if self.cover_spacing:  # several covered patches per window (multicover.py)
+        if self.cover_spacing:  # several covered patches per window (beyond the paper)
             covered = random_lattice_masks(count, m.window, self.cover_spacing, generator).to(device)
-        target = patches[covered] if self.cover_spacing else patches[torch.arange(count, device=device), covered]
+        else:
+            covered = torch.arange(m.window**2, device=device) == covered[:, None]  # (B, L*L)
+        target = patches[covered]  # (n covered, P)
         target = target.view(-1, m.channels, m.patch_size, m.patch_size)
         return Batch(patches, covered, window_tokens(r, s, m.grid, m.window), target)
 

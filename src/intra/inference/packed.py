@@ -11,6 +11,7 @@ torch build lacks the oneDNN operator, the plain network is returned unchanged.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 
 import torch
@@ -41,14 +42,26 @@ class PackedLinear(nn.Module):
         )
 
 
-def available() -> bool:
-    """True if this torch build has oneDNN's packed linear operator."""
+@functools.cache
+def available(dtype: torch.dtype = torch.float32) -> bool:
+    """True if this torch build and CPU can run oneDNN's packed linear operator in `dtype`.
+
+    bf16 packing needs bf16 instructions (AVX-512 BF16 or AVX-NE-CONVERT); without them oneDNN
+    refuses the weights, and bf16 falls back to autocast on the plain network.
+    """
     ops = torch.ops.mkldnn
-    return (
+    if not (
         torch.backends.mkldnn.is_available()
         and hasattr(ops, "_linear_pointwise")
         and hasattr(ops, "_reorder_linear_weight")
-    )
+    ):
+        return False
+    try:
+        weight = ops._reorder_linear_weight(torch.zeros(8, 8, dtype=dtype), 8)
+        ops._linear_pointwise(torch.zeros(2, 8, dtype=dtype), weight, None, "none", [], "")
+    except RuntimeError:
+        return False
+    return True
 
 
 def pack_for_cpu(model: InpaintingTransformer, dtype: torch.dtype = torch.float32) -> InpaintingTransformer:
@@ -57,8 +70,8 @@ def pack_for_cpu(model: InpaintingTransformer, dtype: torch.dtype = torch.float3
     With dtype=bfloat16 the matrix products run in bf16 (fp32 accumulation) while the residual
     stream, LayerNorms and softmax stay fp32, as under autocast.
     """
-    if not available():
-        log.info("oneDNN packed linear not available in this torch build: using the plain network")
+    if not available(dtype):
+        log.info("oneDNN packed linear (%s) not available on this CPU or torch build: using the plain network", dtype)
         return model
     packed = copy.deepcopy(model).eval()
     for module in list(packed.modules()):

@@ -1,7 +1,7 @@
 """`intra bench`: inference and training throughput, held against the machine's own matmul ceiling.
 
 One run, one device, one dtype: (1) the batched inference of `Detector.reconstruct` on random
-images: windows (forward passes)/s, ms per image, peak memory, achieved GFLOP/s; with
+images (with the backend and dtype that actually ran): windows (forward passes)/s, ms per image, peak memory, achieved GFLOP/s; with
 `score.cover_spacing` = s a pass inpaints s*s patches, so an image takes fewer passes; (2) the naive
 loop, one window per forward pass and one patch per window, on a few windows, and the speed-up
 over it per image; (3) training steps (sampling, forward,
@@ -21,9 +21,9 @@ import torch
 
 from ..config import Config, ModelConfig, apply_overrides, preset
 from ..core.model import InpaintingTransformer
-from ..inference import multicover
+from ..core.windows import Plan, one_patch_plan, patchify, unpatchify
+from ..inference import packed
 from ..inference.detector import Detector
-from ..inference.packed import available as packed_available
 from ..runtime import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -62,14 +62,13 @@ class BenchOptions:
     repeat: int = 3  # timed repetitions of each measurement, after one warm-up
     naive_windows: int = 0  # windows timed in the naive loop; 0 = 16 on the CPU, 64 on a GPU
     train_batch: int = 0  # windows per training step; 0 = the preset's, at most 32 on the CPU
-    channels: int = 3
     overrides: dict = field(default_factory=dict)  # config keys, e.g. {"score.chunk_windows": 256}
 
 
 def bench_config(opts: BenchOptions) -> Config:
     cfg = preset(opts.preset)
     cfg.model.image_size = opts.image_size
-    cfg.model.channels = opts.channels
+    cfg.model.channels = 3  # RGB: the larger of the two cases
     cfg.train.dtype = opts.dtype
     cfg.train.compile = opts.compile
     cfg.train.device = opts.device
@@ -92,12 +91,12 @@ def run_bench(opts: BenchOptions) -> dict:
         "dtype": opts.dtype,
         "compile": opts.compile,
         "threads": torch.get_num_threads() if cpu else None,
-        "cpu_onednn": cpu and packed_available(),
+        **{f"ran_{key}": value for key, value in detector.backend.describe().items()},  # what actually ran
         "gflop_per_window": window_flops(cfg.model) / 1e9,
     }
     result.update(inference_throughput(detector, images, opts.repeat))
     result.update(naive_throughput(detector, images[:1], opts.naive_windows or (16 if cpu else 64), opts.repeat))
-    naive_ms_per_image = 1000 * cfg.model.grid**2 / result["naive_windows_per_s"]  # one pass per patch
+    naive_ms_per_image = 1000 * cfg.model.grid**2 / result["naive_windows_per_s"]  # the paper: one pass per patch
     result["speedup"] = naive_ms_per_image / result["ms_per_image"]
     result.update(train_throughput(cfg, opts, device))
     result.update(matmul_ceiling(device, resolve_dtype(opts.dtype)))
@@ -109,7 +108,7 @@ def run_bench(opts: BenchOptions) -> dict:
 def inference_throughput(detector: Detector, images: torch.Tensor, repeat: int) -> dict:
     """Batched `Detector.reconstruct` of `images`: rate, time per image, FLOP rate, peak memory."""
     m, spacing = detector.cfg.model, detector.cfg.score.cover_spacing
-    per_image = len(multicover.inference_plan(m.grid, m.window, spacing)[0]) if spacing else m.grid**2
+    per_image = detector.plan((m.grid, m.grid)).passes
     log.info("inference: %d images of %d windows, %d repetitions", len(images), per_image, repeat)
     start = time.perf_counter()
     detector.reconstruct(images)  # warm-up (and compilation)
@@ -131,11 +130,39 @@ def inference_throughput(detector: Detector, images: torch.Tensor, repeat: int) 
     }
 
 
+@torch.inference_mode()
+def naive_reconstruct(
+    model: InpaintingTransformer, images: torch.Tensor, plan: Plan, limit: int | None = None
+) -> torch.Tensor:
+    """The reference loop: one window per forward pass of the plain module, pass by pass through `plan`.
+
+    (B, C, H, W) -> (B, C, H, W). What unofficial versions do with the paper's plan; with the same
+    plan as `Detector.reconstruct` it is the like-for-like check of the engine. With `limit`, only
+    the first `limit` passes run (the rest stays 0): `intra bench` times a few passes of it.
+    """
+    m = model.cfg
+    patches = patchify(images, m.patch_size)  # (B, M*N, P)
+    out = torch.zeros_like(patches)
+    plan = plan.to(images.device)
+    done = 0
+    for b in range(len(images)):
+        for tokens, covered, read in zip(plan.tokens, plan.covered, plan.read):
+            if limit is not None and done >= limit:
+                break
+            pixels = model(patches[b, tokens][None], covered[None], tokens[None])  # (covered, P)
+            out[b, tokens[read]] = pixels[read[covered]]
+            done += 1
+    return unpatchify(out, m.channels, plan.grid)
+
+
 def naive_throughput(detector: Detector, image: torch.Tensor, windows: int, repeat: int) -> dict:
-    """The naive loop (`Detector.reconstruct_naive`, one window per forward pass) on `windows` windows."""
+    """The naive loop (`naive_reconstruct` of the paper's one-patch plan, plain module) on `windows` windows."""
     log.info("naive loop: %d windows, one per forward pass", windows)
-    detector.reconstruct_naive(image, limit=2)  # warm-up
-    seconds = timed(lambda: detector.reconstruct_naive(image, limit=windows), repeat, detector.device)
+    m = detector.cfg.model
+    plan = one_patch_plan((m.grid, m.grid), m.window)
+    model = detector.model
+    naive_reconstruct(model, image, plan, limit=2)  # warm-up
+    seconds = timed(lambda: naive_reconstruct(model, image, plan, limit=windows), repeat, detector.device)
     return {"naive_windows": windows, "naive_windows_per_s": windows / seconds}
 
 
@@ -183,9 +210,12 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype) -> dict:
     flops = 2 * n**3
     out = {"matmul_size": n, "matmul_aten_gflops": flops / timed(lambda: a @ b, 5, device, warmup=True) / 1e9}
     out["matmul_gflops"] = out["matmul_aten_gflops"]
-    if device.type == "cpu" and packed_available():
-        packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), n)
-        onednn = lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")  # noqa: E731
+    if device.type == "cpu" and packed.available(dtype):
+        weight = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), n)
+
+        def onednn():
+            return torch.ops.mkldnn._linear_pointwise(a, weight, None, "none", [], "")
+
         out["matmul_onednn_gflops"] = flops / timed(onednn, 5, device, warmup=True) / 1e9
         out["matmul_gflops"] = max(out["matmul_gflops"], out["matmul_onednn_gflops"])
     return out
@@ -266,7 +296,11 @@ def format_table(r: dict) -> str:
             f"{r['windows_per_s']:.1f} windows/s, {r['ms_per_image']:.1f} ms/image, {r['achieved_gflops']:.0f} GFLOP/s "
             f"= {100 * r['fraction_of_matmul']:.0f}% of the ceiling",
         ),
-        ("", f"batch {r['batch_images']} images, chunks of {r['chunk_windows']} windows, peak memory {peak}"),
+        (
+            "",
+            f"ran on {r['ran_backend']} ({r['ran_dtype']}), batch {r['batch_images']} images, "
+            f"chunks of {r['chunk_windows']} windows, peak memory {peak}",
+        ),
         (
             "naive loop",
             f"{r['naive_windows_per_s']:.1f} windows/s (one window per forward pass): speed-up per image {r['speedup']:.1f}x",

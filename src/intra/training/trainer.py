@@ -85,10 +85,7 @@ class Trainer:
 
         `model` is the network or its DDP/compiled wrapper: only its forward is called.
         """
-        pred = model(batch.patches, batch.covered, batch.positions)
-        if batch.covered.dtype == torch.bool:  # several covered patches per window: (n, T, P)
-            pred = pred[batch.covered]
-        return pred.view_as(batch.target)
+        return model(batch.patches, batch.covered, batch.positions).view_as(batch.target)  # (n covered, C, K, K)
 
     def train_step(self, batch_number: int, seconds: float = 0.0) -> dict[str, torch.Tensor]:
         """One optimisation step on a fresh random batch; returns the detached loss terms."""
