@@ -25,13 +25,13 @@ import torch
 from intra.checkpoint import load_checkpoint, save_checkpoint
 from intra.config import apply_overrides, preset
 from intra.core.model import InpaintingTransformer
-from intra.data.datasets import training_images
+from intra.data.datasets import training_images, validation_split
 from intra.data.images import load_images, resolve_color, standardize
 from intra.evaluation.evaluate import evaluate
 from intra.files import write_json
+from intra.inference.calibration import calibrate, training_split
 from intra.inference.detector import Detector
 from intra.runtime import configure_threads
-from intra.training.fit import mean_map_subset, split_validation
 from intra.training.trainer import Trainer
 
 
@@ -77,7 +77,7 @@ def train(args: argparse.Namespace) -> None:
     images = load_images(paths, cfg.model.image_size, cfg.data.color)
     if cfg.data.standardize:
         images = standardize(images)
-    train_idx, val_idx = split_validation(len(images), cfg, generator)
+    train_idx, val_idx = validation_split(len(images), cfg.train, generator)
     model = InpaintingTransformer(cfg.model)
     model.set_pixel_stats(images[train_idx].mean(dim=(0, 2, 3)), images[train_idx].std(dim=(0, 2, 3)))
     trainer = SnapshotTrainer(
@@ -97,13 +97,8 @@ def evaluate_snapshots(args: argparse.Namespace) -> None:
             cfg, model, _, stats = load_checkpoint(snap)
             if args.mean_map_images:
                 cfg.score.mean_map_images = args.mean_map_images
-            detector = Detector(model, cfg, stats=stats)
-            paths = training_images(args.data)
-            train_idx, _ = split_validation(len(paths), cfg, torch.Generator().manual_seed(cfg.train.seed))
-            chosen = mean_map_subset([paths[i] for i in train_idx], cfg)
-            batches = load_images(chosen, cfg.model.image_size, cfg.data.color).split(8)
             start = time.perf_counter()
-            detector.fit_mean_map(batches)
+            detector = calibrate(Detector(model, cfg, stats=stats), *training_split(args.data, cfg))
             metrics = evaluate(detector, args.data, snap / "evaluation", args.eval_size, heatmaps=False)
             metrics.update(snapshot=stats, mean_map_seconds=round(time.perf_counter() - start - metrics["seconds"], 1))
             write_json(snap / "metrics.json", metrics)

@@ -30,12 +30,11 @@ import torch.nn.functional as F
 
 from intra.core.similarity import gaussian_filter, mean_filter
 from intra.core.windows import lattice_plan, patchify
-from intra.data.datasets import test_samples, training_images
+from intra.data.datasets import test_samples, training_images, validation_split
 from intra.data.images import load_images, load_mask
 from intra.evaluation.metrics import auroc
 from intra.inference.detector import Detector
 from intra.runtime import configure_threads
-from intra.training.fit import split_validation
 
 
 def texture_energy(images: torch.Tensor) -> torch.Tensor:
@@ -109,7 +108,7 @@ def main() -> None:
         ]
     )
     paths = training_images(args.data)
-    train_index, _ = split_validation(len(paths), cfg, torch.Generator().manual_seed(cfg.train.seed))
+    train_index, _ = validation_split(len(paths), cfg.train, torch.Generator().manual_seed(cfg.train.seed))
     train_paths = [paths[i] for i in train_index][: args.train_images]
     test, train = (load_images(p, m.image_size, cfg.data.color) for p in ([s.path for s in samples], train_paths))
 

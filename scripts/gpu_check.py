@@ -26,6 +26,7 @@ import torch
 
 from intra.config import preset
 from intra.core.model import InpaintingTransformer
+from intra.inference.calibration import difference_statistics
 from intra.inference.detector import Detector
 from intra.tools import speed
 from intra.tools.speed import BenchOptions, bench_config
@@ -60,7 +61,7 @@ def correctness(device: torch.device, quick: bool) -> list[dict]:
         images = torch.rand(2, 3, size, size, device=device)
         batched = fp32.reconstruct(images)
         naive = speed.naive_reconstruct(fp32.model, images[:1], fp32.plan((cfg.model.grid, cfg.model.grid)))
-        fp32.fit_mean_map([torch.rand(2, 3, size, size, device=device)])
+        fp32.mean_map, fp32.std_map = difference_statistics(fp32, [torch.rand(2, 3, size, size, device=device)])
         bf16.mean_map, bf16.std_map = fp32.mean_map, fp32.std_map  # the same normalisation (score.zscore too)
         maps32, _ = fp32.predict(images)
         maps16, _ = bf16.predict(images)

@@ -9,7 +9,7 @@ from PIL import Image
 from intra.config import ScoreConfig
 from intra.data.images import load_image
 from intra.evaluation.metrics import f1_at
-from intra.inference.calibration import calibrate
+from intra.inference.calibration import thresholds
 from intra.inference.detector import Detector
 from intra.predict import RECORDS, predict_paths, read_anomaly_map
 
@@ -90,7 +90,7 @@ def test_predict_streams_one_batch_at_a_time(cli_run, mvtec_root, tmp_path):
 def test_thresholds_from_normal_images_do_not_flag_every_normal_image():
     rng = np.random.default_rng(0)
     val_scores, val_maps = rng.gamma(4, 0.01, 40), rng.gamma(4, 0.01, (40, 32, 32)).astype(np.float32)
-    t = calibrate(val_scores, val_maps, ScoreConfig())
+    t = thresholds(val_scores, val_maps, ScoreConfig())
     new_scores, new_maps = rng.gamma(4, 0.01, 4000), rng.gamma(4, 0.01, (100, 32, 32))
     assert np.mean(new_scores >= t["image_threshold"]) < 0.05
     assert np.mean(new_maps >= t["pixel_threshold"]) < 0.005

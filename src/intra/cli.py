@@ -302,9 +302,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     _positive("--batch-size", args.batch_size)
     detector = _load_detector(args)
     if args.set:
-        from .inference.calibration import with_score_overrides
+        from .inference.calibration import rescore
 
-        detector = with_score_overrides(detector, _key_values(args.set), args.data)
+        detector = rescore(detector, _key_values(args.set), args.data)
     out = Path(args.out) if args.out else Path(args.run) / "evaluation"
     m = evaluate(
         detector,

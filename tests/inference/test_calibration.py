@@ -4,27 +4,49 @@ import pytest
 import torch
 
 from intra.errors import IntraError
-from intra.inference.calibration import with_score_overrides
+from intra.inference.calibration import calibrate, rescore, statistics_subset, training_split
 from intra.inference.detector import Detector
 from intra.training.fit import fit
 
 from conftest import tiny_config
 
 
-def test_score_settings_change_without_retraining(tmp_path, mvtec_root):
+def test_rescoring_calibrates_again_like_a_fresh_calibration(tmp_path, mvtec_root):
     cfg = tiny_config()
     cfg.model.image_size = 64
     detector = fit(cfg, mvtec_root, tmp_path / "run").detector
+    detector = detector.like(detector.cfg, detector.mean_map, detector.std_map, detector.stats)
     images = torch.rand(2, 3, 64, 64)
-    same = with_score_overrides(detector, {"score.normalize": "true"}, None)
-    assert torch.equal(same.predict(images)[0], detector.predict(images)[0])
-    three = with_score_overrides(detector, {"score.scales": "1,0.5,0.25"}, mvtec_root)
+    # A runtime key changes nothing that was calibrated: no data needed, same maps.
+    same = rescore(detector, {"score.chunk_windows": "7"}, None)
+    assert same.stats == detector.stats and torch.equal(same.predict(images)[0], detector.predict(images)[0])
+    with pytest.raises(IntraError, match="--data"):
+        rescore(detector, {"score.scales": "1,0.5,0.25"}, None)
+
+    three = rescore(detector, {"score.scales": "1,0.5,0.25"}, mvtec_root)
     assert three.cfg.score.scales == (1.0, 0.5, 0.25) and detector.cfg.score.scales == (0.5, 0.25)
-    assert not torch.equal(three.mean_map, detector.mean_map)
-    raw = with_score_overrides(detector, {"score.normalize": "false"}, None)
+    assert three.backend is detector.backend and three.dtype == detector.dtype and three.device == detector.device
+    assert three.stats["epochs"] == detector.stats["epochs"]  # training stats survive
+    train, val = training_split(mvtec_root, three.cfg)
+    fresh = calibrate(Detector(detector.model, three.cfg), train, val)
+    for key in ("image_threshold", "pixel_threshold", "overlay_vmax"):
+        assert three.stats[key] == pytest.approx(fresh.stats[key], rel=1e-6)
+        assert three.stats[key] != pytest.approx(detector.stats[key], rel=1e-3)  # really recalibrated
+    torch.testing.assert_close(three.mean_map, fresh.mean_map)
+
+    raw = rescore(detector, {"score.normalize": "false"}, mvtec_root)
     torch.testing.assert_close(raw.predict(images)[0], detector.difference_maps(images))
     with pytest.raises(IntraError, match="model.dim"):
-        with_score_overrides(detector, {"model.dim": 8}, None)
+        rescore(detector, {"model.dim": 8}, None)
+
+
+@pytest.mark.parametrize("count, wanted", [(209, 100), (10, 3), (5, 5), (5, 9)])
+def test_statistics_subset_takes_exactly_the_asked_number_evenly(count, wanted):
+    cfg = tiny_config()
+    cfg.score.mean_map_images = wanted
+    chosen = statistics_subset(torch.arange(count), cfg)
+    assert len(chosen) == min(count, wanted) and chosen[0] == 0 and chosen[-1] == count - 1
+    assert len(set(chosen.tolist())) == len(chosen)
 
 
 def test_zscore_divides_by_the_training_std_and_survives_save_load(tmp_path, mvtec_root):

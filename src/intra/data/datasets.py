@@ -11,6 +11,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from ..config import TrainConfig
 from ..errors import IntraError
 
 log = logging.getLogger(__name__)
@@ -104,3 +107,17 @@ def _check_orphan_masks(folder: Path, stems: set[str]) -> None:
             raise IntraError(
                 f"mask {mask} has no test image (expected {folder.parent.parent / 'test' / folder.name / stem}.<png|jpg|...>)"
             )
+
+
+def validation_split(count: int, cfg: TrainConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random (train, validation) index split of `count` training images: `val_fraction` of them, at most
+    `val_max_images`, drawn first from `generator` (so the split of a run is reproduced from its seed).
+
+    With a single image there is nothing to hold out: validation reuses it (logged as a warning).
+    """
+    if count < 2:
+        log.warning("only one training image: validating on the training image itself")
+        return torch.arange(count), torch.arange(count)
+    n_val = min(cfg.val_max_images, max(1, round(cfg.val_fraction * count)))
+    order = torch.randperm(count, generator=generator)
+    return order[n_val:].sort().values, order[:n_val].sort().values

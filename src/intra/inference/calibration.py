@@ -1,43 +1,69 @@
-"""Calibration: the statistics and thresholds a trained network needs before it can score, and rescoring.
+"""Calibration: what a trained network needs before it can score, as one named stage after training.
 
-Decision thresholds are calibrated on normal images at training time. A user's validation set
-usually holds no anomaly, and an F1-optimal threshold fitted on such a set is the lowest score
-(everything flagged). So the stored thresholds are quantiles of what the held-out *normal* images
-produce: the image threshold is the `score.image_threshold_quantile` (0.99) quantile of their
-image scores, the pixel threshold the `score.pixel_threshold_quantile` (0.999) quantile of all
-their anomaly-map pixels. A score or pixel at or above its threshold is anomalous (anomalib's
-`pred_label`, `pred_mask`).
+`calibrate(detector, train_images, val_images)`:
+1. the mean (and standard deviation) of the training images' difference maps (`score.normalize`,
+   `score.zscore`), from the training split only, never the held-out images;
+2. the decision thresholds, from the held-out normal (validation) images scored with those maps.
+   A user's validation set usually holds no anomaly, and an F1-optimal threshold fitted on such a
+   set is the lowest score (everything flagged). So the stored thresholds are quantiles of what
+   the held-out *normal* images produce: the image threshold is the
+   `score.image_threshold_quantile` (0.99) quantile of their image scores, the pixel threshold the
+   `score.pixel_threshold_quantile` (0.999) quantile of all their anomaly-map pixels. A score or
+   pixel at or above its threshold is anomalous (anomalib's `pred_label`, `pred_mask`).
 
-Changing the scoring settings of a trained detector without retraining (score.* at evaluate time):
-
-The stored training mean map was computed with the training-time values of `score.scales`,
-`score.mean_filter`, `score.gaussian_sigma` (the map), `score.cover_spacing` (the
-reconstructions) and `score.mean_map_images`; when any of them changes, the mean map is
-recomputed from the same training images `fit` used (the images of `data` minus the validation
-split, which `split_validation` draws again from the run's seed). `score.normalize` and
-`score.chunk_windows` need no refit.
+`fit` calls it once training is over; `rescore` calls it again whenever scoring settings change
+after training (`intra evaluate --set score.KEY=...`, benchmark `score` rows), on the same training
+and validation images `fit` used (the split is drawn again from the run's seed), so statistics,
+thresholds and the overlay colour scale always belong to the scoring in use.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from ..config import ScoreConfig, apply_overrides
-from ..data.datasets import training_images
-from ..data.images import load_images
+from ..config import Config, ScoreConfig, apply_overrides
+from ..data.datasets import training_images, validation_split
+from ..data.images import load_images, standardize
 from ..errors import IntraError
 from .detector import Detector
 
 log = logging.getLogger(__name__)
 
+# Score keys that change how the network runs, not what it scores: no recalibration needed.
+RUNTIME_KEYS = ("chunk_windows", "memory_mb")
 
-def calibrate(val_scores: np.ndarray, val_maps: np.ndarray, cfg: ScoreConfig) -> dict:
+
+def statistics_subset(images: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """The training images the statistics average: all, or `score.mean_map_images` of them evenly spaced."""
+    count = cfg.score.mean_map_images
+    if not count or count >= len(images):
+        return images
+    return images[torch.linspace(0, len(images) - 1, count).round().long()]
+
+
+def difference_statistics(detector: Detector, batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel-wise mean and standard deviation (H, W) of the difference maps of training images given in batches."""
+    total, squares, count = None, None, 0
+    for images in batches:
+        diff = detector.difference_maps(images).double()
+        total = diff.sum(0) if total is None else total + diff.sum(0)
+        squares = (diff**2).sum(0) if squares is None else squares + (diff**2).sum(0)
+        count += diff.shape[0]
+    if total is None:
+        raise IntraError("no training images to compute the mean difference map from")
+    mean = total / count
+    return mean.float(), (squares / count - mean**2).clamp_min(0).sqrt().float()
+
+
+def thresholds(val_scores: np.ndarray, val_maps: np.ndarray, cfg: ScoreConfig) -> dict:
     """Thresholds from normal images: scores (n,) and anomaly maps (n, H, W) -> stats entries."""
     val_scores, val_maps = np.asarray(val_scores, np.float64), np.asarray(val_maps, np.float32)
     return {
@@ -45,32 +71,62 @@ def calibrate(val_scores: np.ndarray, val_maps: np.ndarray, cfg: ScoreConfig) ->
         "pixel_threshold": float(np.quantile(val_maps, cfg.pixel_threshold_quantile)),
         "threshold_source": f"{len(val_scores)} held-out normal images; quantiles "
         f"{cfg.image_threshold_quantile} (image), {cfg.pixel_threshold_quantile} (pixel)",
+        "val_score_max": float(val_scores.max()),
+        # Overlays saturate at twice the hottest pixel seen on held-out normal images.
+        "overlay_vmax": 2 * float(val_maps.max()),
     }
 
 
-MAP_KEYS = ("scales", "mean_filter", "gaussian_sigma", "cover_spacing", "mean_map_images")
+def calibrate(
+    detector: Detector, train_images: torch.Tensor, val_images: torch.Tensor, progress: bool = False
+) -> Detector:
+    """The calibration stage: training statistics, then thresholds from the validation images.
+
+    train_images and val_images (n, C, H, W) as read. Returns a Detector on the same network,
+    device, dtype, compile setting and backend, with the statistics and thresholds of its scoring
+    (detector.cfg.score); detector's other stats (epochs, timings) are kept.
+    """
+    cfg = detector.cfg
+    if len(val_images) < 10:
+        log.warning("thresholds calibrated on only %d validation image(s): expect them to be rough", len(val_images))
+    raw = detector.like(cfg, None, None, {})
+    batch = max(1, cfg.score.chunk_windows // raw.plan((cfg.model.grid, cfg.model.grid)).passes)
+    batches = statistics_subset(train_images, cfg).split(batch)
+    mean_map, std_map = difference_statistics(raw, tqdm(batches, desc="mean map", disable=not progress, leave=False))
+    calibrated = detector.like(cfg, mean_map, std_map, dict(detector.stats))
+    val_maps, val_scores = calibrated.predict(val_images)
+    calibrated.stats.update(val_images=len(val_images), **thresholds(val_scores.numpy(), val_maps.numpy(), cfg.score))
+    return calibrated
 
 
-def with_score_overrides(detector: Detector, overrides: dict[str, Any], data: str | Path | None) -> Detector:
-    """A Detector sharing detector's model, with score.* keys set; the mean map refitted if needed."""
-    from ..training.fit import mean_map_subset, split_validation  # train imports inference; keep this module light
+def training_split(data: str | Path, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (training, validation) images `fit` used for a run of `cfg` on `data`, read again."""
+    paths = training_images(data)
+    train_idx, val_idx = validation_split(len(paths), cfg.train, torch.Generator().manual_seed(cfg.train.seed))
+    read = lambda idx: load_images([paths[i] for i in idx], cfg.model.image_size, cfg.data.color)  # noqa: E731
+    train, val = read(train_idx), read(val_idx)
+    return (standardize(train), standardize(val)) if cfg.data.standardize else (train, val)
 
+
+def rescore(detector: Detector, overrides: dict[str, Any], data: str | Path | None) -> Detector:
+    """`detector` with score.* keys changed and, unless only runtime keys changed, calibrated again on `data`.
+
+    Keeps the caller's device, dtype, compile setting and backend.
+    """
     bad = [key for key in overrides if not key.startswith("score.")]
     if bad:
         raise IntraError(f"only score.* keys can change after training, not {', '.join(bad)}")
     cfg = apply_overrides(copy.deepcopy(detector.cfg), overrides)
-    changed = any(getattr(cfg.score, k) != getattr(detector.cfg.score, k) for k in MAP_KEYS)
-    changed = changed or (cfg.score.zscore and detector.std_map is None)  # a run from before zscore
-    new = Detector(
-        detector.model, cfg, detector.mean_map, detector.device, dict(detector.stats), std_map=detector.std_map
+    changed = [name for name in vars(cfg.score) if getattr(cfg.score, name) != getattr(detector.cfg.score, name)]
+    if all(name in RUNTIME_KEYS for name in changed):
+        return detector.like(cfg, detector.mean_map, detector.std_map, dict(detector.stats))
+    if data is None:
+        raise IntraError(f"changing score.{changed[0]} needs the training data (--data) to calibrate again")
+    train, val = training_split(data, cfg)
+    log.info(
+        "calibrating again for score.%s on %d training and %d validation images",
+        ", ".join(changed),
+        len(train),
+        len(val),
     )
-    if changed and cfg.score.normalize:
-        if data is None:
-            raise IntraError("changing score.scales or the filters needs the training data to refit the mean map")
-        paths = training_images(data)
-        train_idx, _ = split_validation(len(paths), cfg, torch.Generator().manual_seed(cfg.train.seed))
-        chosen = mean_map_subset([paths[i] for i in train_idx], cfg)
-        images = load_images(chosen, cfg.model.image_size, cfg.data.color)
-        log.info("refitting the training mean map on %d images for the new score settings", len(images))
-        new.fit_mean_map(images.split(max(1, cfg.score.chunk_windows // cfg.model.grid**2)))
-    return new
+    return calibrate(detector.like(cfg, None, None, dict(detector.stats)), train, val)

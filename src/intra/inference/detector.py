@@ -9,7 +9,6 @@ rest is `core.anomaly_map`'s pure functions.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -167,20 +166,3 @@ class Detector:
         std_map = self.std_map if self.cfg.score.zscore else None
         maps = anomaly_map.normalize(diff, mean_map, std_map)
         return maps.cpu(), anomaly_map.image_score(maps).cpu()
-
-    def fit_mean_map(self, batches: Iterable[torch.Tensor]) -> torch.Tensor:
-        """Mean difference map over training images, given as batches (B, C, H, W) -> (H, W).
-
-        Also sets `std_map`, the per-pixel standard deviation of the same maps (for score.zscore).
-        """
-        total, squares, count = None, None, 0
-        for images in batches:
-            diff = self.difference_maps(images).double()
-            total = diff.sum(0) if total is None else total + diff.sum(0)
-            squares = (diff**2).sum(0) if squares is None else squares + (diff**2).sum(0)
-            count += diff.shape[0]
-        if total is None:
-            raise ValueError("no images to compute the mean difference map")
-        self.mean_map = (total / count).float()
-        self.std_map = (squares / count - (total / count) ** 2).clamp_min(0).sqrt().float()
-        return self.mean_map

@@ -183,7 +183,7 @@ def run_cells(
 def _compute(cell: Cell, out: Path, progress: bool) -> dict | None:
     """Train (unless its run exists) and evaluate one cell; None if its run is busy elsewhere."""
     from ..evaluation.evaluate import evaluate
-    from ..inference.calibration import with_score_overrides
+    from ..inference.calibration import rescore
     from ..inference.detector import Detector
     from ..runtime import configure_threads
     from ..training.fit import fit
@@ -199,7 +199,7 @@ def _compute(cell: Cell, out: Path, progress: bool) -> dict | None:
     configure_threads(cell.cfg.train.threads)
     detector = Detector.load(run, device=cell.cfg.train.device)
     if cell.score:
-        detector = with_score_overrides(detector, cell.score, cell.data)
+        detector = rescore(detector, cell.score, cell.data)
     metrics = evaluate(
         detector, cell.data, out / "cells" / cell.name, cell.eval_size, heatmaps=False, progress=progress
     )

@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..checkpoint import save_checkpoint
 from ..config import Config, validate
 from ..core.model import InpaintingTransformer
-from ..data.datasets import training_images
+from ..data.datasets import training_images, validation_split
 from ..data.images import load_images, resolve_color, standardize
 from ..errors import IntraError
 from ..files import write_json
@@ -45,27 +43,6 @@ class FitResult:
     detector: Detector
     stats: dict
     main: bool = True  # False in the processes of a distributed run other than rank 0 (they write nothing)
-
-
-def split_validation(count: int, cfg: Config, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random (train, validation) index split: val_fraction of the images, at most val_max_images.
-
-    With a single image there is nothing to hold out: validation reuses it (logged as a warning).
-    """
-    if count < 2:
-        log.warning("only one training image: validating on the training image itself")
-        return torch.arange(count), torch.arange(count)
-    n_val = min(cfg.train.val_max_images, max(1, round(cfg.train.val_fraction * count)))
-    order = torch.randperm(count, generator=generator)
-    return order[n_val:].sort().values, order[:n_val].sort().values
-
-
-def mean_map_subset(items, cfg: Config):
-    """The training images (or paths) the mean map averages: all, or score.mean_map_images evenly spaced."""
-    count = cfg.score.mean_map_images
-    if not count or count >= len(items):
-        return items
-    return items[:: math.ceil(len(items) / count)]
 
 
 def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = False, resume: bool = False) -> FitResult:
@@ -98,7 +75,7 @@ def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = Fal
         except OSError as exc:
             raise IntraError(f"cannot write to run folder {run_dir}: {exc.strerror or exc}") from None
         write_json(run_dir / "config.json", cfg.to_dict())
-    train_idx, val_idx = split_validation(len(images), cfg, generator)
+    train_idx, val_idx = validation_split(len(images), cfg.train, generator)
     log.info("%d training images (%s), %d held out for validation", len(train_idx), color, len(val_idx))
 
     model = InpaintingTransformer(cfg.model)
@@ -119,26 +96,13 @@ def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = Fal
         stats = trainer.run(None)  # only rank 0 writes the log and the training state
     model.load_state_dict(trainer.best_state)
 
-    detector = Detector(model, cfg, device=device)
+    stats.update(train_images=len(train_idx), color=color)
+    detector = Detector(model, cfg, device=device, stats=stats)
     if not world.main:
-        world.barrier()  # wait for rank 0's mean map and checkpoint
+        world.barrier()  # wait for rank 0's calibration and checkpoint
         return FitResult(detector, stats, main=False)
-    batches = mean_map_subset(images[train_idx], cfg).split(max(1, cfg.score.chunk_windows // cfg.model.grid**2))
-    mean_map = detector.fit_mean_map(tqdm(batches, desc="mean map", disable=not progress, leave=False))
-    val_maps, val_scores = detector.predict(images[val_idx])
-    if len(val_idx) < 10:
-        log.warning("thresholds calibrated on only %d validation image(s): expect them to be rough", len(val_idx))
-    stats.update(
-        train_images=len(train_idx),
-        val_images=len(val_idx),
-        color=color,
-        val_score_max=float(val_scores.max()),
-        # Overlays saturate at twice the hottest pixel seen on held-out normal images.
-        overlay_vmax=2 * float(val_maps.max()),
-        **calibrate(val_scores.numpy(), val_maps.numpy(), cfg.score),
-    )
-    save_checkpoint(run_dir, model, cfg, {"mean_map": mean_map, "std_map": detector.std_map}, stats)
+    detector = calibrate(detector, images[train_idx], images[val_idx], progress)
+    save_checkpoint(run_dir, model, cfg, {"mean_map": detector.mean_map, "std_map": detector.std_map}, detector.stats)
     (run_dir / state.TRAINING_STATE).unlink(missing_ok=True)  # training is over: the model is in model.*
-    detector.stats = stats
     world.barrier()
-    return FitResult(detector, stats)
+    return FitResult(detector, detector.stats)
