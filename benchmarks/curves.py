@@ -32,7 +32,7 @@ from intra.files import write_json
 from intra.inference.calibration import calibrate, training_split
 from intra.inference.detector import Detector
 from intra.runtime import configure_threads
-from intra.training.trainer import Trainer
+from intra.training.trainer import SELECTION, Trainer
 
 
 class SnapshotTrainer(Trainer):
@@ -42,10 +42,11 @@ class SnapshotTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.run_dir, self.pending, self.t0 = run_dir, sorted(snapshots), time.perf_counter()
 
-    def validate(self) -> float:
-        loss = super().validate()
+    def validate(self) -> dict:
+        record = super().validate()
+        metric = record[SELECTION[self.cfg.train.select]]
         minutes = (time.perf_counter() - self.t0) / 60
-        best = self.eval_model.state_dict() if loss < self.best_loss else self.best_state
+        best = self.eval_model.state_dict() if metric < self.best_metric else self.best_state
         while self.pending and minutes >= self.pending[0] - 0.05:
             model = copy.deepcopy(self.model)
             model.load_state_dict(best)
@@ -53,10 +54,11 @@ class SnapshotTrainer(Trainer):
                 "minutes": round(minutes, 3),
                 "step": self.step,
                 "epoch": self.epoch,
-                "val_loss": min(loss, self.best_loss),
+                "selected_by": SELECTION[self.cfg.train.select],
+                "best_metric": min(metric, self.best_metric),
             }
             save_checkpoint(self.run_dir / f"snap-{self.pending.pop(0):g}", model, self.cfg, {}, stats)
-        return loss
+        return record
 
 
 def train(args: argparse.Namespace) -> None:

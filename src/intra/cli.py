@@ -257,7 +257,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         return  # a distributed run's other processes: rank 0 reports
     s = result.stats
     print(
-        f"trained {s['epochs']} epochs in {s['train_seconds']:.0f}s; best validation loss {s['best_val_loss']:.5f} (epoch {s['best_epoch']}); "
+        f"trained {s['epochs']} epochs in {s['train_seconds']:.0f}s; kept epoch {s['best_epoch']} ({s['selected_by']} {s['best_metric']:.5f}); "
         f"thresholds: image {s['image_threshold']:.4g}, pixel {s['pixel_threshold']:.4g}; run saved to {run}"
     )
 

@@ -64,7 +64,10 @@ class TrainConfig:
     batch_size: int = 256
     lr: float = 1e-4  # [choice] Adam learning rate
     max_epochs: int = 10_000
-    patience: int = 50  # stop when validation loss has not improved for this many epochs
+    patience: int = 50  # stop when the selection metric has not improved for this many epochs
+    # [choice] what early stopping and the kept weights follow: "inpaint", the held-out images' pixel
+    # error read as scoring reads them (evaluation/inpainting.py), or "loss", the validation loss.
+    select: str = "inpaint"
     max_minutes: float = 0.0  # wall-clock budget for the training loop; 0 = none
     val_fraction: float = 0.1  # share of training images held out for validation ...
     val_max_images: int = 20  # ... at most this many
@@ -220,6 +223,7 @@ _CHOICES = {
     ("model", "head"): ("mean", "covered"),
     ("data", "color"): ("auto", "gray", "rgb"),
     ("train", "rotation"): ("none", "rot90", "any"),
+    ("train", "select"): ("inpaint", "loss"),
     ("train", "optimizer"): ("adam", "adamw"),
     ("train", "schedule"): ("constant", "cosine", "linear"),
     ("train", "dtype"): ("fp32", "bf16"),

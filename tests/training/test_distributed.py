@@ -24,7 +24,19 @@ def test_sampling_shards_split_a_global_batch_between_processes():
 
 
 def test_two_processes_match_one_process_fed_the_same_windows(tmp_path, mvtec_root):
-    args = ["train", "--data", mvtec_root, *TINY, "--set", "score.mean_filter=5", "--set", "train.sample_shards=2"]
+    # A learning rate at which epoch 2 clearly beats epoch 1: both runs keep the same epoch.
+    args = [
+        "train",
+        "--data",
+        mvtec_root,
+        *TINY,
+        "--lr",
+        "2e-3",
+        "--set",
+        "score.mean_filter=5",
+        "--set",
+        "train.sample_shards=2",
+    ]
     intra(*args, "--out", tmp_path / "one")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "intra.cli"]
@@ -36,6 +48,8 @@ def test_two_processes_match_one_process_fed_the_same_windows(tmp_path, mvtec_ro
     log = (tmp_path / "two" / "train_log.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in log] == [1, 2]  # ... and writes the log once
 
+    kept = [json.loads((tmp_path / run / "model.json").read_text())["stats"]["best_epoch"] for run in ("one", "two")]
+    assert kept[0] == kept[1]
     one = load_file(str(tmp_path / "one" / "model.safetensors"))
     two = load_file(str(tmp_path / "two" / "model.safetensors"))
     weights = [k for k in one if k.startswith("model.")]

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from intra.config import apply_overrides
@@ -79,3 +80,33 @@ def test_training_is_reproducible_with_a_seed(tmp_path, mvtec_root, tiny_cfg):
     a = fit(tiny_cfg, mvtec_root, tmp_path / "a").detector.model.state_dict()
     b = fit(tiny_cfg, mvtec_root, tmp_path / "b").detector.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_validation_windows_are_covered_as_training_covers_them():
+    from intra.training.trainer import _validation_batches
+
+    cfg = tiny_config(head="covered")
+    cfg.train.cover_spacing = 2
+    batches = _validation_batches(torch.rand(2, 3, 32, 32), cfg)
+    covered = torch.cat([b.covered for b in batches])
+    assert set(covered.sum(1).tolist()) == {1, 2, 4}  # the four lattice phases of a 3 x 3 window, not one patch
+    again = torch.cat([b.covered for b in _validation_batches(torch.rand(2, 3, 32, 32), cfg)])
+    assert torch.equal(covered, again)  # fixed, seeded
+
+
+@pytest.mark.parametrize("select, entry", [("inpaint", "val_inpaint"), ("loss", "val_loss")])
+def test_the_kept_epoch_follows_the_selection_metric(tmp_path, mvtec_root, select, entry):
+    cfg = tiny_config(head="covered")
+    cfg.model.image_size = 64
+    cfg.train.cover_spacing = cfg.score.cover_spacing = 2
+    cfg.train.max_epochs, cfg.train.patience, cfg.train.select = 4, 10, select
+    stats = fit(cfg, mvtec_root, tmp_path / "run").stats
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    values = [record[entry] for record in log]
+    assert stats["selected_by"] == entry and stats["best_epoch"] == 1 + values.index(min(values))
+    # The network learns: the kept epoch is not the first, and it fills patches better than the ring mean does.
+    assert stats["best_epoch"] > 1
+    kept = log[stats["best_epoch"] - 1]
+    assert kept["val_inpaint"] < kept["val_fills"]["ring"] and kept["val_inpaint_ratio"] == pytest.approx(
+        kept["val_inpaint"] / min(kept["val_fills"]["ring"], kept["val_fills"]["smooth"])
+    )

@@ -54,7 +54,7 @@ def capture(trainer: Trainer, **extra) -> tuple[dict[str, torch.Tensor], dict]:
         "step": trainer.step,
         "ema_updates": ema["updates"],
         "best_epoch": trainer.best_epoch,
-        "best_loss": trainer.best_loss,
+        "best_metric": trainer.best_metric,
         "elapsed": trainer.elapsed,
         "optimizer": {"param_groups": optim["param_groups"], "scalars": scalars},
         **extra,
@@ -90,7 +90,7 @@ def restore(trainer: Trainer, tensors: dict[str, torch.Tensor], state: dict) -> 
         if cuda:
             torch.cuda.set_rng_state_all(cuda)
         trainer.epoch, trainer.best_epoch, trainer.step = state["epoch"], state["best_epoch"], state["step"]
-        trainer.best_loss, trainer.elapsed = state["best_loss"], state["elapsed"]
+        trainer.best_metric, trainer.elapsed = state["best_metric"], state["elapsed"]
     except (KeyError, RuntimeError, ValueError) as exc:
         raise IntraError(
             f"the training state does not fit this run's config: {str(exc).splitlines()[0][:200]}"

@@ -21,10 +21,14 @@ from ..core.losses import inpainting_loss
 from ..core.model import InpaintingTransformer
 from ..data.sampling import Batch, WindowSampler, concat_batches
 from ..errors import IntraError
+from ..evaluation.inpainting import best_fill, fill_errors, squared_error
+from ..inference.detector import Detector
 from . import distributed
 from .optim import WeightEMA, build_optimizer, lr_factor, set_lr
 
 log = logging.getLogger(__name__)
+
+SELECTION = {"inpaint": "val_inpaint", "loss": "val_loss"}  # train.select -> the record entry it follows
 
 
 class Trainer:
@@ -54,13 +58,16 @@ class Trainer:
             self.network = torch.compile(self.network)
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.dtype == "bf16")
         self.val_batches = _validation_batches(val_images, cfg)[self.world.rank :: self.world.size]
+        # Inpainting quality on the held-out images as scoring reads them, beside trivial fills (once).
+        self.val_images = val_images[self.world.rank :: self.world.size]
+        self.fills = fill_errors(val_images, cfg.model.patch_size)
         self.optimizer = self.build_optimizer()
         # Weight average (train.ema): validated and kept as the best weights instead of the raw ones.
         self.ema = WeightEMA(model, cfg.train.ema) if cfg.train.ema else None
         self.steps_per_epoch = math.ceil(cfg.train.windows_per_image * len(train_images) / cfg.train.batch_size)
         self.epoch = 0
         self.step = 0  # optimisation steps so far (with the elapsed time, drives the lr schedule)
-        self.best_loss, self.best_epoch = math.inf, 0
+        self.best_metric, self.best_epoch = math.inf, 0  # the selection metric (train.select), lower is better
         self.best_state = copy.deepcopy(model.state_dict())
         self.elapsed = 0.0  # seconds spent in earlier sessions of a resumed run
 
@@ -152,8 +159,9 @@ class Trainer:
         return {**means, "steps": done}
 
     @torch.no_grad()
-    def validate(self) -> float:
-        """Loss on the fixed validation windows."""
+    def validate(self) -> dict[str, float]:
+        """The loss on the fixed validation windows (covered as in training) and the inpainting error of the
+        held-out images read as scoring reads them, with the trivial fills' errors beside it."""
         model = self.eval_model.eval()
         total, count = 0.0, 0
         for batch in self.val_batches:
@@ -161,8 +169,20 @@ class Trainer:
             loss, _ = inpainting_loss(pred, batch.target, self.cfg.train.alpha, self.cfg.train.beta)
             total += float(loss) * len(pred)
             count += len(pred)
-        total, count = self.world.all_sum([total, count], self.device)
-        return total / max(count, 1)
+        errors = torch.zeros(0)
+        if len(self.val_images):  # a process of a distributed run may hold none of the few held-out images
+            reconstructions = Detector(model, self.cfg, device=self.device).reconstruct(self.val_images)
+            errors = squared_error(reconstructions, self.val_images)
+        total, count, error_sum, images = self.world.all_sum(
+            [total, count, float(errors.sum()), len(errors)], self.device
+        )
+        inpaint = error_sum / max(images, 1)
+        return {
+            "val_loss": total / max(count, 1),
+            "val_inpaint": inpaint,
+            "val_inpaint_ratio": inpaint / best_fill(self.fills),
+            "val_fills": self.fills,
+        }
 
     def run(self, log_path: Path | None, progress: bool = False, on_epoch=None) -> dict:
         """Epochs until patience, max_epochs or max_minutes; the best weights end in best_state.
@@ -182,15 +202,20 @@ class Trainer:
             ):
                 self.epoch += 1
                 record = {"epoch": self.epoch, **self.train_epoch(deadline, progress, start)}
-                record["val_loss"] = val_loss = self.validate()
+                record.update(self.validate())
                 record["seconds"] = round(time.perf_counter() - start, 3)
-                improved = val_loss < self.best_loss
+                metric = record[SELECTION[t.select]]
+                improved = metric < self.best_metric
                 if improved:
-                    self.best_loss, self.best_epoch = val_loss, self.epoch
+                    self.best_metric, self.best_epoch = metric, self.epoch
                     self.best_state = copy.deepcopy(self.eval_model.state_dict())
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
-                line = f"epoch {self.epoch:4d}  train {record.get('train_loss', math.nan):.5f}  val {val_loss:.5f}{'  *' if improved else ''}  {record['seconds']:.0f}s"
+                line = (
+                    f"epoch {self.epoch:4d}  train {record.get('train_loss', math.nan):.5f}  val {record['val_loss']:.5f}  "
+                    f"inpaint {record['val_inpaint']:.5f} ({record['val_inpaint_ratio']:.2f} x the best fill)"
+                    f"{'  *' if improved else ''}  {record['seconds']:.0f}s"
+                )
                 log.info(line)
                 if progress:
                     tqdm.write(line)
@@ -200,18 +225,17 @@ class Trainer:
         return {
             "epochs": self.epoch,
             "best_epoch": self.best_epoch,
-            "best_val_loss": self.best_loss,
+            "selected_by": SELECTION[t.select],
+            "best_metric": self.best_metric,
+            "val_fills": self.fills,
             "train_seconds": round(time.perf_counter() - start, 2),
         }
 
 
 def _validation_batches(val_images: torch.Tensor, cfg: Config) -> list:
-    """A fixed set of validation windows (no augmentation), drawn once from a dedicated seed.
-
-    One covered patch per window whatever train.cover_spacing is: the validation loss measures the
-    paper's task, comparable between settings.
-    """
-    sampler = WindowSampler(val_images, cfg, augment=False, cover_spacing=0)
+    """A fixed set of validation windows (no augmentation), drawn once from a dedicated seed, covered
+    as training covers them (one patch, or the lattice of train.cover_spacing): the task being learned."""
+    sampler = WindowSampler(val_images, cfg, augment=False)
     generator = torch.Generator().manual_seed(cfg.train.seed + 1)
     total = cfg.train.val_windows_per_image * len(val_images)
     sizes = [min(cfg.train.batch_size, total - i) for i in range(0, total, cfg.train.batch_size)]
