@@ -1,9 +1,18 @@
-"""Similarity maps and the inpainting loss: GMS, SSIM, filters and the combined loss."""
+"""Similarity maps and the inpainting loss: GMS, SSIM, filters and the combined loss.
 
+The filters are checked against scipy.ndimage and the SSIM map against scikit-image.
+"""
+
+import math
+
+import numpy as np
+import pytest
 import torch
+from scipy import ndimage
+from skimage.metrics import structural_similarity
 
 from intra.core.losses import inpainting_loss, msgms_loss, ssim_loss
-from intra.core.similarity import gaussian_filter, gms_map, mean_filter, ssim
+from intra.core.similarity import gaussian_filter, gms_map, mean_filter, ssim, ssim_map
 
 
 def test_gms_of_identical_images_is_one():
@@ -53,3 +62,47 @@ def test_filters_keep_constants_and_shapes():
     spike = torch.zeros(1, 1, 21, 21)
     spike[..., 10, 10] = 1
     assert abs(float(gaussian_filter(spike, 1.5).sum()) - 1) < 1e-5
+
+
+@pytest.mark.parametrize("size", [1, 3, 5, 7, 21])
+def test_mean_filter_equals_scipy_uniform_filter(size):
+    x = torch.rand(2, 3, 17, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(size))
+    expected = ndimage.uniform_filter(x.numpy(), size=(1, 1, size, size), mode="nearest")  # nearest = replicate
+    np.testing.assert_allclose(mean_filter(x, size).numpy(), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 1.5, 2.0, 4.0])
+def test_gaussian_filter_equals_scipy_with_the_same_radius(sigma):
+    x = torch.rand(2, 3, 17, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(int(sigma * 10)))
+    radius = math.ceil(3 * sigma)  # scipy's radius is int(truncate * sigma + 0.5)
+    expected = ndimage.gaussian_filter(x.numpy(), sigma=(0, 0, sigma, sigma), mode="nearest", truncate=radius / sigma)
+    np.testing.assert_allclose(gaussian_filter(x, sigma).numpy(), expected, atol=1e-5, rtol=0)
+    float32 = gaussian_filter(x.float(), sigma).numpy()
+    np.testing.assert_allclose(float32, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_ssim_map_equals_scikit_image_away_from_the_border(seed):
+    rng = np.random.default_rng(seed)
+    a = rng.random((3, 32, 40))
+    noise = rng.normal(0, 1, a.shape) * np.linspace(0, 0.8, a.shape[-1])  # from none on the left to much
+    b = np.clip(a + noise + 0.05 * seed, 0, 1)
+    _, expected = structural_similarity(
+        a,
+        b,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=1,
+        full=True,
+        channel_axis=0,
+    )
+    ours = ssim_map(torch.from_numpy(a)[None], torch.from_numpy(b)[None])[0].numpy()
+    inner = (slice(None), slice(5, -5), slice(5, -5))  # the 11 x 11 window reaches 5 px: no padding inside
+    np.testing.assert_allclose(ours[inner], expected[inner], atol=1e-5, rtol=0)
+    assert expected[inner].min() < 0.3 and expected[inner].max() > 0.9  # SSIM spans its range
+
+
+def test_ssim_is_the_mean_of_its_map():
+    a, b = torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16)
+    torch.testing.assert_close(ssim(a, b), ssim_map(a, b).mean(dim=(1, 2, 3)))

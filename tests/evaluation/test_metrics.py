@@ -1,10 +1,12 @@
-"""Metrics against references: AUROC against scikit-learn, PRO and AUPRO on hand-made cases, F1."""
+"""Metrics against references: AUROC and F1 against scikit-learn, PRO and AUPRO on hand-made cases
+and against a brute-force loop over every threshold."""
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
+from scipy import ndimage
+from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
 
-from intra.evaluation.metrics import aupro, auroc, evaluation_metrics, f1_max, pro_curve
+from intra.evaluation.metrics import aupro, auroc, evaluation_metrics, f1_at, f1_max, pro_curve
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -74,3 +76,87 @@ def test_evaluation_metrics_keys():
     result = evaluation_metrics(maps.max(axis=(1, 2)), labels, ["good", "good", "a", "b"], maps, masks)
     assert set(result) == {"image_auroc", "pixel_auroc", "aupro", "per_kind"}
     assert set(result["per_kind"]) == {"a", "b"}
+
+
+def _brute_force_pro(maps, masks):
+    """(fpr, pro) at (0, 0) and at every distinct map value, threshold by threshold."""
+    regions = []  # one boolean mask (n, H, W) per 8-connected defect region
+    for i, mask in enumerate(masks):
+        labelled, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        for label in range(1, count + 1):
+            region = np.zeros(masks.shape, dtype=bool)
+            region[i] = labelled == label
+            regions.append(region)
+    fpr, pro = [0.0], [0.0]
+    for threshold in sorted(set(maps.ravel().tolist()), reverse=True):
+        predicted = maps >= threshold
+        fpr.append(np.sum(predicted & ~masks) / np.sum(~masks))
+        pro.append(np.mean([np.sum(predicted & region) / np.sum(region) for region in regions]))
+    return np.array(fpr), np.array(pro)
+
+
+def _brute_force_aupro(maps, masks, limit=0.3):
+    fpr, pro = _brute_force_pro(maps, masks)
+    area = 0.0
+    for x0, x1, y0, y1 in zip(fpr[:-1], fpr[1:], pro[:-1], pro[1:]):
+        if x1 <= limit:
+            area += (x1 - x0) * (y0 + y1) / 2
+        elif x0 < limit:  # the segment crossing the limit, cut there
+            y_limit = y0 + (y1 - y0) * (limit - x0) / (x1 - x0)
+            area += (limit - x0) * (y0 + y_limit) / 2
+    return area / limit
+
+
+def _random_defects(rng, n=4, size=12):
+    """Masks (n, size, size) with several regions, one touching another only at a corner (one
+    8-connected region), one image without defects; maps that rank defects higher, with ties."""
+    masks = np.zeros((n, size, size), dtype=bool)
+    for i in range(1, n):
+        for _ in range(rng.integers(1, 4)):
+            top, left = rng.integers(0, size - 3, 2)
+            h, w = rng.integers(1, 4, 2)
+            masks[i, top : top + h, left : left + w] = True
+    masks[1, 0, 0] = masks[1, 1, 1] = True  # diagonal neighbours
+    maps = np.round(rng.random(masks.shape) + 0.6 * masks, 1)  # one decimal: many ties
+    return maps.astype(np.float32), masks
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pro_curve_and_aupro_equal_a_brute_force_loop(seed):
+    rng = np.random.default_rng(seed)
+    maps, masks = _random_defects(rng)
+    if seed % 2:  # without ties, every pixel is its own threshold
+        maps = (maps + rng.random(maps.shape) * 1e-3).astype(np.float32)
+    fpr, pro = _brute_force_pro(maps, masks)
+    ours_fpr, ours_pro, thresholds = pro_curve(maps, masks)
+    assert len(thresholds) == len(np.unique(maps)) + 1
+    np.testing.assert_allclose(ours_fpr, fpr, atol=1e-12)
+    np.testing.assert_allclose(ours_pro, pro, atol=1e-9)
+    for limit in (0.3, 0.05, 1.0):
+        assert aupro(maps, masks, fpr_limit=limit) == pytest.approx(_brute_force_aupro(maps, masks, limit), abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_f1_max_equals_scikit_learn_precision_recall_curve(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 300)
+    scores = rng.normal(labels * 0.8, 1.0)
+    if seed % 2:
+        scores = np.round(scores, 1)  # ties
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    with np.errstate(invalid="ignore"):
+        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
+    best, threshold = f1_max(scores, labels)
+    assert best == pytest.approx(f1.max(), abs=1e-12)
+    assert f1_at(scores, labels, threshold) == pytest.approx(best, abs=1e-12)  # the threshold reaches it
+    assert threshold in set(thresholds[f1[:-1] == f1.max()])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_f1_at_equals_scikit_learn_f1_score(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 200)
+    scores = np.round(rng.normal(labels * 0.8, 1.0), 1)
+    for threshold in (scores.min() - 1, -0.5, 0.0, 0.3, float(np.median(scores)), 1.2, scores.max(), 99.0):
+        expected = f1_score(labels, scores >= threshold, zero_division=0)
+        assert f1_at(scores, labels, threshold) == pytest.approx(expected, abs=1e-12)

@@ -62,12 +62,14 @@ def gaussian_kernel1d(sigma: float, radius: int | None = None) -> torch.Tensor:
     return k / k.sum()
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Mean SSIM per sample: (B, C, H, W) x 2 -> (B,).
+def ssim_map(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """SSIM per pixel and channel: (B, C, H, W) x 2 -> (B, C, H, W), 1 where equal.
 
     Gaussian window `window` x `window`, sigma 1.5, replicate padding to keep the size, so that
     small patches (8 or 16 px) keep every pixel. (Zero padding, as in pytorch-ssim, gives both
     images the same dark frame and lets a flat prediction reach SSIM 0.8 on a textured patch.)
+    Away from the border it equals scikit-image's `structural_similarity(..., gaussian_weights=True,
+    use_sample_covariance=False, full=True)` map.
     """
     kernel = _kernel("gaussian2d", sigma, window // 2, a.device, a.dtype)
 
@@ -80,7 +82,12 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5)
     cov = blur(a * b) - mu_a * mu_b
     num = (2 * mu_a * mu_b + SSIM_C1) * (2 * cov + SSIM_C2)
     den = (mu_a * mu_a + mu_b * mu_b + SSIM_C1) * (var_a + var_b + SSIM_C2)
-    return (num / den).flatten(1).mean(dim=1)
+    return num / den
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Mean SSIM per sample over every pixel and channel of `ssim_map`: (B, C, H, W) x 2 -> (B,)."""
+    return ssim_map(a, b, window, sigma).flatten(1).mean(dim=1)
 
 
 def mean_filter(x: torch.Tensor, size: int) -> torch.Tensor:
