@@ -27,7 +27,7 @@ from intra.config import apply_overrides, preset
 from intra.core.model import InpaintingTransformer
 from intra.data.datasets import training_images, validation_split
 from intra.data.images import load_images, resolve_color, standardize
-from intra.evaluation.evaluate import evaluate
+from intra.evaluation.scoring import evaluate
 from intra.files import write_json
 from intra.inference.calibration import calibrate, training_split
 from intra.inference.detector import Detector
@@ -101,7 +101,7 @@ def evaluate_snapshots(args: argparse.Namespace) -> None:
                 cfg.score.mean_map_images = args.mean_map_images
             start = time.perf_counter()
             detector = calibrate(Detector(model, cfg, stats=stats), *training_split(args.data, cfg))
-            metrics = evaluate(detector, args.data, snap / "evaluation", args.eval_size, heatmaps=False)
+            metrics = evaluate(detector, args.data, args.eval_size).metrics
             metrics.update(snapshot=stats, mean_map_seconds=round(time.perf_counter() - start - metrics["seconds"], 1))
             write_json(snap / "metrics.json", metrics)
         metrics = json.loads((snap / "metrics.json").read_text())

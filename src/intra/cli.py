@@ -296,7 +296,8 @@ def _load_detector(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .evaluation.evaluate import evaluate
+    from .evaluation.outputs import write_evaluation
+    from .evaluation.scoring import evaluate
 
     _positive("--eval-size", args.eval_size)
     _positive("--batch-size", args.batch_size)
@@ -306,16 +307,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
         detector = rescore(detector, _key_values(args.set), args.data)
     out = Path(args.out) if args.out else Path(args.run) / "evaluation"
-    m = evaluate(
-        detector,
-        args.data,
-        out,
-        eval_size=args.eval_size,
-        batch_size=args.batch_size,
-        heatmaps=not args.no_heatmaps,
-        progress=True,
-    )
-    print(_summary(m))
+    evaluation = evaluate(detector, args.data, eval_size=args.eval_size, batch_size=args.batch_size, progress=True)
+    write_evaluation(evaluation, out, heatmaps=not args.no_heatmaps, progress=True)
+    print(_summary(evaluation.metrics))
     print(f"results written to {out}")
 
 

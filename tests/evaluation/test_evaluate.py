@@ -1,5 +1,7 @@
 """Scoring a test set: metrics with and without pixel masks."""
 
+import json
+
 from intra.training.fit import fit
 
 from conftest import tiny_config
@@ -8,7 +10,7 @@ from conftest import tiny_config
 def test_evaluation_without_masks_reports_image_metrics_only(tmp_path, mvtec_root):
     import shutil
 
-    from intra.evaluation.evaluate import evaluate
+    from intra.evaluation.scoring import evaluate
 
     data = tmp_path / "labels-only"
     shutil.copytree(mvtec_root, data, ignore=shutil.ignore_patterns("ground_truth"))
@@ -16,6 +18,25 @@ def test_evaluation_without_masks_reports_image_metrics_only(tmp_path, mvtec_roo
     cfg.model.image_size = 64
     cfg.train.max_epochs = 1
     detector = fit(cfg, data, tmp_path / "run").detector
-    metrics = evaluate(detector, data, tmp_path / "eval", heatmaps=False)
+    metrics = evaluate(detector, data).metrics
     assert metrics["pixel_auroc"] is None and metrics["aupro"] is None and 0 <= metrics["image_auroc"] <= 1
     assert set(metrics["per_kind"]) == {"scratch", "spot", "smudge"}
+
+
+def test_evaluation_returns_values_and_writing_is_a_separate_call(tmp_path, mvtec_root):
+    from intra.evaluation.outputs import write_evaluation
+    from intra.evaluation.scoring import evaluate
+
+    cfg = tiny_config()
+    cfg.model.image_size = 64
+    cfg.train.max_epochs = 1
+    detector = fit(cfg, mvtec_root, tmp_path / "run").detector
+    evaluation = evaluate(detector, mvtec_root, eval_size=32)
+    assert not (tmp_path / "eval").exists()
+    assert len(evaluation.maps) == len(evaluation.samples) == 10 and evaluation.maps[0].shape == (32, 32)
+    good = [s.kind == "good" for s in evaluation.samples]
+    assert evaluation.metrics["inpainting"]["images"] == sum(good)
+    assert evaluation.metrics["inpainting"]["ratio"] > 0
+    write_evaluation(evaluation, tmp_path / "eval", heatmaps=False)
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert written["image_auroc"] == evaluation.metrics["image_auroc"] and (tmp_path / "eval" / "report.html").is_file()

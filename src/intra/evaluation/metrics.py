@@ -50,23 +50,36 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return trapezoid(tpr, fpr)
 
 
-def pro_curve(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, pro, thresholds) for anomaly maps (n, H, W) and boolean masks (n, H, W)."""
-    maps = np.asarray(maps, dtype=np.float32)
-    masks = np.asarray(masks).astype(bool)
-    regions = np.zeros(masks.shape, dtype=np.int64)
+def flatten(arrays) -> np.ndarray:
+    """Every value of an array, or of a sequence of arrays of any shapes (maps of images of several sizes), in order."""
+    if isinstance(arrays, np.ndarray):
+        return arrays.ravel()
+    return np.concatenate([np.asarray(a).ravel() for a in arrays])
+
+
+def pixel_auroc(maps, masks) -> float:
+    """AUROC over every pixel: maps and masks (n, H, W) or sequences of (h, w) arrays of matching shapes."""
+    return auroc(flatten(maps), flatten(masks))
+
+
+def pro_curve(maps, masks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, pro, thresholds) for anomaly maps and boolean masks: (n, H, W) arrays or sequences of (h, w) arrays."""
+    values = flatten(maps).astype(np.float32)
+    truth = flatten(masks).astype(bool)
+    regions = []
     count = 0
-    for i, mask in enumerate(masks):
-        labelled, n = ndimage.label(mask, structure=np.ones((3, 3)))
-        regions[i] = np.where(labelled > 0, labelled + count, 0)
+    for mask in masks:
+        labelled, n = ndimage.label(np.asarray(mask, bool), structure=np.ones((3, 3)))
+        regions.append(np.where(labelled > 0, labelled + count, 0).ravel())
         count += n
-    background = (~masks).sum()
+    regions = np.concatenate(regions)
+    background = (~truth).sum()
     if count == 0 or background == 0:
         raise ValueError("PRO needs at least one defect region and some defect-free pixels")
-    areas = np.bincount(regions.ravel(), minlength=count + 1).astype(np.float64)
-    gains = np.where(regions > 0, 1.0 / (count * areas[regions]), 0.0).ravel()
-    costs = (~masks).ravel() / float(background)
-    return _ranked_curve(maps.ravel(), gains, costs)
+    areas = np.bincount(regions, minlength=count + 1).astype(np.float64)
+    gains = np.where(regions > 0, 1.0 / (count * areas[regions]), 0.0)
+    costs = (~truth) / float(background)
+    return _ranked_curve(values, gains, costs)
 
 
 def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
@@ -86,10 +99,10 @@ def area_up_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
     return trapezoid(ys, xs)
 
 
-def f1_max(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+def f1_max(scores, labels) -> tuple[float, float]:
     """(best F1, the threshold reaching it), predicting positive for score >= threshold."""
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    labels = np.asarray(labels).ravel().astype(bool)
+    scores = flatten(scores).astype(np.float64)
+    labels = flatten(labels).astype(bool)
     fp, tp, thresholds = _ranked_curve(scores, labels.astype(np.float64), (~labels).astype(np.float64))
     fn = labels.sum() - tp
     f1 = np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
@@ -111,7 +124,7 @@ def evaluation_metrics(
         per_kind[kind] = auroc(scores[chosen], labels[chosen])
     return {
         "image_auroc": auroc(scores, labels),
-        "pixel_auroc": None if masks is None else auroc(maps.ravel(), masks.ravel()),
+        "pixel_auroc": None if masks is None else pixel_auroc(maps, masks),
         "aupro": None if masks is None else aupro(maps, masks),
         "per_kind": per_kind,
     }
@@ -119,7 +132,7 @@ def evaluation_metrics(
 
 def f1_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:
     """F1 of predicting positive for score >= threshold (as `f1_max`)."""
-    predicted, labels = np.asarray(scores).ravel() >= threshold, np.asarray(labels).ravel().astype(bool)
+    predicted, labels = flatten(scores) >= threshold, flatten(labels).astype(bool)
     tp = float(np.sum(predicted & labels))
     denominator = float(predicted.sum() + labels.sum())
     return 2 * tp / denominator if denominator else 0.0

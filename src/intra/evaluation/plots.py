@@ -50,10 +50,8 @@ def _figure(
     return buffer.getvalue()
 
 
-def curve_pngs(
-    scores: np.ndarray, labels: np.ndarray, maps: np.ndarray, masks: np.ndarray | None, aupro_limit: float = 0.3
-) -> dict[str, bytes]:
-    """{"roc_image", "roc_pixel", "pro"} -> PNG bytes, from image scores/labels and maps/masks (n, H, W).
+def curve_pngs(scores: np.ndarray, labels: np.ndarray, maps, masks, aupro_limit: float = 0.3) -> dict[str, bytes]:
+    """{"roc_image", "roc_pixel", "pro"} -> PNG bytes, from image scores/labels and maps/masks ((n, H, W) or sequences of (h, w)).
 
     masks None (a test set with image labels only): the image ROC alone.
     """
@@ -68,7 +66,7 @@ def curve_pngs(
     )
     if masks is None:
         return {"roc_image": image_roc}
-    pixel_fpr, pixel_tpr, _ = metrics.roc_curve(maps.ravel(), masks.ravel())
+    pixel_fpr, pixel_tpr, _ = metrics.roc_curve(metrics.flatten(maps), metrics.flatten(masks))
     pro_fpr, pro, _ = metrics.pro_curve(maps, masks)
     aupro = metrics.area_up_to(pro_fpr, pro, aupro_limit) / aupro_limit
     return {

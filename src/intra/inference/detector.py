@@ -9,6 +9,7 @@ rest is `core.anomaly_map`'s pure functions.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,6 +49,16 @@ def window_bytes(m: ModelConfig, dtype: torch.dtype = torch.float32) -> int:
     skips = (m.depth - 1) // 2 if m.long_skips else 0
     per_token = (skips + 12) * m.dim + 2 * hidden + m.heads * tokens
     return 4 * tokens * per_token
+
+
+@dataclass
+class Inspection:
+    """One scored batch, stage by stage (see `Detector.inspect`)."""
+
+    images: torch.Tensor  # (B, C, H, W) as the network saw them (standardised if data.standardize)
+    reconstructions: torch.Tensor  # (B, C, H, W) every patch inpainted
+    maps: torch.Tensor  # (B, H, W) anomaly maps, on the CPU
+    scores: torch.Tensor  # (B,) image scores, on the CPU
 
 
 class Detector:
@@ -159,10 +170,17 @@ class Detector:
         return anomaly_map.difference_map(images, self.reconstruct(images), self.cfg.score)
 
     @torch.inference_mode()
-    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, C, H, W) -> (anomaly maps (B, H, W), image scores (B,)), on the CPU."""
-        diff = self.difference_maps(images)
+    def inspect(self, images: torch.Tensor) -> Inspection:
+        """Every stage of scoring a batch (B, C, H, W): what the network saw, its reconstruction, the maps, the scores."""
+        images = self.prepare(images)
+        reconstructions = self.reconstruct(images)
+        diff = anomaly_map.difference_map(images, reconstructions, self.cfg.score)
         mean_map = self.mean_map if self.cfg.score.normalize else None
         std_map = self.std_map if self.cfg.score.zscore else None
         maps = anomaly_map.normalize(diff, mean_map, std_map)
-        return maps.cpu(), anomaly_map.image_score(maps).cpu()
+        return Inspection(images, reconstructions, maps.cpu(), anomaly_map.image_score(maps).cpu())
+
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) -> (anomaly maps (B, H, W), image scores (B,)), on the CPU."""
+        inspection = self.inspect(images)
+        return inspection.maps, inspection.scores

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..config import preset
 from ..data.synthetic import make_dataset
-from ..evaluation.evaluate import evaluate
+from ..evaluation.outputs import write_evaluation
+from ..evaluation.scoring import evaluate
 from ..training.fit import fit
 
 DEMO_MINUTES = 2.5  # training budget; the whole demo stays well under 5 minutes on 2 cores
@@ -25,4 +26,6 @@ def run_demo(out: str | Path, threads: int = 0, seed: int = 0, progress: bool = 
     cfg.train.threads = threads
     cfg.train.seed = seed
     result = fit(cfg, data, out / "run", progress=progress)
-    return evaluate(result.detector, data, out / "evaluation", progress=progress)
+    evaluation = evaluate(result.detector, data, progress=progress)
+    write_evaluation(evaluation, out / "evaluation", progress=progress)
+    return evaluation.metrics

@@ -50,7 +50,7 @@ from typing import Any
 from ..checkpoint import METADATA
 from ..config import Config, apply_overrides, preset, read_config_file
 from ..errors import IntraError
-from ..files import atomic_write, write_json
+from ..files import write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,8 @@ def run_cells(
 
 def _compute(cell: Cell, out: Path, progress: bool) -> dict | None:
     """Train (unless its run exists) and evaluate one cell; None if its run is busy elsewhere."""
-    from ..evaluation.evaluate import evaluate
+    from ..evaluation.outputs import write_evaluation
+    from ..evaluation.scoring import evaluate
     from ..inference.calibration import rescore
     from ..inference.detector import Detector
     from ..runtime import configure_threads
@@ -200,10 +201,10 @@ def _compute(cell: Cell, out: Path, progress: bool) -> dict | None:
     detector = Detector.load(run, device=cell.cfg.train.device)
     if cell.score:
         detector = rescore(detector, cell.score, cell.data)
-    metrics = evaluate(
-        detector, cell.data, out / "cells" / cell.name, cell.eval_size, heatmaps=False, progress=progress
-    )
-    stats = detector.stats
+    evaluation = evaluate(detector, cell.data, cell.eval_size, progress=progress)
+    write_evaluation(evaluation, out / "cells" / cell.name, heatmaps=False)
+    metrics, stats = evaluation.metrics, detector.stats
+    inpainting = metrics.get("inpainting", {})
     return {
         "dataset": cell.dataset,
         "config": cell.config,
@@ -214,6 +215,12 @@ def _compute(cell: Cell, out: Path, progress: bool) -> dict | None:
         "per_kind": metrics["per_kind"],
         "train_seconds": stats.get("train_seconds"),
         "epochs": stats.get("epochs"),
+        "best_epoch": stats.get("best_epoch"),
+        "inpaint": inpainting.get("network"),  # on the good test images, against the trivial fills
+        "inpaint_ratio": inpainting.get("ratio"),
+        "fill_ring": inpainting.get("ring"),
+        "fill_smooth": inpainting.get("smooth"),
+        "fill_flat": inpainting.get("flat"),
         "ms_per_image": metrics["ms_per_image"],
         "eval_size": metrics["eval_size"],
         "threads": metrics["threads"],
@@ -222,7 +229,7 @@ def _compute(cell: Cell, out: Path, progress: bool) -> dict | None:
     }
 
 
-SUMMARY_KEYS = ("image_auroc", "pixel_auroc", "aupro", "train_seconds", "ms_per_image")
+SUMMARY_KEYS = ("image_auroc", "pixel_auroc", "aupro", "inpaint_ratio", "train_seconds", "ms_per_image")
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -248,30 +255,37 @@ def _fmt(value: Any, digits: int = 3, std: Any = None) -> str:
     return f"{text} ± {std:.{digits}f}" if std is not None else text
 
 
+def _inpainting(row: dict) -> str:
+    if row.get("inpaint") is None:
+        return "-"
+    return f"{row['inpaint']:.2e} ({row['fill_ring']:.2e}, {row['fill_smooth']:.2e}, {row['fill_flat']:.2e})"
+
+
 def markdown(rows: list[dict], summary: list[dict], command: str) -> str:
     """The results as markdown: the command, a summary over seeds, then one row per cell."""
     lines = [
         f"Command: `{command}`",
         "",
-        "| dataset | configuration | seeds | image AUROC | pixel AUROC | AUPRO | train s | ms/image |",
-        "|---|---|---|---|---|---|---|---|",
+        "| dataset | configuration | seeds | image AUROC | pixel AUROC | AUPRO | inpainting / best fill | train s | ms/image |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         lines.append(
             f"| {s['dataset']} | {s['config']} | {s['seeds']} | {_fmt(s['image_auroc'], 3, s['image_auroc_std'])} | "
             f"{_fmt(s['pixel_auroc'], 3, s['pixel_auroc_std'])} | {_fmt(s['aupro'], 3, s['aupro_std'])} | "
-            f"{_fmt(s['train_seconds'], 0)} | {_fmt(s['ms_per_image'], 1)} |"
+            f"{_fmt(s['inpaint_ratio'], 2, s['inpaint_ratio_std'])} | {_fmt(s['train_seconds'], 0)} | {_fmt(s['ms_per_image'], 1)} |"
         )
     lines += [
         "",
-        "| dataset | configuration | seed | image AUROC | pixel AUROC | AUPRO | image AUROC per kind | train s | ms/image |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| dataset | configuration | seed | image AUROC | pixel AUROC | AUPRO | image AUROC per kind | inpainting error (ring, smooth, flat fills) | kept epoch | train s | ms/image |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         kinds = ", ".join(f"{k} {v:.3f}" for k, v in r["per_kind"].items())
         lines.append(
             f"| {r['dataset']} | {r['config']} | {r['seed']} | {_fmt(r['image_auroc'])} | {_fmt(r['pixel_auroc'])} | "
-            f"{_fmt(r['aupro'])} | {kinds} | {_fmt(r['train_seconds'], 0)} | {_fmt(r['ms_per_image'], 1)} |"
+            f"{_fmt(r['aupro'])} | {kinds} | {_inpainting(r)} | {r.get('best_epoch', '-')} of {r.get('epochs', '-')} | "
+            f"{_fmt(r['train_seconds'], 0)} | {_fmt(r['ms_per_image'], 1)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -290,6 +304,12 @@ def write_tables(rows: list[dict], out: str | Path, command: str) -> dict[str, P
         "aupro",
         *[f"auroc_{k}" for k in kinds],
         "train_seconds",
+        "inpaint",
+        "inpaint_ratio",
+        "fill_ring",
+        "fill_smooth",
+        "fill_flat",
+        "best_epoch",
         "epochs",
         "ms_per_image",
         "eval_size",
@@ -302,8 +322,8 @@ def write_tables(rows: list[dict], out: str | Path, command: str) -> dict[str, P
     for r in rows:
         writer.writerow({**r, **{f"auroc_{k}": v for k, v in r["per_kind"].items()}})
     paths = {"md": out / "results.md", "csv": out / "results.csv", "json": out / "results.json"}
-    atomic_write(paths["md"], lambda tmp: tmp.write_text(markdown(rows, summary, command), encoding="utf-8"))
-    atomic_write(paths["csv"], lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
+    write_text(paths["md"], markdown(rows, summary, command))
+    write_text(paths["csv"], buffer.getvalue())
     write_json(paths["json"], {"command": command, "summary": summary, "rows": rows})
     return paths
 

@@ -1,0 +1,158 @@
+"""Scoring a test set: every image of an MVTec-layout test folder through a Detector, then its metrics.
+
+`evaluate(detector, root)` returns an `Evaluation`: the metrics (`image_auroc`, `pixel_auroc`,
+`aupro` at FPR <= 0.3, `per_kind` image AUROC, `thresholds`: the run's stored thresholds with the F1
+they reach here beside the F1-optimal ones, `inpainting`: the network's error on the good test
+images against trivial fills, timing and settings) and the per-image arrays they come from.
+Nothing is written: `outputs.write_evaluation` writes the files. Pixel metrics are computed at
+`eval_size` (default: the model's image size): anomaly maps are resized bilinearly, masks read
+from their files with nearest-neighbour resizing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..core.anomaly_map import filter_sizes
+from ..data.datasets import GOOD, Sample, test_samples
+from ..data.images import load_image, load_mask
+from ..inference.detector import Detector
+from ..pictures import to_rgb_uint8
+from . import metrics
+from .inpainting import best_fill, fill_errors, squared_error
+
+
+@dataclass
+class Evaluation:
+    """A scored test set: the metrics and the arrays behind them, one entry per sample."""
+
+    root: Path
+    samples: list[Sample]
+    scores: np.ndarray  # (n,) image scores
+    maps: list[np.ndarray]  # (h, w) float32 anomaly maps at the metric resolution
+    masks: list[np.ndarray] | None  # (h, w) bool ground truth (good images: empty); None: image labels only
+    pictures: list[np.ndarray]  # (h, w, 3) uint8 inputs at the map's resolution, for overlays
+    metrics: dict
+    kind_rows: list[dict]  # per_kind_rows
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.samples])
+
+
+def evaluate(
+    detector: Detector, root: str | Path, eval_size: int | None = None, batch_size: int = 8, progress: bool = False
+) -> Evaluation:
+    """Score every test image of `root` (MVTec AD layout) and compute the metrics; writes nothing."""
+    root = Path(root)
+    cfg = detector.cfg
+    size = cfg.model.image_size
+    eval_size = eval_size or size
+    samples = test_samples(root)
+    labels_only = all(s.mask_path is None for s in samples)
+    # Masks first: a bad one fails before the long inference.
+    masks = [
+        np.zeros((eval_size, eval_size), bool) if s.mask_path is None else load_mask(s.mask_path, eval_size).numpy()
+        for s in samples
+    ]
+    maps, pictures, scores = [], [], np.zeros(len(samples))
+    good_error, good_fills, good_count = 0.0, dict.fromkeys(("ring", "smooth", "flat"), 0.0), 0
+    start = time.perf_counter()
+    bar = tqdm(total=len(samples), desc="evaluate", unit="img", disable=not progress, leave=False)
+    for first in range(0, len(samples), batch_size):
+        chunk = samples[first : first + batch_size]
+        images = torch.stack([load_image(s.path, size, cfg.data.color) for s in chunk])
+        seen = detector.inspect(images)
+        good = torch.tensor([s.kind == GOOD for s in chunk])
+        if good.any():  # inpainting quality on the held-out normal images
+            shown, rebuilt = (
+                seen.images[good.to(seen.images.device)].cpu(),
+                seen.reconstructions[good.to(seen.images.device)].cpu(),
+            )
+            good_error += float(squared_error(rebuilt, shown).sum())
+            for name, value in fill_errors(shown, cfg.model.patch_size).items():
+                good_fills[name] += value * len(shown)
+            good_count += len(shown)
+        batch_maps = seen.maps
+        if eval_size != size:
+            batch_maps = F.interpolate(
+                batch_maps[:, None], size=(eval_size, eval_size), mode="bilinear", align_corners=False
+            )[:, 0]
+        maps.extend(batch_maps.numpy().astype(np.float32))
+        pictures.extend(to_rgb_uint8(image) for image in images)
+        scores[first : first + len(chunk)] = seen.scores.numpy()
+        bar.update(len(chunk))
+    bar.close()
+    seconds = time.perf_counter() - start
+
+    labels = np.array([s.label for s in samples])
+    pixel_masks = None if labels_only else masks
+    result = metrics.evaluation_metrics(
+        scores, labels, [s.kind for s in samples], None if labels_only else maps, pixel_masks
+    )
+    result["thresholds"] = metrics.f1_report(scores, labels, None if labels_only else maps, pixel_masks, detector.stats)
+    if good_count:
+        fills = {name: value / good_count for name, value in good_fills.items()}
+        network = good_error / good_count
+        result["inpainting"] = {"images": good_count, "network": network, **fills, "ratio": network / best_fill(fills)}
+    result.update(
+        images=len(samples),
+        eval_size=eval_size,
+        seconds=round(seconds, 2),
+        ms_per_image=round(1000 * seconds / len(samples), 2),
+        device=str(detector.device),
+        threads=torch.get_num_threads(),
+        backend=detector.backend.describe(),
+        model=f"{cfg.model.image_size} px, patch {cfg.model.patch_size}, window {cfg.model.window}",
+        anomaly_map_filters=filter_sizes(cfg.score),
+    )
+    rows = per_kind_rows(samples, scores, maps, pixel_masks, detector.stats.get("image_threshold"))
+    return Evaluation(root, samples, scores, maps, pixel_masks, pictures, result, rows)
+
+
+KIND_COLUMNS = ["kind", "images", "image_auroc", "pixel_auroc", "aupro", "mean_score", "flagged"]
+
+
+def per_kind_rows(
+    samples: list[Sample],
+    scores: np.ndarray,
+    maps: list[np.ndarray],
+    masks: list[np.ndarray] | None,
+    threshold: float | None,
+) -> list[dict]:
+    """One row per kind (good first): AUROCs and AUPRO of the kind against the good images, flagged share.
+
+    masks None (image labels only): no pixel columns.
+    """
+    kinds = np.array([s.kind for s in samples])
+    labels = np.array([s.label for s in samples])
+    good = kinds == GOOD
+    rows = []
+    for kind in [GOOD] + sorted(set(kinds) - {GOOD}):
+        chosen = kinds == kind
+        row = {
+            "kind": kind,
+            "images": int(chosen.sum()),
+            "image_auroc": None,
+            "pixel_auroc": None,
+            "aupro": None,
+            "mean_score": float(scores[chosen].mean()),
+            "flagged": None if threshold is None else float(np.mean(scores[chosen] >= threshold)),
+        }
+        if kind != GOOD:
+            both = np.flatnonzero(chosen | good)
+            row["image_auroc"] = metrics.auroc(scores[both], labels[both])
+            if masks is not None:
+                pick_maps, pick_masks = [maps[i] for i in both], [masks[i] for i in both]
+                row.update(
+                    pixel_auroc=metrics.pixel_auroc(pick_maps, pick_masks), aupro=metrics.aupro(pick_maps, pick_masks)
+                )
+        rows.append(row)
+    return rows
