@@ -26,6 +26,7 @@ from intra.checkpoint import load_checkpoint, save_checkpoint
 from intra.config import apply_overrides, preset
 from intra.core.model import InpaintingTransformer
 from intra.data.datasets import training_images, validation_split
+from intra.data.geometry import Geometry, image_size, resolve_kind, resolve_scale
 from intra.data.images import load_images, resolve_color, standardize
 from intra.evaluation.scoring import evaluate
 from intra.files import write_json
@@ -76,15 +77,17 @@ def train(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", cfg.to_dict())
-    images = load_images(paths, cfg.model.image_size, cfg.data.color)
+    sizes = [image_size(p) for p in paths]
+    cfg.data.scale, cfg.data.kind = resolve_scale(cfg, sizes), resolve_kind(cfg, sizes)
+    images = load_images(paths, Geometry.of(cfg), cfg.data.color)
     if cfg.data.standardize:
-        images = standardize(images)
+        images = [standardize(x) for x in images]
     train_idx, val_idx = validation_split(len(images), cfg.train, generator)
+    train, val = [images[i] for i in train_idx], [images[i] for i in val_idx]
+    pixels = torch.cat([x.flatten(1) for x in train], dim=1)
     model = InpaintingTransformer(cfg.model)
-    model.set_pixel_stats(images[train_idx].mean(dim=(0, 2, 3)), images[train_idx].std(dim=(0, 2, 3)))
-    trainer = SnapshotTrainer(
-        model, images[train_idx], images[val_idx], cfg, generator, run_dir=out, snapshots=snapshots
-    )
+    model.set_pixel_stats(pixels.mean(dim=1), pixels.std(dim=1))
+    trainer = SnapshotTrainer(model, train, val, cfg, generator, run_dir=out, snapshots=snapshots)
     stats = trainer.run(out / "train_log.jsonl")
     print(json.dumps(stats))
 

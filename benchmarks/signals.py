@@ -110,7 +110,9 @@ def main() -> None:
     paths = training_images(args.data)
     train_index, _ = validation_split(len(paths), cfg.train, torch.Generator().manual_seed(cfg.train.seed))
     train_paths = [paths[i] for i in train_index][: args.train_images]
-    test, train = (load_images(p, m.image_size, cfg.data.color) for p in ([s.path for s in samples], train_paths))
+    test, train = (
+        torch.stack(load_images(p, m.image_size, cfg.data.color)) for p in ([s.path for s in samples], train_paths)
+    )
 
     def intra_maps(images: torch.Tensor) -> torch.Tensor:
         return torch.cat([detector.difference_maps(b) for b in images.split(16)])

@@ -132,3 +132,27 @@ def user_error(result, *needles) -> str:
     for needle in needles:
         assert str(needle) in errors[0], errors[0]
     return errors[0]
+
+
+@pytest.fixture(scope="session")
+def mixed_root(tmp_path_factory):
+    """The synthetic set with images of several sizes and aspect ratios (each cropped, its mask alike)."""
+    import numpy as np
+
+    root = make_dataset(tmp_path_factory.mktemp("mixed") / "synthetic", size=96, train=12, test_good=4, per_defect=2)
+    rng = np.random.default_rng(0)
+    for path in sorted(root.rglob("*.png")):
+        if "ground_truth" in path.parts:
+            continue
+        height, width = int(rng.integers(56, 97)), int(rng.integers(56, 97))
+        mask = root / "ground_truth" / path.parent.name / f"{path.stem}_mask.png"
+        top = left = 0
+        if mask.is_file():  # keep the defect's centre in view
+            rows, cols = np.nonzero(np.asarray(Image.open(mask)))
+            top = int(np.clip(rows.mean() - height // 2, 0, 96 - height))
+            left = int(np.clip(cols.mean() - width // 2, 0, 96 - width))
+        box = (left, top, left + width, top + height)
+        Image.open(path).crop(box).save(path)
+        if mask.is_file():
+            Image.open(mask).crop(box).save(mask)
+    return root

@@ -21,7 +21,9 @@ from .errors import IntraError
 class ModelConfig:
     """The inpainting network and the image geometry it was built for."""
 
-    image_size: int = 256  # H = W in pixels; images are resized (bilinear) to this
+    # Pixels: with data.resize = "square" every image is resized (bilinear) to image_size x image_size;
+    # with "scale", the default scale brings the median training image's short side to image_size.
+    image_size: int = 256
     channels: int = 3  # C: 1 (grayscale) or 3 (RGB); resolved from DataConfig.color at fit time
     patch_size: int = 16  # K
     window: int = 7  # L: the window is L x L patches
@@ -51,6 +53,17 @@ class DataConfig:
     """How images are read."""
 
     color: str = "auto"  # "auto" (gray if every training image is gray), "gray" or "rgb"
+    # [choice] image geometry. "square" (the paper): every image resized to model.image_size squared.
+    # "scale" (beyond the paper): every image keeps its aspect ratio and is resized by one factor,
+    # `scale`, the same for all images, so that a texture keeps one scale in pixels; each side is
+    # rounded to a multiple of the patch size and at least a window wide. Grids are then M x N.
+    resize: str = "square"
+    scale: float = 0.0  # with resize = "scale": the factor; 0 = chosen at fit (median short side -> model.image_size)
+    # [choice] what the anomaly-map statistics (mean, std of the training difference maps) depend on.
+    # "object" (aligned objects of one size): every pixel position has its own; "texture": they depend
+    # only on the distance to the image border (up to half a window and a patch), so images may differ
+    # in size; "auto": object when every training image has the same size, else texture (logged).
+    kind: str = "auto"
     # Beyond the paper: give every image (training and test) the same mean and contrast, so that
     # brighter or more contrasted images do not score higher (see data.standardize).
     standardize: bool = False
@@ -151,6 +164,7 @@ def _cpu_preset() -> Config:
     cfg.train.schedule, cfg.train.warmup, cfg.train.grad_clip = "cosine", 0.05, 1.0
     cfg.train.cover_spacing = 3
     cfg.train.rotation = "none"  # flips only: quarter turns made the small model's task harder in screening
+    cfg.data.resize = "scale"  # images keep their aspect ratio at one pixel scale (median short side 128 px)
     # Scoring that a small, briefly trained model needs: finer scales and filters keep thin
     # defects, and dividing by the training per-pixel std discounts regions it never learns well.
     cfg.score.scales = (1.0, 0.5)
@@ -222,6 +236,8 @@ _CHOICES = {
     ("model", "position"): ("local", "global"),
     ("model", "head"): ("mean", "covered"),
     ("data", "color"): ("auto", "gray", "rgb"),
+    ("data", "resize"): ("square", "scale"),
+    ("data", "kind"): ("auto", "object", "texture"),
     ("train", "rotation"): ("none", "rot90", "any"),
     ("train", "select"): ("inpaint", "loss"),
     ("train", "optimizer"): ("adam", "adamw"),
@@ -288,6 +304,10 @@ def validate(cfg: Config) -> None:
             raise IntraError(f"score.{name} must be in (0, 1], not {getattr(cfg.score, name)}")
     if not cfg.score.scales or any(not 0 < s <= 1 for s in cfg.score.scales):
         raise IntraError(f"score.scales must be fractions in (0, 1], not {cfg.score.scales}")
+    if not cfg.data.scale >= 0 or cfg.data.scale > 16:
+        raise IntraError(f"data.scale must be 0 (automatic) or a factor in (0, 16], not {cfg.data.scale}")
+    if m.position == "global" and cfg.data.resize != "square":
+        raise IntraError("model.position = global needs every image at one size and grid: set data.resize = square")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -1,11 +1,11 @@
 """Predict on new images, streaming, in anomalib's vocabulary: one record per image, files per image.
 
 A record: `path` (absolute), `pred_score` (max of the anomaly map), `pred_label` (score >= the
-image threshold), `threshold` and `pixel_threshold` (calibrated at training, see `thresholds`),
+image threshold), `threshold` and `pixel_threshold` (calibrated at training, see `inference.calibration`),
 `defect_area` (pixels of `pred_mask` at the image's own resolution), `image_size` [w, h] and
 `seconds` (its share of its batch's wall time). With an output folder, each image also gets:
 
-  anomaly_maps/<name>.png  the anomaly map at the model's resolution as a 16-bit PNG: pixel value v
+  anomaly_maps/<name>.png  the anomaly map at the resolution it was scored at, as a 16-bit PNG: pixel value v
                            means low + v / 65535 * (anomaly_map_max - low), with the map's maximum
                            (the record's `anomaly_map_max`) and its minimum `low` in the PNG's text
                            chunks "intra.anomaly_map_max" and "intra.anomaly_map_min" (0 when
@@ -36,6 +36,7 @@ from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
 from .data.datasets import IMAGE_SUFFIXES, is_image
+from .data.geometry import Geometry
 from .data.images import load_images
 from .errors import IntraError
 from .files import atomic_write, write_json
@@ -155,7 +156,7 @@ def predict_paths(
         for first in range(0, len(todo), batch_size):
             start = time.perf_counter()
             chunk = todo[first : first + batch_size]
-            images = load_images(chunk, cfg.model.image_size, cfg.data.color)  # (B, C, S, S)
+            images = load_images(chunk, Geometry.of(cfg), cfg.data.color)  # each (C, h, w) as scored
             maps, scores = detector.predict(images)
             outputs = [
                 _one_image(path, image, amap, float(score), image_threshold, pixel_threshold)

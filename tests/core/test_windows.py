@@ -59,10 +59,15 @@ def test_patchify_round_trip_and_layout():
 
 def test_random_windows_reach_both_end_positions_with_equal_chance():
     generator = torch.Generator().manual_seed(0)
-    r, s, covered = random_windows(60_000, (10, 10), 7, generator)
-    counts = torch.bincount(r, minlength=4).float()
-    assert r.min() == 0 and r.max() == 3 and covered.max() == 48
-    assert (counts / counts.mean() - 1).abs().max() < 0.05  # uniform, ends included
+    grids = torch.tensor([[10, 10], [9, 12]]).repeat(30_000, 1)  # images of two sizes
+    r, s, covered = random_windows(grids, 7, generator)
+    for axis, corner in ((0, r), (1, s)):
+        for size in grids[:2, axis].tolist():
+            picked = corner[grids[:, axis] == size]
+            counts = torch.bincount(picked, minlength=size - 6).float()
+            assert picked.min() == 0 and picked.max() == size - 7  # every window inside its own image
+            assert (counts / counts.mean() - 1).abs().max() < 0.06  # uniform, ends included
+    assert covered.max() == 48
 
 
 def test_crop_windows_matches_slicing():

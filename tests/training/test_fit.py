@@ -45,7 +45,7 @@ def test_tiny_model_overfits_one_image():
     model = InpaintingTransformer(cfg.model)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(300):
+    for _ in range(500):
         pred = model(batch.patches, batch.covered, batch.positions).view_as(batch.target)
         loss, _ = inpainting_loss(pred, batch.target)
         optimizer.zero_grad()
@@ -110,3 +110,42 @@ def test_the_kept_epoch_follows_the_selection_metric(tmp_path, mvtec_root, selec
     assert kept["val_inpaint"] < kept["val_fills"]["ring"] and kept["val_inpaint_ratio"] == pytest.approx(
         kept["val_inpaint"] / min(kept["val_fills"]["ring"], kept["val_fills"]["smooth"])
     )
+
+
+def test_images_of_several_sizes_train_score_and_evaluate_at_their_own_geometry(tmp_path, mixed_root):
+    from intra.data.geometry import Geometry, image_size
+    from intra.data.images import load_image
+    from intra.evaluation.scoring import evaluate
+
+    cfg = tiny_config()
+    cfg.model.image_size = 64
+    cfg.data.resize = "scale"
+    result = fit(cfg, mixed_root, tmp_path / "run")
+    detector = result.detector
+    assert detector.cfg.data.kind == "texture" and detector.cfg.data.scale > 0
+    depth = (cfg.model.window // 2 + 1) * cfg.model.patch_size
+    assert detector.mean_map.shape == (depth + 1, depth + 1)  # statistics by distance to the border
+    paths = sorted((mixed_root / "test" / "spot").iterdir())
+    geometry = Geometry.of(detector.cfg)
+    images = [load_image(p, geometry, detector.cfg.data.color) for p in paths]
+    assert images[0].shape != images[1].shape
+    maps, scores = detector.predict(images)
+    assert [m.shape for m in maps] == [x.shape[-2:] for x in images] and scores.shape == (len(paths),)
+    # A list scores each image as it would alone.
+    alone = detector.predict(images[0][None])
+    torch.testing.assert_close(maps[0], alone[0][0])
+    assert geometry.target(*image_size(paths[0])) == tuple(images[0].shape[-2:])
+    loaded = Detector.load(tmp_path / "run", device="cpu")
+    torch.testing.assert_close(loaded.predict(images)[1], scores)
+    metrics = evaluate(loaded, mixed_root).metrics
+    assert 0 <= metrics["pixel_auroc"] <= 1 and metrics["inpainting"]["images"] == 4
+
+
+def test_per_pixel_statistics_refuse_images_of_several_sizes(tmp_path, mixed_root):
+    from intra.errors import IntraError
+
+    cfg = tiny_config()
+    cfg.model.image_size = 64
+    cfg.data.resize, cfg.data.kind = "scale", "object"
+    with pytest.raises(IntraError, match="data.kind = object needs every training image at one size"):
+        fit(cfg, mixed_root, tmp_path / "run")

@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..config import ScoreConfig
+from ..config import ModelConfig, ScoreConfig
 from .similarity import gaussian_filter, gms_map, mean_filter
 
 
@@ -49,7 +49,42 @@ def difference_map(image: torch.Tensor, reconstruction: torch.Tensor, cfg: Score
     return (total / len(cfg.scales))[:, 0]
 
 
-def normalize(diff: torch.Tensor, mean_map: torch.Tensor | None, std_map: torch.Tensor | None = None) -> torch.Tensor:
+def statistics_depth(model: ModelConfig) -> int:
+    """Pixels from the border within which texture statistics (data.kind = texture) depend on the distance
+    to the border: half a window and a patch, where windows are clamped and filters pad."""
+    return (model.window // 2 + 1) * model.patch_size
+
+
+def border_bins(shape: tuple[int, int], depth: int, device: torch.device | None = None) -> torch.Tensor:
+    """For every pixel of an (H, W) image, its bin in a (depth + 1)^2 table: (H, W) long.
+
+    The bin is (dy, dx), the distances to the nearest top/bottom and left/right border, each capped at
+    `depth`: statistics indexed so are position-free (the same for every interior pixel) and fit
+    images of any size.
+    """
+    h, w = shape
+    dy = torch.minimum(torch.arange(h, device=device), torch.arange(h, device=device).flip(0)).clamp_max(depth)
+    dx = torch.minimum(torch.arange(w, device=device), torch.arange(w, device=device).flip(0)).clamp_max(depth)
+    return dy[:, None] * (depth + 1) + dx[None, :]
+
+
+def expand_statistic(statistic: torch.Tensor, shape: tuple[int, int], kind: str, depth: int) -> torch.Tensor:
+    """A stored statistic laid out over an (H, W) map: a per-pixel map (kind object) or a border table (texture)."""
+    if kind == "object":
+        if tuple(statistic.shape) != tuple(shape):
+            raise ValueError(f"per-pixel statistics of {tuple(statistic.shape)} cannot score a {tuple(shape)} map")
+        return statistic
+    return statistic.flatten()[border_bins(shape, depth, statistic.device)]
+
+
+def std_floor(std: torch.Tensor) -> float:
+    """The smallest standard deviation score.zscore divides by: 1 % of the mean, so constant pixels do not divide by 0."""
+    return 0.01 * float(std.mean()) + 1e-12
+
+
+def normalize(
+    diff: torch.Tensor, mean_map: torch.Tensor | None, std_map: torch.Tensor | None = None, floor: float | None = None
+) -> torch.Tensor:
     """anomap = (diff - mean_map)^2, (B, H, W) and (H, W) -> (B, H, W); unchanged without a mean map.
 
     With `std_map` (score.zscore, beyond the paper): anomap = (diff - mean_map) / std_map, the
@@ -62,7 +97,7 @@ def normalize(diff: torch.Tensor, mean_map: torch.Tensor | None, std_map: torch.
         return diff
     if std_map is not None:
         std_map = std_map.to(diff)
-        return (diff - mean_map.to(diff)) / std_map.clamp_min(0.01 * float(std_map.mean()) + 1e-12)
+        return (diff - mean_map.to(diff)) / std_map.clamp_min(std_floor(std_map) if floor is None else floor)
     return (diff - mean_map.to(diff)) ** 2
 
 

@@ -66,25 +66,29 @@ def inference_windows(grid: tuple[int, int], window: int) -> tuple[torch.Tensor,
     return tokens, covered
 
 
-def window_tokens(r: torch.Tensor, s: torch.Tensor, columns: int, window: int) -> torch.Tensor:
-    """Flat grid indices (B, L*L) of the windows with corners (r, s), each (B,), in a grid of `columns`."""
+def window_tokens(r: torch.Tensor, s: torch.Tensor, columns: int | torch.Tensor, window: int) -> torch.Tensor:
+    """Flat grid indices (B, L*L) of the windows with corners (r, s), each (B,), in grids of `columns` (an int or (B,))."""
     offsets = torch.arange(window, device=r.device)
+    columns = torch.as_tensor(columns, device=r.device).reshape(-1, 1, 1)  # (B or 1, 1, 1)
     rows = (r[:, None] + offsets)[:, :, None]  # (B, L, 1)
     cols = (s[:, None] + offsets)[:, None, :]  # (B, 1, L)
     return (rows * columns + cols).reshape(len(r), window * window)
 
 
 def random_windows(
-    count: int, grid: tuple[int, int], window: int, generator: torch.Generator | None = None
+    grids: torch.Tensor, window: int, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Corners and covered positions for `count` training windows, all uniform integers.
+    """Corners and covered positions for training windows, all uniform integers.
 
+    grids (count, 2): the (M, N) patch grid of each window's image (images may differ in size).
     Returns (r, s, covered), each (count,): r in {0..M-L}, s in {0..N-L}, covered in {0..L*L-1}.
-    (Integer draws; rounding a uniform float would halve the probability of the end positions.)
+    Integer draws (rounding a uniform float would halve the probability of the end positions): a
+    31-bit integer modulo the number of positions, biased by under 1e-6.
     """
-    m, n = grid
-    r = torch.randint(0, m - window + 1, (count,), generator=generator)
-    s = torch.randint(0, n - window + 1, (count,), generator=generator)
+    count = len(grids)
+    draws = torch.randint(0, 1 << 31, (2, count), generator=generator)
+    r = draws[0] % (grids[:, 0] - window + 1)
+    s = draws[1] % (grids[:, 1] - window + 1)
     covered = torch.randint(0, window * window, (count,), generator=generator)
     return r, s, covered
 

@@ -17,6 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import IntraError
+from .geometry import Geometry
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,11 @@ def resolve_color(color: str, paths: list[Path]) -> str:
     return "gray" if all(is_gray(p) for p in paths[::step]) else "rgb"
 
 
-def load_image(path: str | Path, size: int, color: str, min_size: int = MIN_SIDE) -> torch.Tensor:
-    """Read, convert and resize one image -> (C, size, size) float32 in [0, 1]."""
+def load_image(path: str | Path, size: int | Geometry, color: str, min_size: int = MIN_SIDE) -> torch.Tensor:
+    """Read, convert and resize one image -> (C, h, w) float32 in [0, 1].
+
+    `size` an int: size x size; a `geometry.Geometry`: the size it gives this image.
+    """
     path = Path(path)
     image = _open(path)
     if min(image.size) < min_size:
@@ -87,15 +91,18 @@ def load_image(path: str | Path, size: int, color: str, min_size: int = MIN_SIDE
         )
     array = _to_array(image, color)
     tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None]  # (1, C, h, w)
-    if tensor.shape[-2:] != (size, size):
+    target = (size, size) if isinstance(size, int) else size.target(*image.size)
+    if tensor.shape[-2:] != target:
         tensor = torch.nn.functional.interpolate(
-            tensor, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            tensor, size=target, mode="bilinear", antialias=True, align_corners=False
         ).clamp_(0, 1)
     return tensor[0]
 
 
-def load_mask(path: str | Path, size: int) -> torch.Tensor:
-    """Read a binary ground-truth mask (0 normal, one other value defect), nearest resize -> (size, size) bool.
+def load_mask(path: str | Path, size: int | tuple[int, int]) -> torch.Tensor:
+    """Read a binary ground-truth mask (0 normal, one other value defect), nearest resize -> (h, w) bool.
+
+    `size` an int: size x size; a tuple: (height, width).
 
     A mask with more levels (a JPEG-compressed or smoothly resized mask) is refused: which grey
     counts as a defect would be a guess.
@@ -109,21 +116,29 @@ def load_mask(path: str | Path, size: int) -> torch.Tensor:
         shown = ", ".join(str(int(v)) for v in values[:6]) + (", ..." if len(values) > 6 else "")
         raise IntraError(f"mask {path} is not binary: it holds {len(values)} values ({shown}); expected 0 and 255")
     binary = Image.fromarray((np.asarray(image) > 0).astype(np.uint8) * 255)
-    return torch.from_numpy(np.asarray(binary.resize((size, size), Image.NEAREST)) > 0)
+    height, width = (size, size) if isinstance(size, int) else size
+    return torch.from_numpy(np.asarray(binary.resize((width, height), Image.NEAREST)) > 0)
 
 
-def load_images(paths: list[Path], size: int, color: str, threads: int = 4) -> torch.Tensor:
-    """Load many images in parallel (decoding releases the GIL) -> (n, C, size, size)."""
+def load_images(paths: list[Path], size: int | Geometry, color: str, threads: int = 4) -> list[torch.Tensor]:
+    """Load many images in parallel (decoding releases the GIL) -> a list of (C, h, w), in order."""
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return torch.stack(list(pool.map(lambda p: load_image(p, size, color), paths)))
+        return list(pool.map(lambda p: load_image(p, size, color), paths))
+
+
+def stack_if_same_size(images: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """(n, C, H, W) when every image has one size, else the list itself."""
+    return torch.stack(images) if len({tuple(x.shape) for x in images}) == 1 else images
 
 
 def standardize(images: torch.Tensor, mean: float = 0.5, std: float = 0.1) -> torch.Tensor:
-    """Per-image standardisation (data.standardize): (B, C, H, W) -> (B, C, H, W).
+    """Per-image standardisation (data.standardize): (B, C, H, W) -> (B, C, H, W), or one image (C, H, W).
 
     Each image is shifted and scaled to the given mean and standard deviation over all its pixels
     and channels (colour balance is kept). Values are not clipped to [0, 1].
     """
+    if images.dim() == 3:
+        return standardize(images[None], mean, std)[0]
     flat = images.flatten(1)
     centre, spread = flat.mean(1), flat.std(1).clamp_min(1e-4)
     return (images - centre[:, None, None, None]) / spread[:, None, None, None] * std + mean

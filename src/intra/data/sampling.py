@@ -35,25 +35,33 @@ def concat_batches(batches: list[Batch]) -> Batch:
 
 
 class WindowSampler:
-    """Draws training batches from images (n, C, H, W) already on the training device."""
+    """Draws training batches from images already on the training device: (n, C, H, W), or a list of
+    (C, h, w) images of any sizes (held zero-padded in one tensor; windows stay inside each image)."""
 
-    def __init__(self, images: torch.Tensor, cfg: Config, augment: bool = True, cover_spacing: int | None = None):
-        self.images = images
+    def __init__(self, images, cfg: Config, augment: bool = True, cover_spacing: int | None = None):
+        images = list(images)
         self.model_cfg = cfg.model
         self.flips = cfg.train.flips and augment
         self.rotation = cfg.train.rotation if augment else "none"
         self.cover_spacing = cfg.train.cover_spacing if cover_spacing is None else cover_spacing
         k, window = cfg.model.patch_size, cfg.model.window
-        # Rotating by any angle needs the pixels around the window: reflect-pad all images once.
+        device = images[0].device
+        self.grids = torch.tensor([(x.shape[-2] // k, x.shape[-1] // k) for x in images])  # (n, 2) on the host
+        self.columns = self.grids[:, 1].to(device)
+        # Rotating by any angle needs the pixels around the window: reflect-pad every image once.
         self.margin = math.ceil((math.sqrt(2) - 1) / 2 * window * k) + 1 if self.rotation == "any" else 0
         if self.margin:
-            self.padded = F.pad(images, (self.margin,) * 4, mode="reflect")
+            images = [F.pad(x[None], (self.margin,) * 4, mode="reflect")[0] for x in images]
+        height, width = max(x.shape[-2] for x in images), max(x.shape[-1] for x in images)
+        self.images = torch.stack([F.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2])) for x in images])
+
+    def __len__(self) -> int:
+        return len(self.images)
 
     def sample(self, count: int, generator: torch.Generator) -> Batch:
         m = self.model_cfg
-        grid = (m.grid, m.grid)
         image_index = torch.randint(0, len(self.images), (count,), generator=generator)
-        r, s, covered = random_windows(count, grid, m.window, generator)
+        r, s, covered = random_windows(self.grids[image_index], m.window, generator)
         device = self.images.device
         # Asynchronous copies: the host does not wait for the GPU to finish the previous step.
         image_index, r, s, covered = (t.to(device, non_blocking=True) for t in (image_index, r, s, covered))
@@ -73,7 +81,7 @@ class WindowSampler:
             covered = torch.arange(m.window**2, device=device) == covered[:, None]  # (B, L*L)
         target = patches[covered]  # (n covered, P)
         target = target.view(-1, m.channels, m.patch_size, m.patch_size)
-        return Batch(patches, covered, window_tokens(r, s, m.grid, m.window), target)
+        return Batch(patches, covered, window_tokens(r, s, self.columns[image_index], m.window), target)
 
     def _rotated_crops(
         self, image_index: torch.Tensor, r: torch.Tensor, s: torch.Tensor, angles: torch.Tensor
@@ -85,7 +93,7 @@ class WindowSampler:
         span = torch.arange(big, device=self.images.device)
         rows = (r * m.patch_size)[:, None] + span  # padded coordinates: window top-left minus margin
         cols = (s * m.patch_size)[:, None] + span
-        crops = self.padded[image_index[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        crops = self.images[image_index[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
         scale = side / big  # the output covers the central `side` pixels of the `big` crop
         cos, sin = torch.cos(angles) * scale, torch.sin(angles) * scale
         zeros = torch.zeros_like(cos)

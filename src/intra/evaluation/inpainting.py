@@ -86,15 +86,20 @@ def smooth_fill(images: torch.Tensor, patch: int) -> torch.Tensor:
     return F.fold(filled.view(b, c * k * k, -1), (h, w), kernel_size=k, stride=k).to(images.dtype)
 
 
-def squared_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean squared pixel error per image: (B, C, H, W) x 2 -> (B,)."""
-    return (a - b).square().flatten(1).mean(dim=1)
+def squared_error(a, b) -> torch.Tensor:
+    """Mean squared pixel error per image: (B, C, H, W) x 2, or two lists of (C, h, w) -> (B,)."""
+    if isinstance(a, torch.Tensor):
+        return (a - b).square().flatten(1).mean(dim=1)
+    return torch.stack([(x - y).square().mean() for x, y in zip(a, b)])
 
 
-def fill_errors(images: torch.Tensor, patch: int) -> dict[str, float]:
-    """The mean squared error of each trivial fill over a set of normal images (B, C, H, W)."""
+def fill_errors(images, patch: int) -> dict[str, float]:
+    """The mean over images of each trivial fill's squared error: images (B, C, H, W) or a list of (C, h, w)."""
     fills = {"ring": ring_fill, "smooth": smooth_fill, "flat": flat_fill}
-    return {name: float(squared_error(fill(images, patch), images).mean()) for name, fill in fills.items()}
+    if isinstance(images, torch.Tensor):
+        return {name: float(squared_error(fill(images, patch), images).mean()) for name, fill in fills.items()}
+    per_image = [fill_errors(x[None], patch) for x in images]
+    return {name: sum(e[name] for e in per_image) / len(per_image) for name in fills}
 
 
 def best_fill(fills: dict[str, float]) -> float:

@@ -4,9 +4,10 @@
 `aupro` at FPR <= 0.3, `per_kind` image AUROC, `thresholds`: the run's stored thresholds with the F1
 they reach here beside the F1-optimal ones, `inpainting`: the network's error on the good test
 images against trivial fills, timing and settings) and the per-image arrays they come from.
-Nothing is written: `outputs.write_evaluation` writes the files. Pixel metrics are computed at
-`eval_size` (default: the model's image size): anomaly maps are resized bilinearly, masks read
-from their files with nearest-neighbour resizing.
+Nothing is written: `outputs.write_evaluation` writes the files. Pixel metrics are computed at the
+resolution each image is scored at (`data.resize`: model.image_size squared, or the image's own
+aspect at one scale), or with `eval_size` at a short side of that many pixels: anomaly maps are
+resized bilinearly, masks read from their files with nearest-neighbour resizing.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..core.anomaly_map import filter_sizes
 from ..data.datasets import GOOD, Sample, test_samples
+from ..data.geometry import Geometry, image_size
 from ..data.images import load_image, load_mask
 from ..inference.detector import Detector
 from ..pictures import to_rgb_uint8
@@ -53,14 +55,14 @@ def evaluate(
     """Score every test image of `root` (MVTec AD layout) and compute the metrics; writes nothing."""
     root = Path(root)
     cfg = detector.cfg
-    size = cfg.model.image_size
-    eval_size = eval_size or size
+    geometry = Geometry.of(cfg)
     samples = test_samples(root)
     labels_only = all(s.mask_path is None for s in samples)
-    # Masks first: a bad one fails before the long inference.
+    # Every image's metric resolution, and its mask, first: a bad mask fails before the long inference.
+    shapes = [metric_shape(geometry.target(*image_size(s.path)), eval_size) for s in samples]
     masks = [
-        np.zeros((eval_size, eval_size), bool) if s.mask_path is None else load_mask(s.mask_path, eval_size).numpy()
-        for s in samples
+        np.zeros(shape, bool) if s.mask_path is None else load_mask(s.mask_path, shape).numpy()
+        for s, shape in zip(samples, shapes)
     ]
     maps, pictures, scores = [], [], np.zeros(len(samples))
     good_error, good_fills, good_count = 0.0, dict.fromkeys(("ring", "smooth", "flat"), 0.0), 0
@@ -68,25 +70,18 @@ def evaluate(
     bar = tqdm(total=len(samples), desc="evaluate", unit="img", disable=not progress, leave=False)
     for first in range(0, len(samples), batch_size):
         chunk = samples[first : first + batch_size]
-        images = torch.stack([load_image(s.path, size, cfg.data.color) for s in chunk])
+        images = [load_image(s.path, geometry, cfg.data.color) for s in chunk]
         seen = detector.inspect(images)
-        good = torch.tensor([s.kind == GOOD for s in chunk])
-        if good.any():  # inpainting quality on the held-out normal images
-            shown, rebuilt = (
-                seen.images[good.to(seen.images.device)].cpu(),
-                seen.reconstructions[good.to(seen.images.device)].cpu(),
-            )
+        good = [i for i, s in enumerate(chunk) if s.kind == GOOD]
+        if good:  # inpainting quality on the held-out normal images
+            shown, rebuilt = [seen.images[i].cpu() for i in good], [seen.reconstructions[i].cpu() for i in good]
             good_error += float(squared_error(rebuilt, shown).sum())
             for name, value in fill_errors(shown, cfg.model.patch_size).items():
                 good_fills[name] += value * len(shown)
             good_count += len(shown)
-        batch_maps = seen.maps
-        if eval_size != size:
-            batch_maps = F.interpolate(
-                batch_maps[:, None], size=(eval_size, eval_size), mode="bilinear", align_corners=False
-            )[:, 0]
-        maps.extend(batch_maps.numpy().astype(np.float32))
-        pictures.extend(to_rgb_uint8(image) for image in images)
+        for image, amap, shape in zip(images, seen.maps, shapes[first : first + len(chunk)]):
+            maps.append(resized(amap, shape).numpy().astype(np.float32))
+            pictures.append(to_rgb_uint8(resized(image, shape)))
         scores[first : first + len(chunk)] = seen.scores.numpy()
         bar.update(len(chunk))
     bar.close()
@@ -104,17 +99,40 @@ def evaluate(
         result["inpainting"] = {"images": good_count, "network": network, **fills, "ratio": network / best_fill(fills)}
     result.update(
         images=len(samples),
-        eval_size=eval_size,
+        eval_size=eval_size or "as scored",
         seconds=round(seconds, 2),
         ms_per_image=round(1000 * seconds / len(samples), 2),
         device=str(detector.device),
         threads=torch.get_num_threads(),
         backend=detector.backend.describe(),
-        model=f"{cfg.model.image_size} px, patch {cfg.model.patch_size}, window {cfg.model.window}",
+        model=_geometry_text(cfg),
         anomaly_map_filters=filter_sizes(cfg.score),
     )
     rows = per_kind_rows(samples, scores, maps, pixel_masks, detector.stats.get("image_threshold"))
     return Evaluation(root, samples, scores, maps, pixel_masks, pictures, result, rows)
+
+
+def metric_shape(scored: tuple[int, int], eval_size: int | None) -> tuple[int, int]:
+    """The (height, width) pixel metrics use for an image scored at `scored`: that, or a short side of eval_size."""
+    if not eval_size:
+        return scored
+    factor = eval_size / min(scored)
+    return max(1, round(scored[0] * factor)), max(1, round(scored[1] * factor))
+
+
+def resized(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """(h, w) or (C, h, w) -> the same at `shape`, bilinear; unchanged when already there."""
+    if tuple(x.shape[-2:]) == tuple(shape):
+        return x
+    batch = x[None, None] if x.dim() == 2 else x[None]
+    out = F.interpolate(batch.float(), size=shape, mode="bilinear", align_corners=False)
+    return out[0, 0] if x.dim() == 2 else out[0]
+
+
+def _geometry_text(cfg) -> str:
+    m, d = cfg.model, cfg.data
+    size = f"{m.image_size} px square" if d.resize == "square" else f"aspect kept at scale {d.scale:.3g}"
+    return f"{size}, patch {m.patch_size}, window {m.window}, statistics per {'pixel' if d.kind == 'object' else 'border distance'}"
 
 
 KIND_COLUMNS = ["kind", "images", "image_auroc", "pixel_auroc", "aupro", "mean_score", "flagged"]

@@ -30,10 +30,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import Config, ScoreConfig, apply_overrides
+from ..core import anomaly_map
 from ..data.datasets import training_images, validation_split
+from ..data.geometry import Geometry
 from ..data.images import load_images, standardize
 from ..errors import IntraError
-from .detector import Detector
+from .detector import Detector, Images
 
 log = logging.getLogger(__name__)
 
@@ -41,71 +43,112 @@ log = logging.getLogger(__name__)
 RUNTIME_KEYS = ("chunk_windows", "memory_mb")
 
 
-def statistics_subset(images: torch.Tensor, cfg: Config) -> torch.Tensor:
+def statistics_subset(images: Images, cfg: Config) -> Images:
     """The training images the statistics average: all, or `score.mean_map_images` of them evenly spaced."""
     count = cfg.score.mean_map_images
     if not count or count >= len(images):
         return images
-    return images[torch.linspace(0, len(images) - 1, count).round().long()]
+    chosen = torch.linspace(0, len(images) - 1, count).round().long()
+    return images[chosen] if isinstance(images, torch.Tensor) else [images[i] for i in chosen]
 
 
-def difference_statistics(detector: Detector, batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel-wise mean and standard deviation (H, W) of the difference maps of training images given in batches."""
-    total, squares, count = None, None, 0
-    for images in batches:
-        diff = detector.difference_maps(images).double()
-        total = diff.sum(0) if total is None else total + diff.sum(0)
-        squares = (diff**2).sum(0) if squares is None else squares + (diff**2).sum(0)
-        count += diff.shape[0]
+def batches(images: Images, size: int) -> list[Images]:
+    """Consecutive batches of at most `size` images (tensor slices, or sub-lists)."""
+    return [images[i : i + size] for i in range(0, len(images), size)]
+
+
+def difference_statistics(detector: Detector, batched: Iterable[Images]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of the difference maps of training images given in batches.
+
+    data.kind = object: per pixel, (H, W), and every image must have one size; texture: per border
+    bin ((depth + 1)^2, see `core.anomaly_map.border_bins`), over images of any sizes.
+    """
+    cfg = detector.cfg
+    depth = anomaly_map.statistics_depth(cfg.model)
+    total = squares = count = None
+    for images in batched:
+        for diff in detector.difference_maps(images):
+            diff = diff.double()
+            if cfg.data.kind == "object":
+                if total is not None and total.shape != diff.shape:
+                    raise IntraError(
+                        f"data.kind = object needs every training image at one size, found {tuple(total.shape)} and "
+                        f"{tuple(diff.shape)} (use data.kind = texture, or data.resize = square)"
+                    )
+                values, ones, bins = diff, torch.ones_like(diff), None
+            else:
+                bins = anomaly_map.border_bins(tuple(diff.shape), depth, diff.device).flatten()
+                values, ones = diff.flatten(), torch.ones_like(diff.flatten())
+            if bins is not None:
+                size = (depth + 1) ** 2
+                zero = torch.zeros(size, dtype=torch.float64, device=diff.device)
+                values, squared, ones = (zero.scatter_add(0, bins, v) for v in (values, values * values, ones))
+            else:
+                squared = values * values
+            total = values if total is None else total + values
+            squares = squared if squares is None else squares + squared
+            count = ones if count is None else count + ones
     if total is None:
         raise IntraError("no training images to compute the mean difference map from")
-    mean = total / count
-    return mean.float(), (squares / count - mean**2).clamp_min(0).sqrt().float()
+    if cfg.data.kind != "object":
+        shape = (depth + 1, depth + 1)
+        total, squares, count = total.view(shape), squares.view(shape), count.view(shape)
+    mean = total / count.clamp_min(1)
+    return mean.float(), (squares / count.clamp_min(1) - mean**2).clamp_min(0).sqrt().float()
 
 
-def thresholds(val_scores: np.ndarray, val_maps: np.ndarray, cfg: ScoreConfig) -> dict:
-    """Thresholds from normal images: scores (n,) and anomaly maps (n, H, W) -> stats entries."""
-    val_scores, val_maps = np.asarray(val_scores, np.float64), np.asarray(val_maps, np.float32)
+def thresholds(val_scores: np.ndarray, val_maps, cfg: ScoreConfig) -> dict:
+    """Thresholds from normal images: scores (n,) and anomaly maps ((n, H, W) or a list of (h, w)) -> stats entries."""
+    val_scores = np.asarray(val_scores, np.float64)
+    pixels = np.concatenate([np.asarray(m, np.float32).ravel() for m in val_maps])
     return {
         "image_threshold": float(np.quantile(val_scores, cfg.image_threshold_quantile)),
-        "pixel_threshold": float(np.quantile(val_maps, cfg.pixel_threshold_quantile)),
+        "pixel_threshold": float(np.quantile(pixels, cfg.pixel_threshold_quantile)),
         "threshold_source": f"{len(val_scores)} held-out normal images; quantiles "
         f"{cfg.image_threshold_quantile} (image), {cfg.pixel_threshold_quantile} (pixel)",
         "val_score_max": float(val_scores.max()),
         # Overlays saturate at twice the hottest pixel seen on held-out normal images.
-        "overlay_vmax": 2 * float(val_maps.max()),
+        "overlay_vmax": 2 * float(pixels.max()),
     }
 
 
-def calibrate(
-    detector: Detector, train_images: torch.Tensor, val_images: torch.Tensor, progress: bool = False
-) -> Detector:
+def calibrate(detector: Detector, train_images: Images, val_images: Images, progress: bool = False) -> Detector:
     """The calibration stage: training statistics, then thresholds from the validation images.
 
-    train_images and val_images (n, C, H, W) as read. Returns a Detector on the same network,
-    device, dtype, compile setting and backend, with the statistics and thresholds of its scoring
-    (detector.cfg.score); detector's other stats (epochs, timings) are kept.
+    train_images and val_images as read ((n, C, H, W), or lists of (C, h, w)). Returns a Detector on
+    the same network, device, dtype, compile setting and backend, with the statistics and
+    thresholds of its scoring (detector.cfg.score); detector's other stats (epochs, timings) are kept.
     """
     cfg = detector.cfg
     if len(val_images) < 10:
         log.warning("thresholds calibrated on only %d validation image(s): expect them to be rough", len(val_images))
     raw = detector.like(cfg, None, None, {})
-    batch = max(1, cfg.score.chunk_windows // raw.plan((cfg.model.grid, cfg.model.grid)).passes)
-    batches = statistics_subset(train_images, cfg).split(batch)
-    mean_map, std_map = difference_statistics(raw, tqdm(batches, desc="mean map", disable=not progress, leave=False))
+    size = max(1, cfg.score.chunk_windows // raw.plan((cfg.model.grid, cfg.model.grid)).passes)
+    chosen = batches(statistics_subset(train_images, cfg), size)
+    mean_map, std_map = difference_statistics(raw, tqdm(chosen, desc="mean map", disable=not progress, leave=False))
     calibrated = detector.like(cfg, mean_map, std_map, dict(detector.stats))
-    val_maps, val_scores = calibrated.predict(val_images)
-    calibrated.stats.update(val_images=len(val_images), **thresholds(val_scores.numpy(), val_maps.numpy(), cfg.score))
+    val_maps, val_scores = [], []
+    for images in batches(val_images, size):
+        maps, scores = calibrated.predict(images)
+        val_maps.extend(maps)
+        val_scores.append(scores)
+    calibrated.stats.update(
+        val_images=len(val_images), **thresholds(torch.cat(val_scores).numpy(), val_maps, cfg.score)
+    )
     return calibrated
 
 
-def training_split(data: str | Path, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+def training_split(data: str | Path, cfg: Config) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The (training, validation) images `fit` used for a run of `cfg` on `data`, read again."""
     paths = training_images(data)
     train_idx, val_idx = validation_split(len(paths), cfg.train, torch.Generator().manual_seed(cfg.train.seed))
-    read = lambda idx: load_images([paths[i] for i in idx], cfg.model.image_size, cfg.data.color)  # noqa: E731
-    train, val = read(train_idx), read(val_idx)
-    return (standardize(train), standardize(val)) if cfg.data.standardize else (train, val)
+    geometry = Geometry.of(cfg)
+
+    def read(indices: torch.Tensor) -> list[torch.Tensor]:
+        images = load_images([paths[i] for i in indices], geometry, cfg.data.color)
+        return [standardize(x) for x in images] if cfg.data.standardize else images
+
+    return read(train_idx), read(val_idx)
 
 
 def rescore(detector: Detector, overrides: dict[str, Any], data: str | Path | None) -> Detector:

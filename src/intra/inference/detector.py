@@ -51,13 +51,17 @@ def window_bytes(m: ModelConfig, dtype: torch.dtype = torch.float32) -> int:
     return 4 * tokens * per_token
 
 
+# A batch (B, C, H, W) of images of one size, or a list of (C, h, w) images of any sizes.
+Images = torch.Tensor | list[torch.Tensor]
+
+
 @dataclass
 class Inspection:
     """One scored batch, stage by stage (see `Detector.inspect`)."""
 
-    images: torch.Tensor  # (B, C, H, W) as the network saw them (standardised if data.standardize)
-    reconstructions: torch.Tensor  # (B, C, H, W) every patch inpainted
-    maps: torch.Tensor  # (B, H, W) anomaly maps, on the CPU
+    images: Images  # (B, C, H, W) as the network saw them (standardised if data.standardize), or a list
+    reconstructions: Images  # every patch inpainted, shaped like images
+    maps: Images  # (B, H, W) anomaly maps on the CPU, or a list of (h, w)
     scores: torch.Tensor  # (B,) image scores, on the CPU
 
 
@@ -148,39 +152,66 @@ class Detector:
         return self._plans[grid]
 
     @torch.inference_mode()
-    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
-        """Inpaint every patch: (B, C, H, W) -> (B, C, H, W), through the engine on this Detector's backend."""
-        images = images.to(self.device, torch.float32)
-        k = self.cfg.model.patch_size
-        plan = self.plan((images.shape[-2] // k, images.shape[-1] // k))
-        out = engine.reconstruct(
-            self.backend, list(images), [plan] * len(images), k, self.chunk_windows(), self.backend.compiled
-        )
-        return torch.stack(out)
+    def reconstruct(self, images: Images) -> Images:
+        """Inpaint every patch, through the engine on this Detector's backend.
 
-    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        (B, C, H, W) -> (B, C, H, W), or a list of (C, h, w) images of any sizes -> a list.
+        """
+        listed = [x.to(self.device, torch.float32) for x in images]
+        k = self.cfg.model.patch_size
+        plans = [self.plan((x.shape[-2] // k, x.shape[-1] // k)) for x in listed]
+        out = engine.reconstruct(self.backend, listed, plans, k, self.chunk_windows(), self.backend.compiled)
+        return torch.stack(out) if isinstance(images, torch.Tensor) else out
+
+    def prepare(self, images: Images) -> Images:
         """Images as read -> what the network sees: per-image standardised if data.standardize."""
+        if not isinstance(images, torch.Tensor):
+            return [self.prepare(x[None])[0] for x in images]
         images = images.to(self.device, torch.float32)
         return standardize(images) if self.cfg.data.standardize else images
 
-    @torch.inference_mode()
-    def difference_maps(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, H, W) multi-scale GMS difference maps, before normalisation."""
-        images = self.prepare(images)
-        return anomaly_map.difference_map(images, self.reconstruct(images), self.cfg.score)
+    def statistics(self, shape: tuple[int, int]) -> tuple[torch.Tensor | None, torch.Tensor | None, float | None]:
+        """The training statistics laid out over an (H, W) map: (mean, std, std floor), None where scoring does not use them."""
+        s, depth = self.cfg.score, anomaly_map.statistics_depth(self.cfg.model)
+        if not s.normalize or self.mean_map is None:
+            return None, None, None
+        expand = lambda stat: anomaly_map.expand_statistic(stat, shape, self.cfg.data.kind, depth)  # noqa: E731
+        if not s.zscore or self.std_map is None:
+            return expand(self.mean_map), None, None
+        return expand(self.mean_map), expand(self.std_map), anomaly_map.std_floor(self.std_map)
+
+    def _maps(self, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) x 2 -> anomaly maps (B, H, W)."""
+        diff = anomaly_map.difference_map(images, reconstructions, self.cfg.score)
+        return anomaly_map.normalize(diff, *self.statistics(tuple(diff.shape[-2:])))
 
     @torch.inference_mode()
-    def inspect(self, images: torch.Tensor) -> Inspection:
-        """Every stage of scoring a batch (B, C, H, W): what the network saw, its reconstruction, the maps, the scores."""
+    def difference_maps(self, images: Images) -> Images:
+        """(B, C, H, W) -> (B, H, W) multi-scale GMS difference maps, before normalisation (a list -> a list)."""
         images = self.prepare(images)
         reconstructions = self.reconstruct(images)
-        diff = anomaly_map.difference_map(images, reconstructions, self.cfg.score)
-        mean_map = self.mean_map if self.cfg.score.normalize else None
-        std_map = self.std_map if self.cfg.score.zscore else None
-        maps = anomaly_map.normalize(diff, mean_map, std_map)
-        return Inspection(images, reconstructions, maps.cpu(), anomaly_map.image_score(maps).cpu())
+        if isinstance(images, torch.Tensor):
+            return anomaly_map.difference_map(images, reconstructions, self.cfg.score)
+        return [
+            anomaly_map.difference_map(x[None], r[None], self.cfg.score)[0] for x, r in zip(images, reconstructions)
+        ]
 
-    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, C, H, W) -> (anomaly maps (B, H, W), image scores (B,)), on the CPU."""
+    @torch.inference_mode()
+    def inspect(self, images: Images) -> Inspection:
+        """Every stage of scoring a batch: what the network saw, its reconstruction, the maps, the scores.
+
+        (B, C, H, W) gives tensors; a list of (C, h, w) images of any sizes gives lists (scores: (B,)).
+        """
+        images = self.prepare(images)
+        reconstructions = self.reconstruct(images)
+        if isinstance(images, torch.Tensor):
+            maps = self._maps(images, reconstructions)
+            return Inspection(images, reconstructions, maps.cpu(), anomaly_map.image_score(maps).cpu())
+        maps = [self._maps(x[None], r[None])[0] for x, r in zip(images, reconstructions)]
+        scores = torch.stack([amap.max() for amap in maps]).cpu()
+        return Inspection(images, reconstructions, [amap.cpu() for amap in maps], scores)
+
+    def predict(self, images: Images) -> tuple[Images, torch.Tensor]:
+        """(B, C, H, W) -> (anomaly maps (B, H, W), image scores (B,)), on the CPU; a list of images -> a list of maps."""
         inspection = self.inspect(images)
         return inspection.maps, inspection.scores

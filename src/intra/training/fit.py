@@ -26,6 +26,7 @@ from ..checkpoint import save_checkpoint
 from ..config import Config, validate
 from ..core.model import InpaintingTransformer
 from ..data.datasets import training_images, validation_split
+from ..data.geometry import Geometry, image_size, resolve_kind, resolve_scale
 from ..data.images import load_images, resolve_color, standardize
 from ..errors import IntraError
 from ..files import write_json
@@ -56,6 +57,9 @@ def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = Fal
     cfg = copy.deepcopy(cfg)
     cfg.data.color = color
     cfg.model.channels = 1 if color == "gray" else 3
+    sizes = [image_size(p) for p in paths]
+    cfg.data.scale = resolve_scale(cfg, sizes)
+    cfg.data.kind = resolve_kind(cfg, sizes)
     validate(cfg)
     configure_threads(cfg.train.threads)
     world, device = distributed.setup(resolve_device(cfg.train.device))
@@ -65,9 +69,9 @@ def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = Fal
     if resume and world.active:
         raise IntraError("--resume continues single-process runs only: resume without torchrun")
     # Read every image before creating anything: a bad file must not leave a half-made run folder.
-    images = load_images(paths, cfg.model.image_size, color)  # (n, C, H, W)
+    images = load_images(paths, Geometry.of(cfg), color)  # each (C, h, w)
     if cfg.data.standardize:
-        images = standardize(images)
+        images = [standardize(x) for x in images]
     if not resume and world.main:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -78,10 +82,13 @@ def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = Fal
     train_idx, val_idx = validation_split(len(images), cfg.train, generator)
     log.info("%d training images (%s), %d held out for validation", len(train_idx), color, len(val_idx))
 
+    train = [images[i].to(device) for i in train_idx]
+    val = [images[i].to(device) for i in val_idx]
+    pixels = torch.cat([x.flatten(1) for x in train], dim=1)  # (C, every training pixel)
     model = InpaintingTransformer(cfg.model)
-    model.set_pixel_stats(images[train_idx].mean(dim=(0, 2, 3)), images[train_idx].std(dim=(0, 2, 3)))
+    model.set_pixel_stats(pixels.mean(dim=1), pixels.std(dim=1))
     model = model.to(device)
-    trainer = Trainer(model, images[train_idx].to(device), images[val_idx].to(device), cfg, generator, world)
+    trainer = Trainer(model, train, val, cfg, generator, world)
     log_path = run_dir / "train_log.jsonl"
     if resume:
         state.restore(trainer, *state.load(run_dir))
@@ -101,7 +108,7 @@ def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = Fal
     if not world.main:
         world.barrier()  # wait for rank 0's calibration and checkpoint
         return FitResult(detector, stats, main=False)
-    detector = calibrate(detector, images[train_idx], images[val_idx], progress)
+    detector = calibrate(detector, train, val, progress)
     save_checkpoint(run_dir, model, cfg, {"mean_map": detector.mean_map, "std_map": detector.std_map}, detector.stats)
     (run_dir / state.TRAINING_STATE).unlink(missing_ok=True)  # training is over: the model is in model.*
     world.barrier()

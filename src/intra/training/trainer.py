@@ -37,15 +37,15 @@ class Trainer:
     def __init__(
         self,
         model: InpaintingTransformer,
-        train_images: torch.Tensor,
-        val_images: torch.Tensor,
+        train_images: torch.Tensor | list[torch.Tensor],
+        val_images: torch.Tensor | list[torch.Tensor],
         cfg: Config,
         generator: torch.Generator,
         world: distributed.World | None = None,
     ):
         self.model, self.cfg, self.generator = model, cfg, generator
         self.world = world or distributed.World()
-        self.device = train_images.device
+        self.device = train_images[0].device
         self.sampler = WindowSampler(train_images, cfg)
         # This process's share of each global batch, one generator per sampling shard.
         t = cfg.train

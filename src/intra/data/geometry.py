@@ -1,0 +1,72 @@
+"""Image geometry: the size every image is resized to before it is cut into patches.
+
+`data.resize = "square"` (the paper): model.image_size x model.image_size whatever the image.
+`data.resize = "scale"`: the image keeps its aspect ratio and is resized by `data.scale`, one factor
+for every image (chosen at fit time, when 0, so that the median training image's short side becomes
+model.image_size); each side is rounded to the nearest multiple of the patch size and is at least a
+window wide (L * K pixels), so the grid is M x N patches with M, N >= L. Sizes are read from the
+files' headers; nothing here decodes pixels or knows the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from ..config import Config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What `target` maps an image's (width, height) to: the (height, width) it is resized to."""
+
+    resize: str  # "square" or "scale"
+    size: int  # model.image_size
+    scale: float  # data.scale (resolved, > 0, with resize = "scale")
+    patch: int
+    window: int
+
+    @classmethod
+    def of(cls, cfg: Config) -> Geometry:
+        return cls(cfg.data.resize, cfg.model.image_size, cfg.data.scale, cfg.model.patch_size, cfg.model.window)
+
+    def target(self, width: int, height: int) -> tuple[int, int]:
+        """(height, width) in pixels, multiples of the patch size, at least a window per side."""
+        if self.resize == "square":
+            return self.size, self.size
+        smallest = self.window * self.patch
+        sides = (max(smallest, self.patch * round(side * self.scale / self.patch)) for side in (height, width))
+        return tuple(sides)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header (EXIF orientation applied), without decoding the pixels."""
+    with Image.open(path) as image:
+        width, height = image.size
+        orientation = image.getexif().get(0x0112, 1)
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def resolve_scale(cfg: Config, sizes: list[tuple[int, int]]) -> float:
+    """data.scale, or for 0 the factor that brings the median short side of `sizes` (width, height) to model.image_size."""
+    if cfg.data.resize != "scale" or cfg.data.scale:
+        return cfg.data.scale
+    scale = cfg.model.image_size / statistics.median(min(size) for size in sizes)
+    log.info("data.scale = %.4g: the median training image's short side becomes %d px", scale, cfg.model.image_size)
+    return scale
+
+
+def resolve_kind(cfg: Config, sizes: list[tuple[int, int]]) -> str:
+    """data.kind, or for "auto": object when every training image gets the same size, else texture."""
+    if cfg.data.kind != "auto":
+        return cfg.data.kind
+    geometry = Geometry.of(cfg)
+    kind = "object" if len({geometry.target(*size) for size in sizes}) == 1 else "texture"
+    log.info("data.kind = %s: the training images %s", kind, "share one size" if kind == "object" else "differ in size")
+    return kind

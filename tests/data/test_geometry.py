@@ -1,0 +1,50 @@
+"""Image geometry: square (the paper) or the image's own aspect at one scale, rounded to whole patches."""
+
+import pytest
+import torch
+
+from intra.config import Config, apply_overrides
+from intra.core.anomaly_map import border_bins, expand_statistic
+from intra.data.geometry import Geometry, resolve_kind, resolve_scale
+from intra.errors import IntraError
+
+
+def test_square_and_scaled_targets():
+    cfg = Config()
+    cfg.model.image_size, cfg.model.patch_size, cfg.model.window = 128, 8, 7
+    assert Geometry.of(cfg).target(640, 480) == (128, 128)
+    cfg.data.resize, cfg.data.scale = "scale", 0.5
+    geometry = Geometry.of(cfg)
+    assert geometry.target(640, 480) == (240, 320)  # height, width: aspect kept, multiples of 8
+    assert geometry.target(301, 205) == (104, 152)  # 102.5 -> 104, 150.5 -> 152
+    assert geometry.target(60, 400) == (200, 56)  # never narrower than a window (7 x 8 px)
+
+
+def test_automatic_scale_and_kind():
+    cfg = Config()
+    cfg.model.image_size = 128
+    cfg.data.resize = "scale"
+    sizes = [(512, 256), (300, 300), (256, 400)]
+    cfg.data.scale = resolve_scale(cfg, sizes)
+    assert cfg.data.scale == pytest.approx(128 / 256)  # the median short side becomes 128 px
+    assert resolve_kind(cfg, sizes) == "texture"
+    assert resolve_kind(cfg, [(300, 200)] * 3) == "object"
+    cfg.data.kind = "object"
+    assert resolve_kind(cfg, sizes) == "object"  # chosen by hand: kept
+
+
+def test_global_positions_need_one_geometry():
+    with pytest.raises(IntraError, match="data.resize = square"):
+        apply_overrides(Config(), {"model.position": "global", "data.resize": "scale"})
+
+
+def test_border_bins_make_statistics_position_free():
+    bins = border_bins((7, 9), depth=2)
+    assert bins.shape == (7, 9)
+    assert bins[0, 0] == 0 and bins[3, 4] == 2 * 3 + 2  # a corner; the interior bin (2, 2)
+    assert torch.equal(bins, bins.flip(0)) and torch.equal(bins, bins.flip(1))  # symmetric in every border
+    table = torch.arange(9.0).view(3, 3)
+    expanded = expand_statistic(table, (5, 6), "texture", 2)
+    assert expanded.shape == (5, 6) and expanded[2, 2] == 8 and expanded[0, 1] == 1
+    with pytest.raises(ValueError):
+        expand_statistic(torch.zeros(4, 4), (5, 6), "object", 2)
