@@ -64,6 +64,10 @@ class DataConfig:
     # only on the distance to the image border (up to half a window and a patch), so images may differ
     # in size; "auto": object when every training image has the same size, else texture (logged).
     kind: str = "auto"
+    # With kind = object and resize = scale: the one size (height, width) of the training images, set
+    # at fit; every image is then resized to it, as "square" does (0 = not fixed).
+    height: int = 0
+    width: int = 0
     # Beyond the paper: give every image (training and test) the same mean and contrast, so that
     # brighter or more contrasted images do not score higher (see data.standardize).
     standardize: bool = False
@@ -306,6 +310,12 @@ def validate(cfg: Config) -> None:
         raise IntraError(f"score.scales must be fractions in (0, 1], not {cfg.score.scales}")
     if not cfg.data.scale >= 0 or cfg.data.scale > 16:
         raise IntraError(f"data.scale must be 0 (automatic) or a factor in (0, 16], not {cfg.data.scale}")
+    for name in ("height", "width"):
+        side = getattr(cfg.data, name)
+        if side and (side < m.window * m.patch_size or side % m.patch_size):
+            raise IntraError(
+                f"data.{name} must be 0 or a multiple of model.patch_size of at least a window, not {side}"
+            )
     if m.position == "global" and cfg.data.resize != "square":
         raise IntraError("model.position = global needs every image at one size and grid: set data.resize = square")
 

@@ -2,8 +2,10 @@
 
 A record: `path` (absolute), `pred_score` (max of the anomaly map), `pred_label` (score >= the
 image threshold), `threshold` and `pixel_threshold` (calibrated at training, see `inference.calibration`),
-`defect_area` (pixels of `pred_mask` at the image's own resolution), `image_size` [w, h] and
-`seconds` (its share of its batch's wall time). With an output folder, each image also gets:
+`defect_area` (pixels of `pred_mask` at the image's own resolution), `image_size` [w, h],
+`regions` (connected regions of `pred_mask`, largest first: `bbox` [x0, y0, x1, y1), `area`,
+`peak_score`, `centroid` [x, y]; see `inference.prediction`) and `seconds` (its share of its
+batch's wall time). With an output folder, each image also gets:
 
   anomaly_maps/<name>.png  the anomaly map at the resolution it was scored at, as a 16-bit PNG: pixel value v
                            means low + v / 65535 * (anomaly_map_max - low), with the map's maximum
@@ -31,16 +33,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
 from .data.datasets import IMAGE_SUFFIXES, is_image
-from .data.geometry import Geometry
+from .data.geometry import Geometry, image_size
 from .data.images import load_images
 from .errors import IntraError
 from .files import atomic_write, write_json
 from .inference.detector import Detector
+from .inference.prediction import predicted
 from .pictures import overlay_panel, save_png, to_rgb_uint8
 
 log = logging.getLogger(__name__)
@@ -158,13 +160,12 @@ def predict_paths(
             chunk = todo[first : first + batch_size]
             images = load_images(chunk, Geometry.of(cfg), cfg.data.color)  # each (C, h, w) as scored
             maps, scores = detector.predict(images)
-            outputs = [
-                _one_image(path, image, amap, float(score), image_threshold, pixel_threshold)
-                for path, image, amap, score in zip(chunk, images, maps, scores)
-            ]
-            for path, image, amap, (record, mask) in zip(chunk, images, maps, outputs):
+            for path, image, amap, score in zip(chunk, images, maps, scores):
+                prediction = predicted(amap, float(score), image_size(path), image_threshold, pixel_threshold)
+                record = {"path": str(path), **prediction.to_record()}
                 if out_dir is not None:
-                    record.update(_write_files(out_dir, names[path], image, amap, mask, pixel_threshold, vmax))
+                    files = _write_files(out_dir, names[path], image, amap, prediction.pred_mask, pixel_threshold, vmax)
+                    record.update(files)
                 record["seconds"] = round((time.perf_counter() - start) / len(chunk), 4)
                 if records is not None:
                     records.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -177,33 +178,6 @@ def predict_paths(
         bar.close()
         if records is not None:
             records.close()
-
-
-def _one_image(
-    path: Path,
-    image: torch.Tensor,
-    amap: torch.Tensor,
-    score: float,
-    image_threshold: float | None,
-    pixel_threshold: float | None,
-) -> tuple[dict, np.ndarray | None]:
-    """The record of one image and its pred_mask (h, w) bool at the image's own resolution."""
-    with Image.open(path) as original:
-        width, height = original.size
-    mask = None
-    if pixel_threshold is not None:
-        full = F.interpolate(amap[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
-        mask = (full >= pixel_threshold).numpy()
-    record = {
-        "path": str(path),
-        "pred_score": score,
-        "pred_label": None if image_threshold is None else bool(score >= image_threshold),
-        "threshold": image_threshold,
-        "pixel_threshold": pixel_threshold,
-        "defect_area": None if mask is None else int(mask.sum()),
-        "image_size": [width, height],
-    }
-    return record, mask
 
 
 def _write_files(

@@ -31,15 +31,19 @@ class Geometry:
     scale: float  # data.scale (resolved, > 0, with resize = "scale")
     patch: int
     window: int
+    fixed: tuple[int, int] = (0, 0)  # data.height, data.width: one size for every image (objects)
 
     @classmethod
     def of(cls, cfg: Config) -> Geometry:
-        return cls(cfg.data.resize, cfg.model.image_size, cfg.data.scale, cfg.model.patch_size, cfg.model.window)
+        d = cfg.data
+        return cls(d.resize, cfg.model.image_size, d.scale, cfg.model.patch_size, cfg.model.window, (d.height, d.width))
 
     def target(self, width: int, height: int) -> tuple[int, int]:
         """(height, width) in pixels, multiples of the patch size, at least a window per side."""
         if self.resize == "square":
             return self.size, self.size
+        if all(self.fixed):
+            return self.fixed
         smallest = self.window * self.patch
         sides = (max(smallest, self.patch * round(side * self.scale / self.patch)) for side in (height, width))
         return tuple(sides)
@@ -70,3 +74,14 @@ def resolve_kind(cfg: Config, sizes: list[tuple[int, int]]) -> str:
     kind = "object" if len({geometry.target(*size) for size in sizes}) == 1 else "texture"
     log.info("data.kind = %s: the training images %s", kind, "share one size" if kind == "object" else "differ in size")
     return kind
+
+
+def resolve_fixed_size(cfg: Config, sizes: list[tuple[int, int]]) -> tuple[int, int]:
+    """(data.height, data.width): for objects resized by scale, the training images' one size, so that
+    every image scored later is resized to it and meets the per-pixel statistics; else (0, 0)."""
+    if cfg.data.kind != "object" or cfg.data.resize != "scale":
+        return 0, 0
+    targets = {Geometry.of(cfg).target(*size) for size in sizes}
+    if len(targets) != 1:
+        return 0, 0  # calibration refuses per-pixel statistics of several sizes, naming them
+    return targets.pop()

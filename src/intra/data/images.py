@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import IntraError
 from .geometry import Geometry
@@ -89,14 +89,66 @@ def load_image(path: str | Path, size: int | Geometry, color: str, min_size: int
         raise IntraError(
             f"image {path} is {image.size[0]}x{image.size[1]} px: too small (at least {min_size} px per side)"
         )
-    array = _to_array(image, color)
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None]  # (1, C, h, w)
-    target = (size, size) if isinstance(size, int) else size.target(*image.size)
+    return _resized(_to_array(image, color), size)
+
+
+def _resized(array: np.ndarray, size: int | Geometry) -> torch.Tensor:
+    """(H, W, C) float array -> (C, h, w) tensor at the size `size` gives it (bilinear, antialiased)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None]  # (1, C, H, W)
+    height, width = tensor.shape[-2:]
+    target = (size, size) if isinstance(size, int) else size.target(width, height)
     if tensor.shape[-2:] != target:
         tensor = torch.nn.functional.interpolate(
             tensor, size=target, mode="bilinear", antialias=True, align_corners=False
         ).clamp_(0, 1)
     return tensor[0]
+
+
+def image_input(image, size: int | Geometry, color: str) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Any image a user holds -> ((C, h, w) tensor as the model scores it, its own (width, height)).
+
+    `image`: a path, a PIL image, or a numpy array (H, W) or (H, W, C) with C = 1, 3 or 4 (alpha is
+    dropped), of dtype bool, uint8 (0-255), uint16 (0-65535) or float (values in [0, 1]).
+    """
+    if isinstance(image, (str, Path)):
+        tensor = load_image(image, size, color)
+        with Image.open(image) as opened:
+            return tensor, ImageOps.exif_transpose(opened).size
+    if isinstance(image, Image.Image):
+        return _resized(_to_array(image, color), size), image.size
+    if isinstance(image, np.ndarray):
+        array = _array_to_float(image)
+        return _resized(_convert_color(array, color), size), (array.shape[1], array.shape[0])
+    raise IntraError(f"cannot read an image from a {type(image).__name__}: give a path, a PIL image or a numpy array")
+
+
+def _array_to_float(array: np.ndarray) -> np.ndarray:
+    """A numpy image (H, W) or (H, W, C) -> float32 (H, W, C) in [0, 1], alpha dropped; IntraError if it is not one."""
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or min(array.shape[:2]) < MIN_SIDE:
+        raise IntraError(
+            f"an image array must be (H, W) or (H, W, 1, 3 or 4) with sides >= {MIN_SIDE}, not {array.shape}"
+        )
+    array = array[..., :3] if array.shape[2] == 4 else array
+    if array.dtype == bool:
+        return array.astype(np.float32)
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            raise IntraError("a float image array must hold finite values in [0, 1]")
+        return array.astype(np.float32)
+    raise IntraError(f"an image array must be bool, uint8, uint16 or float, not {array.dtype}")
+
+
+def _convert_color(array: np.ndarray, color: str) -> np.ndarray:
+    """(H, W, 1 or 3) -> (H, W, 1) for "gray" (ITU-R 601 luma, as Pillow's "L") or (H, W, 3) for "rgb"."""
+    if color == "gray":
+        return array if array.shape[2] == 1 else (array @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    return np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array
 
 
 def load_mask(path: str | Path, size: int | tuple[int, int]) -> torch.Tensor:

@@ -8,7 +8,9 @@ rest is `core.anomaly_map`'s pure functions.
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +21,13 @@ from ..config import Config, ModelConfig
 from ..core import anomaly_map
 from ..core.model import InpaintingTransformer
 from ..core.windows import Plan, inference_plan
-from ..data.images import standardize
+from ..data.geometry import Geometry
+from ..data.images import image_input, standardize
 from ..errors import IntraError
 from ..runtime import resolve_device, resolve_dtype
 from . import engine
 from .backends import Backend, OnnxBackend, TorchBackend
+from .prediction import ImagePrediction, predicted
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +214,44 @@ class Detector:
         maps = [self._maps(x[None], r[None])[0] for x, r in zip(images, reconstructions)]
         scores = torch.stack([amap.max() for amap in maps]).cpu()
         return Inspection(images, reconstructions, [amap.cpu() for amap in maps], scores)
+
+    def thresholds(self, image_threshold: float | None = None, pixel_threshold: float | None = None) -> tuple:
+        """(image threshold, pixel threshold): the ones given, else the run's calibrated ones (None if it has none)."""
+        image = self.stats.get("image_threshold") if image_threshold is None else image_threshold
+        pixel = self.stats.get("pixel_threshold") if pixel_threshold is None else pixel_threshold
+        return image, pixel
+
+    def predict_image(
+        self, image, image_threshold: float | None = None, pixel_threshold: float | None = None
+    ) -> ImagePrediction:
+        """One image -> its ImagePrediction (score, label, anomaly map, mask and regions at its own resolution).
+
+        `image`: a path, a PIL image, or a numpy array (H, W) or (H, W, C) of uint8, uint16, bool or
+        floats in [0, 1]. Thresholds default to the run's calibrated ones.
+        """
+        return next(iter(self.predict_images([image], 1, image_threshold, pixel_threshold)))
+
+    def predict_images(
+        self,
+        images: Iterable,
+        batch_size: int = 8,
+        image_threshold: float | None = None,
+        pixel_threshold: float | None = None,
+    ) -> Iterator[ImagePrediction]:
+        """Many images (any mix of `predict_image`'s kinds, any sizes), scored `batch_size` at a time, in order."""
+        thresholds = self.thresholds(image_threshold, pixel_threshold)
+        geometry = Geometry.of(self.cfg)
+        batch: list[tuple[torch.Tensor, tuple[int, int]]] = []
+        for item in itertools.chain(images, [None]):
+            if item is not None:
+                batch.append(image_input(item, geometry, self.cfg.data.color))
+                if len(batch) < batch_size:
+                    continue
+            if batch:
+                maps, scores = self.predict([tensor for tensor, _ in batch])
+                for amap, score, (_, size) in zip(maps, scores, batch):
+                    yield predicted(amap, float(score), size, *thresholds)
+                batch = []
 
     def predict(self, images: Images) -> tuple[Images, torch.Tensor]:
         """(B, C, H, W) -> (anomaly maps (B, H, W), image scores (B,)), on the CPU; a list of images -> a list of maps."""

@@ -26,7 +26,7 @@ from ..checkpoint import save_checkpoint
 from ..config import Config, validate
 from ..core.model import InpaintingTransformer
 from ..data.datasets import training_images, validation_split
-from ..data.geometry import Geometry, image_size, resolve_kind, resolve_scale
+from ..data.geometry import Geometry, image_size, resolve_fixed_size, resolve_kind, resolve_scale
 from ..data.images import load_images, resolve_color, standardize
 from ..errors import IntraError
 from ..files import write_json
@@ -60,6 +60,7 @@ def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = Fal
     sizes = [image_size(p) for p in paths]
     cfg.data.scale = resolve_scale(cfg, sizes)
     cfg.data.kind = resolve_kind(cfg, sizes)
+    cfg.data.height, cfg.data.width = resolve_fixed_size(cfg, sizes)
     validate(cfg)
     configure_threads(cfg.train.threads)
     world, device = distributed.setup(resolve_device(cfg.train.device))
