@@ -121,6 +121,9 @@ class ScoreConfig:
     mean_filter: int = 21  # [choice] mean-filter side at full resolution, scaled with each scale
     gaussian_sigma: float = 4.0  # [choice] Gaussian sigma in full-resolution pixels, scaled likewise
     normalize: bool = True  # subtract the training mean difference map, then square
+    # [choice] "off": score as configured here; "auto" (beyond the paper): after training, keep the
+    # candidate scoring of inference/choice.py that best finds defects pasted into the validation images.
+    choose: str = "off"
     zscore: bool = False  # beyond the paper: divide by the training per-pixel std instead of squaring
     mean_map_images: int = 0  # training images averaged into the mean map: 0 = all, N = N evenly spaced
     # Beyond the paper: 0 = one pass per patch. s >= 2 inpaints a lattice of patches s apart per
@@ -174,6 +177,7 @@ def _cpu_preset() -> Config:
     cfg.score.scales = (1.0, 0.5)
     cfg.score.mean_filter, cfg.score.gaussian_sigma = 7, 2.0
     cfg.score.zscore = True
+    cfg.score.choose = "auto"  # the scoring is chosen per dataset on synthetic defects (the line above is the fallback)
     # Read 9 patches per pass (beyond the paper): 81 passes per image instead of 256, the same
     # quality on both ablation sets at about half the inference time (docs/benchmarks.md).
     cfg.score.cover_spacing = 3
@@ -244,6 +248,7 @@ _CHOICES = {
     ("data", "kind"): ("auto", "object", "texture"),
     ("train", "rotation"): ("none", "rot90", "any"),
     ("train", "select"): ("inpaint", "loss"),
+    ("score", "choose"): ("off", "auto"),
     ("train", "optimizer"): ("adam", "adamw"),
     ("train", "schedule"): ("constant", "cosine", "linear"),
     ("train", "dtype"): ("fp32", "bf16"),

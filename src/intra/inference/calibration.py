@@ -32,9 +32,11 @@ from tqdm.auto import tqdm
 from ..config import Config, ScoreConfig, apply_overrides
 from ..core import anomaly_map
 from ..data.datasets import training_images, validation_split
+from ..data.defects import paste_defects
 from ..data.geometry import Geometry
 from ..data.images import load_images, standardize
 from ..errors import IntraError
+from . import choice
 from .detector import Detector, Images
 
 log = logging.getLogger(__name__)
@@ -57,37 +59,31 @@ def batches(images: Images, size: int) -> list[Images]:
     return [images[i : i + size] for i in range(0, len(images), size)]
 
 
-def difference_statistics(detector: Detector, batched: Iterable[Images]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation of the difference maps of training images given in batches.
+def statistics_of(cfg: Config, diffs: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of training difference maps (each (H, W)).
 
-    data.kind = object: per pixel, (H, W), and every image must have one size; texture: per border
-    bin ((depth + 1)^2, see `core.anomaly_map.border_bins`), over images of any sizes.
+    data.kind = object: per pixel, (H, W), and every map must have one size; texture: per border
+    bin ((depth + 1)^2, see `core.anomaly_map.border_bins`), over maps of any sizes.
     """
-    cfg = detector.cfg
     depth = anomaly_map.statistics_depth(cfg.model)
     total = squares = count = None
-    for images in batched:
-        for diff in detector.difference_maps(images):
-            diff = diff.double()
-            if cfg.data.kind == "object":
-                if total is not None and total.shape != diff.shape:
-                    raise IntraError(
-                        f"data.kind = object needs every training image at one size, found {tuple(total.shape)} and "
-                        f"{tuple(diff.shape)} (use data.kind = texture, or data.resize = square)"
-                    )
-                values, ones, bins = diff, torch.ones_like(diff), None
-            else:
-                bins = anomaly_map.border_bins(tuple(diff.shape), depth, diff.device).flatten()
-                values, ones = diff.flatten(), torch.ones_like(diff.flatten())
-            if bins is not None:
-                size = (depth + 1) ** 2
-                zero = torch.zeros(size, dtype=torch.float64, device=diff.device)
-                values, squared, ones = (zero.scatter_add(0, bins, v) for v in (values, values * values, ones))
-            else:
-                squared = values * values
-            total = values if total is None else total + values
-            squares = squared if squares is None else squares + squared
-            count = ones if count is None else count + ones
+    for diff in diffs:
+        diff = diff.double()
+        if cfg.data.kind == "object":
+            if total is not None and total.shape != diff.shape:
+                raise IntraError(
+                    f"data.kind = object needs every training image at one size, found {tuple(total.shape)} and "
+                    f"{tuple(diff.shape)} (use data.kind = texture, or data.resize = square)"
+                )
+            values, squared, ones = diff, diff * diff, torch.ones_like(diff)
+        else:
+            bins = anomaly_map.border_bins(tuple(diff.shape), depth, diff.device).flatten()
+            zero = torch.zeros((depth + 1) ** 2, dtype=torch.float64, device=diff.device)
+            flat = diff.flatten()
+            values, squared, ones = (zero.scatter_add(0, bins, v) for v in (flat, flat * flat, torch.ones_like(flat)))
+        total = values if total is None else total + values
+        squares = squared if squares is None else squares + squared
+        count = ones if count is None else count + ones
     if total is None:
         raise IntraError("no training images to compute the mean difference map from")
     if cfg.data.kind != "object":
@@ -95,6 +91,34 @@ def difference_statistics(detector: Detector, batched: Iterable[Images]) -> tupl
         total, squares, count = total.view(shape), squares.view(shape), count.view(shape)
     mean = total / count.clamp_min(1)
     return mean.float(), (squares / count.clamp_min(1) - mean**2).clamp_min(0).sqrt().float()
+
+
+def difference_statistics(detector: Detector, batched: Iterable[Images]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`statistics_of` the difference maps of training images given in batches."""
+    return statistics_of(detector.cfg, (diff for images in batched for diff in detector.difference_maps(images)))
+
+
+def _pairs(detector: Detector, images: Images, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(image as the network saw it, reconstruction) for every image, reconstructed `size` at a time."""
+    pairs = []
+    for batch in batches(images, size):
+        prepared = detector.prepare(batch)
+        pairs.extend(zip(prepared, detector.reconstruct(prepared)))
+    return pairs
+
+
+def choose_scoring(detector: Detector, train_images: Images, val_images: Images, size: int) -> tuple[Config, dict]:
+    """The candidate scoring that finds defects pasted into the validation images best (see `choice`)."""
+    cfg = detector.cfg
+    generator = torch.Generator().manual_seed(cfg.train.seed + 2)
+    normal = _pairs(detector, val_images, size)
+    defective, masks = paste_defects([x for x, _ in normal], generator)
+    name, report = choice.choose(
+        cfg, statistics_of, _pairs(detector, statistics_subset(train_images, cfg), size), normal,
+        _pairs(detector, defective, size), masks,
+    )  # fmt: skip
+    log.info("scoring chosen on synthetic defects: %s (%s)", name, report[name])
+    return choice.with_scoring(cfg, name), {"chosen": name, "candidates": report}
 
 
 def thresholds(val_scores: np.ndarray, val_maps, cfg: ScoreConfig) -> dict:
@@ -112,8 +136,11 @@ def thresholds(val_scores: np.ndarray, val_maps, cfg: ScoreConfig) -> dict:
     }
 
 
-def calibrate(detector: Detector, train_images: Images, val_images: Images, progress: bool = False) -> Detector:
-    """The calibration stage: training statistics, then thresholds from the validation images.
+def calibrate(
+    detector: Detector, train_images: Images, val_images: Images, progress: bool = False, choose: bool = True
+) -> Detector:
+    """The calibration stage: the scoring (chosen on synthetic defects when score.choose = auto and
+    `choose`), the training statistics, then the thresholds from the validation images.
 
     train_images and val_images as read ((n, C, H, W), or lists of (C, h, w)). Returns a Detector on
     the same network, device, dtype, compile setting and backend, with the statistics and
@@ -124,9 +151,13 @@ def calibrate(detector: Detector, train_images: Images, val_images: Images, prog
         log.warning("thresholds calibrated on only %d validation image(s): expect them to be rough", len(val_images))
     raw = detector.like(cfg, None, None, {})
     size = max(1, cfg.score.chunk_windows // raw.plan((cfg.model.grid, cfg.model.grid)).passes)
+    stats = dict(detector.stats)
+    if choose and cfg.score.choose == "auto":
+        cfg, stats["scoring_choice"] = choose_scoring(raw, train_images, val_images, size)
+        raw = detector.like(cfg, None, None, {})
     chosen = batches(statistics_subset(train_images, cfg), size)
     mean_map, std_map = difference_statistics(raw, tqdm(chosen, desc="mean map", disable=not progress, leave=False))
-    calibrated = detector.like(cfg, mean_map, std_map, dict(detector.stats))
+    calibrated = detector.like(cfg, mean_map, std_map, stats)
     val_maps, val_scores = [], []
     for images in batches(val_images, size):
         maps, scores = calibrated.predict(images)
@@ -172,4 +203,4 @@ def rescore(detector: Detector, overrides: dict[str, Any], data: str | Path | No
         len(train),
         len(val),
     )
-    return calibrate(detector.like(cfg, None, None, dict(detector.stats)), train, val)
+    return calibrate(detector.like(cfg, None, None, dict(detector.stats)), train, val, choose=False)

@@ -1,0 +1,39 @@
+"""Choosing the scoring on synthetic defects pasted into normal images (score.choose = auto)."""
+
+import torch
+
+from intra.data.defects import KINDS, paste_defects
+from intra.inference.choice import CANDIDATES
+from intra.training.fit import fit
+
+from conftest import tiny_config
+
+
+def test_pasted_defects_change_their_mask_and_nothing_else():
+    torch.manual_seed(0)
+    images = [torch.rand(3, 40, 48) * 0.5 + 0.25, torch.rand(3, 56, 40) * 0.5 + 0.25]
+    defective, masks = paste_defects(images, torch.Generator().manual_seed(1))
+    assert len(defective) == len(masks) == len(images) * len(KINDS)
+    for i, (out, mask) in enumerate(zip(defective, masks)):
+        original = images[i // len(KINDS)]
+        assert out.shape == original.shape and mask.shape == original.shape[-2:] and mask.any()
+        changed = (out - original).abs().amax(dim=0)
+        assert float(changed[~mask].max()) <= 0.02 * float(original.max() - original.min()) + 1e-6
+    again, _ = paste_defects(images, torch.Generator().manual_seed(1))
+    assert all(torch.equal(a, b) for a, b in zip(defective, again))  # seeded
+
+
+def test_fit_chooses_a_candidate_scoring_and_saves_it(tmp_path, mvtec_root):
+    from intra.inference.detector import Detector
+
+    cfg = tiny_config()
+    cfg.model.image_size = 64
+    cfg.score.choose = "auto"
+    detector = fit(cfg, mvtec_root, tmp_path / "run").detector
+    choice = detector.stats["scoring_choice"]
+    assert set(choice["candidates"]) == set(CANDIDATES) and choice["chosen"] in CANDIDATES
+    best = max(choice["candidates"].values(), key=lambda r: r["score"])
+    assert choice["candidates"][choice["chosen"]] == best
+    loaded = Detector.load(tmp_path / "run", device="cpu")
+    for key, value in CANDIDATES[choice["chosen"]].items():
+        assert getattr(loaded.cfg.score, key) == value  # the run scores with what was chosen
