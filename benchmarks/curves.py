@@ -26,8 +26,8 @@ from intra.checkpoint import load_checkpoint, save_checkpoint
 from intra.config import apply_overrides, preset
 from intra.core.model import InpaintingTransformer
 from intra.data.datasets import training_images, validation_split
-from intra.data.geometry import Geometry, image_size, resolve_kind, resolve_scale
-from intra.data.images import load_images, resolve_color, standardize
+from intra.data.geometry import Geometry, resolve_kind, resolve_scale
+from intra.data.images import image_size, load_images, resolve_color, standardize
 from intra.evaluation.scoring import evaluate
 from intra.files import write_json
 from intra.inference.calibration import calibrate, training_split

@@ -148,7 +148,7 @@ def test_paths_with_spaces_and_non_ascii(mvtec_root, tmp_path):
     out = tmp_path / "sortie à"
     result = intra("predict", "--run", run, str(data / "image 0 é.png"), "--out", out, "--threads", "1")
     assert "image 0 é.png" in result.stdout
-    assert (out / "overlays" / "image 0 é.png").is_file() and (out / "masks" / "image 0 é.png").is_file()
+    assert (out / "overlays" / "image 0 é_png.png").is_file() and (out / "masks" / "image 0 é_png.png").is_file()
 
 
 @pytest.mark.parametrize(
@@ -178,7 +178,10 @@ def test_config_file_then_flags_then_saved(mvtec_root, tmp_path):
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["train"]["max_epochs"] == 1 and saved["train"]["lr"] == 0.005  # flag beats file, file beats preset
     assert saved["score"]["image_threshold_quantile"] == 0.95
-    assert json.loads((tmp_path / "run" / "model.json").read_text())["config"] == saved
+    used = json.loads((tmp_path / "run" / "model.json").read_text())["config"]
+    # The model's config is the one asked for, but for the scoring that score.choose = auto picked.
+    assert {k: v for k, v in used.items() if k != "score"} == {k: v for k, v in saved.items() if k != "score"}
+    assert used["score"]["image_threshold_quantile"] == 0.95 and used["score"]["choose"] == saved["score"]["choose"]
 
 
 def test_negative_or_zero_numeric_options(cli_run, mvtec_root, tmp_path):
@@ -193,8 +196,45 @@ def test_negative_or_zero_numeric_options(cli_run, mvtec_root, tmp_path):
     )
     user_error(intra("predict", "--run", cli_run, spot, "--batch-size", "0", check=False), "--batch-size")
     user_error(intra("predict", "--run", cli_run, spot, "--threads", "-1", check=False), "--threads")
-    user_error(intra("predict", "--run", cli_run, spot, "--image-threshold", "-1", check=False), "--image-threshold")
+    user_error(intra("predict", "--run", cli_run, spot, "--image-threshold", "nan", check=False), "--image-threshold")
     user_error(
         intra("evaluate", "--run", cli_run, "--data", mvtec_root, "--eval-size", "-5", check=False), "--eval-size"
     )
     assert not (tmp_path / "r").exists()
+
+
+def test_training_on_too_few_images_is_refused(mvtec_root, tmp_path):
+    """Issue 13, case 8: one or two images gave a model flagging everything, with exit 0; now one line, nothing written."""
+    few = tmp_path / "two"
+    few.mkdir()
+    for source in sorted((mvtec_root / "train" / "good").glob("*.png"))[:2]:
+        (few / source.name).write_bytes(source.read_bytes())
+    result = intra("train", "--data", few, "--out", tmp_path / "run", *TINY, check=False)
+    user_error(result, "two", "2 image(s)", "at least 3")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_mask_of_another_size_is_refused_naming_both_sizes(cli_run, tmp_path):
+    """Issue 13, case 9: a 64 x 64 image with a 32 x 32 mask was stretched into the pixel metrics."""
+    root = make_test_set(tmp_path / "set")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "ground_truth" / "spot" / "000_mask.png")
+    result = intra("evaluate", "--run", cli_run, "--data", root, "--out", tmp_path / "eval", check=False)
+    user_error(result, "000_mask.png is 32x32 px", "is 64x64 px")
+    assert not (tmp_path / "eval").exists()
+
+
+def test_nan_in_a_score_setting_is_refused_before_training(mvtec_root, tmp_path):
+    """Issue 13, case 5: score.gaussian_sigma=nan trained every epoch, then crashed with no model saved."""
+    result = intra(
+        "train",
+        "--data",
+        mvtec_root,
+        "--out",
+        tmp_path / "run",
+        *TINY,
+        "--set",
+        "score.gaussian_sigma=nan",
+        check=False,
+    )
+    user_error(result, "score.gaussian_sigma", "finite")
+    assert not (tmp_path / "run").exists()

@@ -60,6 +60,7 @@ def test_user_mistakes_give_one_line_errors(tmp_path, mvtec_root, trained_run):
     bad.mkdir()
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(bad / "a.jpg")
     (bad / "b.jpg").write_bytes((bad / "a.jpg").read_bytes()[:200])
+    (bad / "c.jpg").write_bytes((bad / "a.jpg").read_bytes())  # three images: the minimum for training
     user_error(intra("train", "--data", bad, "--out", tmp_path / "r", *TINY, check=False), "b.jpg")
     small = [*TINY, "--image-size", "8"]
     user_error(intra("train", "--data", mvtec_root, "--out", tmp_path / "r", *small, check=False), "model.image_size")
@@ -87,3 +88,13 @@ def test_checkpoint_of_another_version_or_config_is_refused(tmp_path, trained_ru
     meta["config"]["model"]["dim"] = 48
     (other / "model.json").write_text(json.dumps(meta))
     user_error(intra("predict", "--run", other, mvtec_root / "test" / "spot", check=False), "does not fit")
+
+
+def test_version_comes_from_the_package_metadata():
+    """Issue 13, case 14: `intra --version` exists and says the installed version, as intra.__version__ does."""
+    from importlib.metadata import version
+
+    from intra import __version__
+
+    assert __version__ == version("intra")
+    assert intra("--version").stdout.strip() == f"intra {version('intra')}"

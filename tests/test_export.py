@@ -9,6 +9,7 @@ import torch
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install -e '.[onnx]')")
 pytest.importorskip("onnxscript", reason="the onnx extra is not installed (pip install -e '.[onnx]')")
 
+from intra.checkpoint import config_sha256  # noqa: E402
 from intra.errors import IntraError  # noqa: E402
 from intra.export import export_onnx  # noqa: E402
 from intra.inference.detector import Detector  # noqa: E402
@@ -71,8 +72,10 @@ def test_onnx_export_of_a_mean_head_inpaints_one_patch_per_window(cli_run, tmp_p
     meta = json.loads((run / "model.json").read_text())
     meta["config"]["model"]["head"] = "mean"  # same weight shapes: the head pools instead of picking a token
     meta["config"]["train"]["cover_spacing"] = meta["config"]["score"]["cover_spacing"] = 0
+    meta["config_sha256"] = config_sha256(meta["config"])  # a deliberate edit: re-sealed, or it is refused
     (run / "model.json").write_text(json.dumps(meta))
     export_onnx(run)
     torch_detector, onnx_detector = Detector.load(run, device="cpu"), Detector.load(run, backend="onnx", threads=1)
     images = torch.rand(2, 3, 64, 64)
     assert (torch_detector.predict(images)[0] - onnx_detector.predict(images)[0]).abs().max() <= 1e-4
+

@@ -10,6 +10,8 @@ Train on defect-free images with `fit`, score new ones with `Detector`, evaluate
     write_evaluation(evaluation, "runs/my_product/evaluation")
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from .config import Config, DataConfig, ModelConfig, ScoreConfig, TrainConfig, preset
 from .core.model import InpaintingTransformer
 from .errors import IntraError
@@ -37,4 +39,7 @@ __all__ = [
     "preset",
     "write_evaluation",
 ]
-__version__ = "0.1.0"
+try:
+    __version__ = version("intra")  # the one version number is pyproject.toml's
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"

@@ -5,7 +5,12 @@ version, the resolved config and scalar statistics; the safetensors file holds t
 weights under "model." and tensors such as the training mean difference map under "stats.".
 Writes are atomic (temporary file, then rename), so a crash never leaves half a checkpoint, and
 model.json (written last) records the SHA-256 of the weights it belongs to, so weights and metadata
-from two different saves, or weights damaged on disk, are refused instead of silently mixed.
+from two different saves, or weights damaged on disk, are refused instead of silently mixed; and
+the SHA-256 of its own config (canonical JSON), so an edited image_size or heads is refused too.
+
+A run folder is never overwritten implicitly: `check_new_run` refuses a folder that already holds
+a run unless it is to be replaced, and then training goes into a temporary sibling that replaces
+the old run only once the new model is complete (`files.replacing_folder`).
 
 A training run in progress also keeps `training_state.safetensors` (see `save_training_state`):
 weights, best weights, optimizer state and random-generator states as tensors, and everything else
@@ -32,6 +37,8 @@ from .files import atomic_write, write_json
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 METADATA = "model.json"
+# Files that make a folder a run folder (written by fit; training_state.safetensors while it trains).
+RUN_FILES = ("config.json", "train_log.jsonl", WEIGHTS, METADATA, "training_state.safetensors")
 # Files that other tools load with pickle (which can run code): never opened, only named in errors.
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 
@@ -55,8 +62,42 @@ def save_checkpoint(
         "config": cfg.to_dict(),
         "stats": stats or {},
         "weights_sha256": sha256(run_dir / WEIGHTS),
+        "config_sha256": config_sha256(cfg.to_dict()),
     }
     write_json(run_dir / METADATA, meta)
+
+
+def config_sha256(config: dict[str, Any]) -> str:
+    """SHA-256 of a config dict's canonical JSON (sorted keys, no spaces): what model.json's config must hash to."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def check_new_run(run_dir: str | Path, overwrite: bool = False) -> bool:
+    """May a new training run be written to run_dir? True if it holds a run that is to be replaced.
+
+    A missing or empty folder is fine (False). A folder holding a run is refused unless overwrite;
+    a non-empty folder that holds no run is always refused (intra never deletes a user's files).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return False
+    if not run_dir.is_dir():
+        raise IntraError(f"cannot write to run folder {run_dir}: it is a file")
+    if any((run_dir / name).exists() for name in RUN_FILES):
+        if overwrite:
+            return True
+        if (run_dir / "training_state.safetensors").exists():
+            raise IntraError(
+                f"{run_dir} holds an interrupted run: continue it with --resume {run_dir}, or replace it with --overwrite"
+            )
+        raise IntraError(
+            f"{run_dir} already holds a run: replace it with --overwrite, or choose another --out "
+            "(--resume continues interrupted runs only)"
+        )
+    if any(not (p.name.startswith(".") and p.name.endswith(".tmp")) for p in run_dir.iterdir()):
+        raise IntraError(f"{run_dir} is not empty and holds no run: choose a new or empty folder for --out")
+    return False
 
 
 def sha256(path: Path) -> str:
@@ -124,5 +165,18 @@ def load_checkpoint(
     except RuntimeError as exc:
         details = " ".join(line.strip() for line in str(exc).splitlines()[1:3])
         raise IntraError(f"{path} does not fit the config in {METADATA}: {details[:300]}") from None
+    expected = meta.get("config_sha256")
+    if expected and _config_hash(meta["config"]) != expected:
+        raise IntraError(
+            f"{run_dir / METADATA}: its config was edited after training (it no longer matches config_sha256): "
+            "restore the file or train a new run"
+        )
     tensors = {k[len("stats.") :]: v for k, v in state.items() if k.startswith("stats.")}
     return cfg, model.eval(), tensors, meta.get("stats", {})
+
+
+def _config_hash(config: Any) -> str | None:
+    try:
+        return config_sha256(config)
+    except (TypeError, ValueError):  # NaN or values JSON cannot hold: not what was saved
+        return None

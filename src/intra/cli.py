@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import __version__
 from .config import PRESETS, Config, apply_overrides, flatten, preset, read_config_file
 from .errors import IntraError
 
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         "then score new images and locate their defects.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log library details to stderr")
+    parser.add_argument(
+        "--version", action="version", version=f"intra {__version__}", help="print the version and exit"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser(
@@ -59,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         metavar="RUN",
         help="continue the interrupted training of RUN with its saved config and data (only --threads, --device and --data may be given)",
+    )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (the old run is kept until the new model is complete)",
     )
     train.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="starting configuration (default: cpu)")
     train.add_argument("--config", help="a .json, .toml or .yaml file overriding the preset")
@@ -217,12 +226,12 @@ def _positive(name: str, value: int | None) -> None:
 
 
 def resolve_train_config(args: argparse.Namespace) -> Config:
-    """Preset -> config file -> flags -> --set, validated."""
+    """Preset -> config file -> flags -> --set, merged, then validated once."""
     cfg = preset(args.preset)
     if args.config:
         data = read_config_file(args.config)
         try:
-            apply_overrides(cfg, flatten(data))
+            apply_overrides(cfg, flatten(data), check=False)  # validated below, together with the flags
         except IntraError as exc:
             raise IntraError(f"{args.config}: {exc}") from None
     flags = {key: getattr(args, key) for key, _, _ in TRAIN_FLAGS.values() if getattr(args, key) is not None}
@@ -252,7 +261,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         if not args.data or not args.out:
             raise IntraError("intra train needs --data and --out (or --resume RUN)")
         run = args.out
-        result = fit(resolve_train_config(args), args.data, run, progress=True)
+        result = fit(resolve_train_config(args), args.data, run, progress=True, overwrite=args.overwrite)
     if not result.main:
         return  # a distributed run's other processes: rank 0 reports
     s = result.stats
@@ -272,6 +281,7 @@ def resolve_resume(args: argparse.Namespace) -> tuple[Config, str]:
         if getattr(args, key) is not None and key not in ("train.threads", "train.device")
     ]
     changed += ["--out"] * bool(args.out) + ["--config"] * bool(args.config) + ["--set"] * bool(args.set)
+    changed += ["--overwrite"] * args.overwrite
     if changed:
         raise IntraError(f"--resume continues RUN with its saved config: drop {', '.join(changed)}")
     run = Path(args.resume)
@@ -314,51 +324,33 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .checkpoint import read_metadata
-    from .predict import RECORDS, expand_inputs, open_output, predict_paths
+    from .predict import Predictions, dumps
 
     _positive("--batch-size", args.batch_size)
-    for flag, value in (("--image-threshold", args.image_threshold), ("--pixel-threshold", args.pixel_threshold)):
-        if value is not None and not value > 0:
-            raise IntraError(f"{flag} must be positive, not {value}")
-    paths = expand_inputs(args.inputs)
     detector = _load_detector(args)
-    thresholds = {
-        "image_threshold": args.image_threshold
-        if args.image_threshold is not None
-        else detector.stats.get("image_threshold"),
-        "pixel_threshold": args.pixel_threshold
-        if args.pixel_threshold is not None
-        else detector.stats.get("pixel_threshold"),
-    }
-    if thresholds["image_threshold"] is None:
-        print(
-            "intra: warning: this run has no calibrated thresholds (trained by an older intra): pred_label is null",
-            file=sys.stderr,
+    with Predictions(
+        detector,
+        args.inputs,
+        args.out,
+        run_dir=args.run,
+        batch_size=args.batch_size,
+        image_threshold=args.image_threshold,
+        pixel_threshold=args.pixel_threshold,
+        threads=args.threads,
+    ) as job:
+        if job.thresholds["image_threshold"] is None:
+            print(
+                "intra: warning: this run has no calibrated thresholds (trained by an older intra): pred_label is null",
+                file=sys.stderr,
+            )
+        for record in job.run(progress=True):
+            print(dumps(record), flush=True)
+    print(job.summary(), file=sys.stderr)
+    if job.failed:
+        raise IntraError(
+            f"{job.failed} of {job.failed + job.predicted} images could not be read and were skipped "
+            f'(their records hold "error"; a rerun retries them); the first: {job.first_error}'
         )
-    out, done = None, set()
-    if args.out:
-        out = Path(args.out)
-        manifest = {
-            "run": str(Path(args.run).resolve()),
-            "weights_sha256": read_metadata(args.run).get("weights_sha256"),
-            **thresholds,
-        }
-        done = open_output(out, manifest)
-    start = time.perf_counter()
-    count = anomalous = 0
-    for record in predict_paths(detector, paths, out, args.batch_size, thresholds, done, progress=True):
-        print(json.dumps(record, ensure_ascii=False), flush=True)
-        count += 1
-        anomalous += bool(record["pred_label"])
-    seconds = time.perf_counter() - start
-    skipped = sum(str(p) in done for p in paths)
-    summary = f"predicted {count} images in {seconds:.1f}s: {anomalous} anomalous (pred_score >= {thresholds['image_threshold']})"
-    if skipped:
-        summary += f"; {skipped} already done in {out}"
-    if out is not None:
-        summary += f"; records in {out / RECORDS}"
-    print(summary, file=sys.stderr)
 
 
 def cmd_export(args: argparse.Namespace) -> None:

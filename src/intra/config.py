@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,8 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
+        if not isinstance(data, dict):
+            raise IntraError(f"a config is a mapping of sections, not a {type(data).__name__}")
         cfg = cls()
         apply_overrides(cfg, flatten(data))
         return cfg
@@ -206,37 +209,83 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
-    """Set dotted keys ("train.lr") on cfg in place, checking names and types."""
+def apply_overrides(cfg: Config, overrides: dict[str, Any], check: bool = True) -> Config:
+    """Set dotted keys ("train.lr") on cfg in place, checking names and types; then `validate` (unless check=False).
+
+    check=False lets several sources (a config file, then flags) be merged before one validation:
+    a file that is valid only together with the flags is accepted.
+    """
     for key, value in overrides.items():
-        section_name, _, name = key.partition(".")
+        section_name, _, name = str(key).partition(".")
         section = getattr(cfg, section_name, None)
         if not dataclasses.is_dataclass(section) or name not in {f.name for f in dataclasses.fields(section)}:
             raise IntraError(f"unknown config key {key!r}")
         setattr(section, name, _coerce(key, getattr(section, name), value))
-    validate(cfg)
+    if check:
+        validate(cfg)
     return cfg
 
 
 def _coerce(key: str, current: Any, value: Any) -> Any:
-    """Convert value to the type of the field's current value (str from the CLI, lists from JSON)."""
+    """Convert value to the type of the field's current value (str from the CLI, lists from JSON/YAML).
+
+    Integer keys refuse fractions (YAML `dim: 16.7` is not silently 16), numeric keys refuse
+    booleans, and a list of numbers may be written 0.5,0.25 or [0.5, 0.25].
+    """
+    if isinstance(current, tuple):
+        return _coerce_numbers(key, value)
     try:
         if isinstance(current, bool):
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
+            if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+                return False
+            if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+                return bool(value)
+            raise ValueError(value)
+        if isinstance(current, int):
+            if isinstance(value, bool):
                 raise ValueError(value)
-            return bool(value)
-        if isinstance(current, tuple):
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(float(v) for v in items)
-        if isinstance(current, (int, float, str)):
-            return type(current)(value)
-    except (TypeError, ValueError):
-        raise IntraError(f"config key {key!r}: cannot read {value!r} as {type(current).__name__}") from None
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError(value)
+                return int(value)
+            return int(value)  # an int, or text such as "16" (not "16.7")
+        if isinstance(current, float):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if isinstance(current, str):
+            if isinstance(value, (dict, list, tuple)):
+                raise ValueError(value)
+            return str(value)
+    except (TypeError, ValueError, OverflowError):
+        kind = "an integer" if isinstance(current, int) and not isinstance(current, bool) else type(current).__name__
+        raise IntraError(f"config key {key!r}: cannot read {value!r} as {kind}") from None
     return value
+
+
+def _coerce_numbers(key: str, value: Any) -> tuple[float, ...]:
+    """A tuple of floats from "0.5,0.25", "[0.5, 0.25]", a list or a single number."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text[:1] + text[-1:] in ("[]", "()"):
+            text = text[1:-1]
+        items: Any = [item.strip() for item in text.split(",")] if text.strip() else []
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        items = [value]
+    else:
+        items = None
+    try:
+        if items is None or any(isinstance(v, (bool, list, tuple, dict)) for v in items):
+            raise ValueError(value)
+        return tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        raise IntraError(
+            f"config key {key!r}: cannot read {value!r} as a list of numbers; write it as 0.5,0.25"
+        ) from None
 
 
 _CHOICES = {
@@ -253,39 +302,62 @@ _CHOICES = {
     ("train", "schedule"): ("constant", "cosine", "linear"),
     ("train", "dtype"): ("fp32", "bf16"),
 }
-_POSITIVE = {
-    "model": ("image_size", "patch_size", "window", "dim", "depth", "heads", "mlp_ratio"),
-    "train": (
-        "windows_per_image",
-        "batch_size",
-        "lr",
-        "max_epochs",
-        "patience",
-        "val_max_images",
-        "val_windows_per_image",
-    ),
-    "score": ("mean_filter", "gaussian_sigma", "chunk_windows"),
+# Ranges of numeric options (every numeric option must also be finite, see `validate`):
+# "positive" > 0, "non-negative" >= 0, "fraction" in [0, 1), "share" in (0, 1), "quantile" in (0, 1].
+_RANGES = {
+    "positive": {
+        "model": ("image_size", "patch_size", "window", "dim", "depth", "heads", "mlp_ratio"),
+        "train": (
+            "windows_per_image",
+            "batch_size",
+            "lr",
+            "max_epochs",
+            "patience",
+            "val_max_images",
+            "val_windows_per_image",
+        ),
+        "score": ("mean_filter", "gaussian_sigma", "chunk_windows"),
+    },
+    "non-negative": {
+        "train": ("max_minutes", "alpha", "beta", "threads", "sample_shards", "weight_decay", "grad_clip", "seed"),
+        "score": ("mean_map_images", "cover_spacing", "memory_mb"),
+    },
+    "fraction": {"train": ("warmup", "min_lr_ratio", "ema")},
+    "share": {"train": ("val_fraction",)},
+    "quantile": {"score": ("image_threshold_quantile", "pixel_threshold_quantile")},
 }
+_IN_RANGE = {
+    "positive": (lambda v: v > 0, "positive"),
+    "non-negative": (lambda v: v >= 0, "non-negative"),
+    "fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "share": (lambda v: 0 < v < 1, "between 0 and 1"),
+    "quantile": (lambda v: 0 < v <= 1, "in (0, 1]"),
+}
+MAX_SEED = 2**32 - 1
 
 
 def validate(cfg: Config) -> None:
-    """Raise IntraError naming the first option with an impossible value."""
+    """Raise IntraError naming the first option with an impossible value.
+
+    Every field must have its default's type, every number must be finite (no NaN or infinity),
+    and within its range; the score filters must fit in the image at every scale. Score settings
+    are checked here too, although they are used only after training: a bad one must not cost a
+    whole training run.
+    """
+    _check_types(cfg)
     for (section, name), allowed in _CHOICES.items():
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
             raise IntraError(f"{section}.{name} must be one of {', '.join(allowed)}, not {value!r}")
-    for section, names in _POSITIVE.items():
-        for name in names:
-            if getattr(getattr(cfg, section), name) <= 0:
-                raise IntraError(f"{section}.{name} must be positive, not {getattr(getattr(cfg, section), name)!r}")
-    if cfg.score.mean_map_images < 0 or cfg.score.cover_spacing < 0:
-        raise IntraError("score.mean_map_images and score.cover_spacing must not be negative")
-    for name in ("max_minutes", "alpha", "beta", "threads", "sample_shards", "weight_decay", "grad_clip"):
-        if getattr(cfg.train, name) < 0:
-            raise IntraError(f"train.{name} must not be negative")
-    for name in ("warmup", "min_lr_ratio", "ema"):
-        if not 0 <= getattr(cfg.train, name) < 1:
-            raise IntraError(f"train.{name} must be in [0, 1), not {getattr(cfg.train, name)}")
+    for kind, sections in _RANGES.items():
+        ok, text = _IN_RANGE[kind]
+        for section, names in sections.items():
+            for name in names:
+                value = getattr(getattr(cfg, section), name)
+                if not ok(value):
+                    raise IntraError(f"{section}.{name} must be {text}, not {value!r}")
+    if cfg.train.seed > MAX_SEED:
+        raise IntraError(f"train.seed must be at most {MAX_SEED}, not {cfg.train.seed}")
     m = cfg.model
     if m.channels not in (1, 3):
         raise IntraError(f"model.channels must be 1 or 3, not {m.channels}")
@@ -304,15 +376,7 @@ def validate(cfg: Config) -> None:
             raise IntraError(
                 f"{section}.cover_spacing must be 0 or at least 2 (with model.head = covered), not {spacing}"
             )
-    if cfg.score.memory_mb < 0:
-        raise IntraError(f"score.memory_mb must not be negative, not {cfg.score.memory_mb}")
-    if not 0 < cfg.train.val_fraction < 1:
-        raise IntraError(f"train.val_fraction must be between 0 and 1, not {cfg.train.val_fraction}")
-    for name in ("image_threshold_quantile", "pixel_threshold_quantile"):
-        if not 0 < getattr(cfg.score, name) <= 1:
-            raise IntraError(f"score.{name} must be in (0, 1], not {getattr(cfg.score, name)}")
-    if not cfg.score.scales or any(not 0 < s <= 1 for s in cfg.score.scales):
-        raise IntraError(f"score.scales must be fractions in (0, 1], not {cfg.score.scales}")
+    _check_score_filters(cfg)
     if not cfg.data.scale >= 0 or cfg.data.scale > 16:
         raise IntraError(f"data.scale must be 0 (automatic) or a factor in (0, 16], not {cfg.data.scale}")
     for name in ("height", "width"):
@@ -325,25 +389,99 @@ def validate(cfg: Config) -> None:
         raise IntraError("model.position = global needs every image at one size and grid: set data.resize = square")
 
 
+def _check_types(cfg: Config) -> None:
+    """Every field holds its default's type (int fields an int, not a bool) and every number is finite."""
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        defaults = type(values)()
+        for f in dataclasses.fields(values):
+            key, value, default = f"{section.name}.{f.name}", getattr(values, f.name), getattr(defaults, f.name)
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+            elif isinstance(default, int):
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif isinstance(default, float):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            elif isinstance(default, tuple):
+                ok = isinstance(value, tuple) and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+                )
+            elif isinstance(default, str):
+                ok = isinstance(value, str)
+            else:
+                continue
+            if not ok:
+                raise IntraError(f"{key} must be of type {type(default).__name__}, not {value!r}")
+            numbers = value if isinstance(value, tuple) else (value,) if isinstance(value, float) else ()
+            if not all(math.isfinite(v) for v in numbers):
+                raise IntraError(f"{key} must be a finite number, not {value!r}")
+
+
+def _check_score_filters(cfg: Config) -> None:
+    """score.scales in (0, 1]; at every scale the mean filter and the Gaussian (radius 3 sigma) fit in the image."""
+    s = cfg.score
+    if not s.scales or any(not 0 < v <= 1 for v in s.scales):
+        raise IntraError(f"score.scales must be fractions in (0, 1], not {','.join(map(str, s.scales)) or 'empty'}")
+    for scale in s.scales:
+        side = max(1, round(cfg.model.image_size * scale))  # the scaled image, as core.anomaly_map computes it
+        mean_side = max(1, 2 * math.floor(s.mean_filter * scale / 2) + 1)  # core.anomaly_map.odd_size
+        if mean_side > side:
+            raise IntraError(
+                f"score.mean_filter {s.mean_filter} is too large: at scale {scale} it is {mean_side} px wide, "
+                f"more than the {side} px image (model.image_size {cfg.model.image_size})"
+            )
+        if math.ceil(3 * s.gaussian_sigma * scale) > side:
+            raise IntraError(
+                f"score.gaussian_sigma {s.gaussian_sigma} is too large: at scale {scale} its radius "
+                f"{math.ceil(3 * s.gaussian_sigma * scale)} px exceeds the {side} px image (model.image_size {cfg.model.image_size})"
+            )
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Nested dict from a .json, .toml or .yaml file."""
+    """Nested dict from a .json, .toml or .yaml file; every failure is a one-line IntraError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise IntraError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    if path.suffix not in (".json", ".toml", ".yaml", ".yml"):
+        raise IntraError(f"{path}: config files must be .json, .toml or .yaml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IntraError(f"cannot read config file {path}: {_one_line(exc)}") from None
     try:
         if path.suffix == ".json":
-            return json.loads(text)
-        if path.suffix == ".toml":
-            import tomllib
-
-            return tomllib.loads(text)
-        if path.suffix in (".yaml", ".yml"):
+            data = json.loads(text)
+        elif path.suffix == ".toml":
+            data = _toml().loads(text)
+        else:
             import yaml
 
-            return yaml.safe_load(text) or {}
+            data = yaml.safe_load(text)
+            data = {} if data is None else data
     except ImportError as exc:
         raise IntraError(f"{path}: reading {path.suffix} files needs the {exc.name} package") from None
-    except Exception as exc:  # parse errors of any of the three formats
-        raise IntraError(f"{path}: not a valid {path.suffix[1:]} file ({exc})") from None
-    raise IntraError(f"{path}: config files must be .json, .toml or .yaml")
+    except Exception as exc:  # parse errors of any of the three formats, YAML tags refused by safe_load
+        raise IntraError(f"{path}: not a valid {path.suffix[1:]} file ({_one_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise IntraError(
+            f"{path}: a config file must map sections to keys (e.g. train: {{lr: 0.001}}), not hold {_kind(data)}"
+        )
+    return data
+
+
+def _toml():
+    """tomllib (Python 3.11+) or, on Python 3.10, the tomli package it came from."""
+    try:
+        import tomllib
+    except ImportError:
+        import tomli as tomllib
+    return tomllib
+
+
+def _kind(value: Any) -> str:
+    kinds = {list: "a list", str: "text", bool: "a boolean", int: "a number", float: "a number"}
+    return kinds.get(type(value), f"a {type(value).__name__}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())

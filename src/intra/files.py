@@ -2,14 +2,20 @@
 
 A crash, a full disk or a read-only folder never leaves half a file behind: the temporary file is
 removed and an existing file at the destination is left as it was. Failures become an IntraError
-naming the file.
+naming the file. A process killed during a write (kill -9) leaves its hidden temporary file
+`.<name>.<random>.tmp`; `remove_orphans` deletes those at the next run. `replacing_folder` builds
+a new folder beside an old one and swaps it in only once it is complete.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +58,69 @@ def write_json(path: Path, data: Any) -> None:
 
 def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def remove_orphans(folder: Path) -> int:
+    """Delete the temporary files (`.*.tmp`) that interrupted atomic writes left anywhere below folder.
+
+    Call it only while no other process writes there (predict holds its folder's lock). Returns the count.
+    """
+    removed = 0
+    for path in Path(folder).rglob(".*.tmp"):
+        try:
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+                removed += 1
+        except OSError:
+            pass  # not ours to worry about: the next write reports a real problem by name
+    return removed
+
+
+@contextmanager
+def replacing_folder(folder: Path) -> Iterator[Path]:
+    """A new temporary sibling of `folder` to fill; on success it replaces folder, on failure it is removed.
+
+    The swap is two renames on one file system (folder -> a hidden old name, new -> folder), then the
+    old folder is deleted: nothing is lost if the process dies at any point (the old content is
+    complete until the new one is), and readers see either the old or the new folder, never a mix.
+    """
+    folder = Path(folder)
+    _remove_stale_siblings(folder)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-{os.getpid()}-", dir=folder.parent))
+        os.chmod(staging, 0o777 & ~_UMASK)
+    except OSError as exc:
+        raise IntraError(f"cannot write next to {folder}: {exc.strerror or exc}") from None
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = staging.with_name(staging.name.replace(".new-", ".old-", 1))
+    try:
+        os.replace(folder, old)
+        os.replace(staging, folder)
+    except OSError as exc:
+        if old.exists() and not folder.exists():
+            os.replace(old, folder)
+        raise IntraError(f"cannot replace {folder}: {exc.strerror or exc} (the new one is in {staging})") from None
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_stale_siblings(folder: Path) -> None:
+    """Delete the .<name>.new-<pid>-* and .<name>.old-<pid>-* folders of replacing_folder calls whose process died."""
+    for sibling in folder.parent.glob(f".{glob.escape(folder.name)}.[no][el][wd]-*-*"):
+        kind, _, rest = sibling.name[len(folder.name) + 2 :].partition("-")
+        pid = rest.partition("-")[0]
+        if kind in ("new", "old") and pid.isdigit() and sibling.is_dir() and not _alive(int(pid)):
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True

@@ -5,28 +5,33 @@ image threshold), `threshold` and `pixel_threshold` (calibrated at training, see
 `defect_area` (pixels of `pred_mask` at the image's own resolution), `image_size` [w, h],
 `regions` (connected regions of `pred_mask`, largest first: `bbox` [x0, y0, x1, y1), `area`,
 `peak_score`, `centroid` [x, y]; see `inference.prediction`) and `seconds` (its share of its
-batch's wall time). With an output folder, each image also gets:
+batch's wall time). An image that cannot be read (undecodable, too
+small, over the pixel budget, several frames: see `data.images`) is skipped: its record is
+`{"path", "error", "seconds"}` and the rest of its batch is scored as usual. With an output
+folder, each image also gets (<name>: see below):
 
-  anomaly_maps/<name>.png  the anomaly map at the resolution it was scored at, as a 16-bit PNG: pixel value v
-                           means low + v / 65535 * (anomaly_map_max - low), with the map's maximum
-                           (the record's `anomaly_map_max`) and its minimum `low` in the PNG's text
-                           chunks "intra.anomaly_map_max" and "intra.anomaly_map_min" (0 when
-                           absent; z-scored maps go below 0); `read_anomaly_map` decodes it.
-  overlays/<name>.png      image | heatmap on the run's fixed colour scale | predicted mask.
-  masks/<name>.png         pred_mask (0/255) at the image's own resolution.
+  anomaly_maps/<name>  the anomaly map at the resolution it was scored at, as a 16-bit PNG: value v
+                       means low + v / 65535 * (anomaly_map_max - low), with the map's maximum
+                       (the record's `anomaly_map_max`) and its minimum `low` in the PNG's text
+                       chunks "intra.anomaly_map_max" and "intra.anomaly_map_min" (0 when
+                       absent; z-scored maps go below 0); `read_anomaly_map` decodes it.
+  overlays/<name>      image | heatmap on the run's fixed colour scale | predicted mask.
+  masks/<name>         pred_mask (0/255) at the image's own resolution.
 
-and the record is appended to predictions.jsonl, flushed, after its files are written. Rerunning
-with the same output folder skips the images already recorded there, so an interrupted run
-resumes where it stopped. Memory stays bounded: images are read, scored and written one batch at
-a time and records are not kept. <name> mirrors the inputs' folders below their common folder.
+and the record is appended to predictions.jsonl after its files are written. <name> mirrors the
+inputs' folders below their common folder and keeps the input's suffix (`a/x.jpg` ->
+`a/x_jpg.png`), with an index where two inputs would share one (`predict_folder`). Rerunning with
+the same output folder skips the images already recorded there, so an interrupted run resumes
+where it stopped; unreadable images are retried. The folder is locked while a process predicts
+into it, and may not lie inside an input folder (nor an input inside it). Memory stays bounded:
+images are read, scored and written one batch at a time and records are not kept.
 """
 
 from __future__ import annotations
 
 import glob
-import json
 import logging
-import os
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,18 +42,18 @@ from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
 from .data.datasets import IMAGE_SUFFIXES, is_image
-from .data.geometry import Geometry, image_size
-from .data.images import load_images
+from .data.geometry import Geometry
+from .data.images import image_size, try_load_images
 from .errors import IntraError
-from .files import atomic_write, write_json
+from .files import atomic_write
 from .inference.detector import Detector
 from .inference.prediction import predicted
 from .pictures import overlay_panel, save_png, to_rgb_uint8
+from .predict_folder import MANIFEST, RECORDS, PredictFolder, check_not_nested, dumps, output_names
 
 log = logging.getLogger(__name__)
 
-RECORDS = "predictions.jsonl"
-MANIFEST = "predict.json"
+__all__ = ["MANIFEST", "RECORDS", "Predictions", "dumps", "expand_inputs", "output_names", "predict_paths"]
 MAP_MAX_KEY = "intra.anomaly_map_max"
 MAP_MIN_KEY = "intra.anomaly_map_min"
 
@@ -86,98 +91,170 @@ def _hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
 
-def output_names(paths: list[Path]) -> list[str]:
-    """Output file names (PNG) mirroring the paths below their common folder: a/1.png, b/1.png stay apart."""
-    if not paths:
-        return []
-    root = Path(os.path.commonpath([p.parent for p in paths]))
-    return [p.relative_to(root).with_suffix(".png").as_posix() for p in paths]
+def resolve_thresholds(stats: dict, image_threshold: float | None = None, pixel_threshold: float | None = None) -> dict:
+    """The thresholds to predict with: the given ones, else the run's calibrated ones (None if it has none).
 
-
-def open_output(out_dir: Path, manifest: dict) -> set[str]:
-    """Create or reopen an output folder; returns the paths already predicted there.
-
-    A record cut short by an interruption (the last line) is dropped. A folder holding
-    predictions made with another run or other thresholds is refused rather than mixed.
+    Any finite number is a threshold (z-scored maps and scores can be negative); NaN and infinity are refused.
     """
-    records = out_dir / RECORDS
-    previous = out_dir / MANIFEST
-    if previous.is_file():
+    chosen = {"image_threshold": image_threshold, "pixel_threshold": pixel_threshold}
+    for name, value in chosen.items():
+        if value is not None and not math.isfinite(value):
+            raise IntraError(f"--{name.replace('_', '-')} must be a finite number, not {value}")
+    return {name: stats.get(name) if value is None else float(value) for name, value in chosen.items()}
+
+
+class Predictions:
+    """`intra predict` as a library call: iterate for the records, then read the counts or `summary()`.
+
+        with Predictions(detector, ["new_images/"], "predictions", run_dir="runs/x") as job:
+            for record in job:
+                ...
+        print(job.summary())
+
+    Opening checks everything before any image is read: the inputs (expand_inputs), the thresholds
+    (resolve_thresholds) and the output folder (not inside an input folder; locked; its earlier
+    records, made with the same run and thresholds, are skipped).
+    """
+
+    def __init__(
+        self,
+        detector: Detector,
+        inputs: list[str | Path],
+        out_dir: str | Path | None = None,
+        run_dir: str | Path | None = None,
+        batch_size: int = 8,
+        image_threshold: float | None = None,
+        pixel_threshold: float | None = None,
+        threads: int = 0,
+    ):
+        if batch_size <= 0:
+            raise IntraError(f"--batch-size must be positive, not {batch_size}")
+        self.detector, self.batch_size, self.threads = detector, batch_size, threads
+        self.paths = expand_inputs([str(item) for item in inputs])
+        self.thresholds = resolve_thresholds(detector.stats, image_threshold, pixel_threshold)
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.folder: PredictFolder | None = None
+        if self.out_dir is not None:
+            check_not_nested(self.out_dir, inputs, self.paths)
+            settings = {"run": None if run_dir is None else str(Path(run_dir).resolve()), **self.thresholds}
+            if run_dir is not None:
+                from .checkpoint import read_metadata
+
+                settings["weights_sha256"] = read_metadata(run_dir).get("weights_sha256")
+            self.folder = PredictFolder.open(self.out_dir, settings, self.paths)
+        self.skipped = 0 if self.folder is None else sum(str(p) in self.folder.done for p in self.paths)
+        self.predicted = self.anomalous = self.failed = 0
+        self.first_error: str | None = None
+        self.seconds = 0.0
+
+    def __iter__(self) -> Iterator[dict]:
+        return self.run()
+
+    def run(self, progress: bool = False) -> Iterator[dict]:
+        """Score the images not yet recorded, yielding one record each (see the module doc)."""
+        start = time.perf_counter()
+        out = self.folder if self.folder is not None else None
         try:
-            old = json.loads(previous.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            old = None
-        if old != manifest:
-            raise IntraError(
-                f"{out_dir} holds predictions made with another run or thresholds ({previous}): choose another --out"
-            )
-    write_json(previous, manifest)
-    if not records.is_file():
-        return set()
-    lines = records.read_text(encoding="utf-8").split("\n")
-    done, kept = set(), []
-    for line in lines:
-        try:
-            done.add(json.loads(line)["path"])
-            kept.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            break  # the cut line (or the empty string after the last newline)
-    if len(kept) != len(lines) - 1 or lines[-1]:
-        atomic_write(records, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8"))
-    return done
+            for record in predict_paths(
+                self.detector,
+                self.paths,
+                out,
+                self.batch_size,
+                self.thresholds,
+                progress=progress,
+                threads=self.threads,
+            ):
+                if "error" in record:
+                    self.failed += 1
+                    self.first_error = self.first_error or record["error"]
+                else:
+                    self.predicted += 1
+                    self.anomalous += bool(record["pred_label"])
+                yield record
+        finally:
+            self.seconds = time.perf_counter() - start
+
+    def summary(self) -> str:
+        """One line: counts, the threshold used, what was skipped and where the records are."""
+        text = (
+            f"predicted {self.predicted} images in {self.seconds:.1f}s: {self.anomalous} anomalous "
+            f"(pred_score >= {self.thresholds['image_threshold']})"
+        )
+        if self.failed:
+            text += f'; {self.failed} could not be read (their records hold "error")'
+        if self.skipped:
+            text += f"; {self.skipped} already done in {self.out_dir}"
+        if self.out_dir is not None:
+            text += f"; records in {self.out_dir / RECORDS}"
+        return text
+
+    def close(self) -> None:
+        if self.folder is not None:
+            self.folder.close()
+
+    def __enter__(self) -> Predictions:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def predict_paths(
     detector: Detector,
     paths: list[Path],
-    out_dir: Path | None = None,
+    out_dir: Path | PredictFolder | None = None,
     batch_size: int = 8,
     thresholds: dict | None = None,
     done: set[str] = frozenset(),
     progress: bool = False,
+    threads: int = 0,
 ) -> Iterator[dict]:
-    """Score images in batches, yielding one record per image not in `done` (see the module doc).
+    """Score images in batches, yielding one record per image not done (see the module doc).
 
-    thresholds: {"image_threshold", "pixel_threshold"}; by default the run's calibrated ones.
+    out_dir: an output folder (opened, locked and closed here) or an open PredictFolder (its
+    recorded images are skipped too). thresholds: {"image_threshold", "pixel_threshold"}; by
+    default the run's calibrated ones. threads: image decoding threads (0 = one per CPU, at most 8).
     """
+    thresholds = thresholds or resolve_thresholds(detector.stats)
+    if out_dir is not None and not isinstance(out_dir, PredictFolder):
+        with PredictFolder.open(Path(out_dir), dict(thresholds), paths) as folder:
+            yield from predict_paths(detector, paths, folder, batch_size, thresholds, done, progress, threads)
+        return
+    folder: PredictFolder | None = out_dir
+    skip = set(done) | (folder.done if folder is not None else set())
+    todo = [p for p in paths if str(p) not in skip]
+    names = folder.names if folder is not None else {}
     cfg = detector.cfg
-    stats = detector.stats
-    thresholds = thresholds or stats
     image_threshold, pixel_threshold = thresholds.get("image_threshold"), thresholds.get("pixel_threshold")
-    vmax = float(stats.get("overlay_vmax", 0.0))
-    names = dict(zip(paths, output_names(paths)))
-    todo = [p for p in paths if str(p) not in done]
-    try:
-        if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        records = None if out_dir is None else (out_dir / RECORDS).open("a", encoding="utf-8")
-    except OSError as exc:
-        raise IntraError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
+    vmax = float(detector.stats.get("overlay_vmax", 0.0))
     bar = tqdm(total=len(todo), desc="predict", unit="img", disable=None if progress else True)
     try:
         for first in range(0, len(todo), batch_size):
             start = time.perf_counter()
             chunk = todo[first : first + batch_size]
-            images = load_images(chunk, Geometry.of(cfg), cfg.data.color)  # each (C, h, w) as scored
-            maps, scores = detector.predict(images)
-            for path, image, amap, score in zip(chunk, images, maps, scores):
-                prediction = predicted(amap, float(score), image_size(path), image_threshold, pixel_threshold)
-                record = {"path": str(path), **prediction.to_record()}
-                if out_dir is not None:
-                    files = _write_files(out_dir, names[path], image, amap, prediction.pred_mask, pixel_threshold, vmax)
-                    record.update(files)
+            loaded = try_load_images(chunk, Geometry.of(cfg), cfg.data.color, threads)  # (C, h, w) or errors
+            readable = [image for image in loaded if not isinstance(image, IntraError)]
+            scored = iter(zip(readable, *detector.predict(readable))) if readable else iter(())
+            for path, image in zip(chunk, loaded):
+                record = {"path": str(path), "error": str(image)} if isinstance(image, IntraError) else None
+                if record is None:
+                    image, amap, score = next(scored)
+                    try:
+                        prediction = predicted(amap, float(score), image_size(path), image_threshold, pixel_threshold)
+                        record, mask = {"path": str(path), **prediction.to_record()}, prediction.pred_mask
+                    except IntraError as exc:  # the file changed or vanished since it was read
+                        record, mask = {"path": str(path), "error": str(exc)}, None
+                    if folder is not None and "error" not in record:
+                        record.update(
+                            _write_files(folder.path, names[str(path)], image, amap, mask, pixel_threshold, vmax)
+                        )
                 record["seconds"] = round((time.perf_counter() - start) / len(chunk), 4)
-                if records is not None:
-                    records.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    records.flush()
+                if folder is not None:
+                    folder.append(record)
                 bar.update()
                 yield record
-    except OSError as exc:
-        raise IntraError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
     finally:
         bar.close()
-        if records is not None:
-            records.close()
 
 
 def _write_files(

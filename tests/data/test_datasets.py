@@ -44,3 +44,24 @@ def test_plain_folder_of_training_images(tmp_path):
         write_image(tmp_path / "imgs" / f"{i}.jpg", np.full((20, 20, 3), 50, np.uint8))
     (tmp_path / "imgs" / "readme.txt").write_text("ignored")
     assert [p.name for p in training_images(tmp_path / "imgs")] == ["0.jpg", "1.jpg", "2.jpg"]
+
+
+def test_training_needs_a_minimum_number_of_images(tmp_path):
+    """Issue 13, case 8: one or two training images would give a model that flags everything: refused."""
+    for i in range(2):
+        write_image(tmp_path / "train" / "good" / f"{i}.png", np.full((20, 20), 50, np.uint8))
+    with pytest.raises(IntraError, match=r"holds 2 image\(s\): intra needs at least 3"):
+        training_images(tmp_path)
+    write_image(tmp_path / "train" / "good" / "2.png", np.full((20, 20), 50, np.uint8))
+    assert len(training_images(tmp_path)) == datasets.MIN_TRAIN_IMAGES == 3
+
+
+def test_a_mask_of_another_size_than_its_image_is_refused(tmp_path):
+    """Issue 13, case 9: never stretched into the pixel metrics; the message names both sizes."""
+    write_image(tmp_path / "test" / "good" / "000.png", np.zeros((40, 60), np.uint8))
+    write_image(tmp_path / "test" / "dent" / "000.png", np.zeros((40, 60), np.uint8))
+    write_image(tmp_path / "ground_truth" / "dent" / "000_mask.png", np.zeros((30, 60), np.uint8))
+    with pytest.raises(IntraError, match=r"000_mask.png is 60x30 px but its image .*000.png is 60x40 px"):
+        datasets.test_samples(tmp_path)
+    write_image(tmp_path / "ground_truth" / "dent" / "000_mask.png", np.zeros((40, 60), np.uint8))
+    assert len(datasets.test_samples(tmp_path)) == 2

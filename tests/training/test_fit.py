@@ -113,8 +113,8 @@ def test_the_kept_epoch_follows_the_selection_metric(tmp_path, mvtec_root, selec
 
 
 def test_images_of_several_sizes_train_score_and_evaluate_at_their_own_geometry(tmp_path, mixed_root):
-    from intra.data.geometry import Geometry, image_size
-    from intra.data.images import load_image
+    from intra.data.geometry import Geometry
+    from intra.data.images import image_size, load_image
     from intra.evaluation.scoring import evaluate
 
     cfg = tiny_config()

@@ -2,7 +2,8 @@
 
 MVTec AD layout:  ROOT/train/good/*, ROOT/test/<kind>/*, ROOT/ground_truth/<kind>/<stem>_mask.png
 (`good` test images need no mask). Listing checks the layout (missing folders, defect images
-without masks, masks without images) and names what is wrong; reading the files is `images`.
+without masks, masks without images, masks of another size than their image, too few training
+images) and names what is wrong; reading the files is `images`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import torch
 
 from ..config import TrainConfig
 from ..errors import IntraError
+from .images import image_size
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 GOOD = "good"
+MIN_TRAIN_IMAGES = 3  # training refuses fewer defect-free images
 
 
 @dataclass
@@ -47,18 +50,23 @@ def list_images(folder: str | Path, what: str = "images") -> list[Path]:
     return paths
 
 
-def is_mvtec_root(root: str | Path) -> bool:
-    return (Path(root) / "train" / GOOD).is_dir() or (Path(root) / "test").is_dir()
-
-
 def training_images(root: str | Path) -> list[Path]:
-    """Training images of an MVTec-layout root (ROOT/train/good) or of a plain folder of images."""
+    """Training images of an MVTec-layout root (ROOT/train/good) or of a plain folder of images.
+
+    At least MIN_TRAIN_IMAGES: with fewer, one image would be both trained on and held out for the
+    thresholds, and the model would flag everything.
+    """
     root = Path(root)
     if not root.exists():
         raise IntraError(f"training data folder not found: {root}")
-    if (root / "train" / GOOD).is_dir():
-        return list_images(root / "train" / GOOD, "training")
-    return list_images(root, "training")
+    folder = root / "train" / GOOD if (root / "train" / GOOD).is_dir() else root
+    paths = list_images(folder, "training")
+    if len(paths) < MIN_TRAIN_IMAGES:
+        raise IntraError(
+            f"training folder {folder} holds {len(paths)} image(s): intra needs at least {MIN_TRAIN_IMAGES} "
+            "(some to learn from, one held out to calibrate the thresholds)"
+        )
+    return paths
 
 
 def test_samples(root: str | Path) -> list[Sample]:
@@ -90,11 +98,22 @@ def test_samples(root: str | Path) -> list[Sample]:
                 continue
             if not mask.is_file():
                 raise IntraError(f"defect image {path} has no mask: expected {mask}")
+            _check_mask_size(path, mask)
             samples.append(Sample(path, kind, 1, mask))
         _check_orphan_masks(root / "ground_truth" / kind, {s.path.stem for s in samples if s.kind == kind})
     if not any(s.label == 0 for s in samples) or not any(s.label == 1 for s in samples):
         raise IntraError(f"{test_dir} needs both good and defective images to compute AUROC")
     return samples
+
+
+def _check_mask_size(image: Path, mask: Path) -> None:
+    """A mask must cover its image pixel for pixel: stretching another size would misplace the defect."""
+    image_wh, mask_wh = image_size(image), image_size(mask)
+    if image_wh != mask_wh:
+        raise IntraError(
+            f"mask {mask} is {mask_wh[0]}x{mask_wh[1]} px but its image {image} is {image_wh[0]}x{image_wh[1]} px: "
+            "a mask must have its image's size"
+        )
 
 
 def _check_orphan_masks(folder: Path, stems: set[str]) -> None:

@@ -13,9 +13,6 @@ from __future__ import annotations
 import logging
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
-
-from PIL import Image
 
 from ..config import Config
 
@@ -47,14 +44,6 @@ class Geometry:
         smallest = self.window * self.patch
         sides = (max(smallest, self.patch * round(side * self.scale / self.patch)) for side in (height, width))
         return tuple(sides)
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file's header (EXIF orientation applied), without decoding the pixels."""
-    with Image.open(path) as image:
-        width, height = image.size
-        orientation = image.getexif().get(0x0112, 1)
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def resolve_scale(cfg: Config, sizes: list[tuple[int, int]]) -> float:

@@ -1,14 +1,18 @@
 """Reading one image or mask file into a tensor with values in [0, 1].
 
-Images may be png, jpg, jpeg, bmp, tif or tiff, grayscale or colour, 8 or 16 bit; they are
-converted to the configured colour (gray or RGB) and resized bilinearly to the model's size; masks
-are resized with nearest neighbour. Every failure is an IntraError naming the file. This module
-knows nothing of the network.
+Images may be png, jpg, jpeg, bmp, tif or tiff, grayscale or colour, 8 or 16 bit; they are turned
+upright by their EXIF orientation, converted to the configured colour (gray or RGB) and resized
+bilinearly to the model's size; masks are resized with nearest neighbour. Refused, by name:
+files that cannot be decoded, images under MIN_SIDE px per side, images over MAX_PIXELS pixels
+(from the header, before decoding), and multi-frame files (multi-page TIFF, animated PNG). Every
+failure is an IntraError naming the file. This module knows nothing of the network.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,26 +27,101 @@ log = logging.getLogger(__name__)
 
 # Smaller images hold no texture to inpaint: they are thumbnails or broken exports, refused by name.
 MIN_SIDE = 16
+# The pixel budget: a larger image is refused from its header, before it is decoded. Decoding and
+# resizing cost about 30 bytes per pixel at once (docs/predict-memory.md measures the largest
+# accepted image), so this budget bounds one image's peak memory near 1.5 GB.
+MAX_PIXELS = 50_000_000
+# Formats whose extra frames are other images (pages, animation frames): refused rather than
+# silently reduced to the first frame. JPEG files from cameras (MPO) carry a preview as a second
+# frame: their first frame is the photograph and is used.
+_MULTI_FRAME_FORMATS = ("TIFF", "PNG", "GIF", "WEBP")
+_ORIENTATION = 0x0112  # EXIF tag; values 5 to 8 swap width and height
+_BITS = "intra.bits"  # image.info key: bits per sample of the file, for 16-bit images (see _to_array)
 
 
-def _open(path: Path) -> Image.Image:
-    """Open and fully decode an image, turning every failure into an IntraError naming the file."""
+def _header(path: Path) -> Image.Image:
+    """Open an image file without decoding it, refusing what must not be decoded: a missing file,
+    more than MAX_PIXELS pixels (Pillow's own decompression-bomb check included), several frames."""
     if not path.is_file():
         raise IntraError(f"image not found: {path}")
     try:
-        image = Image.open(path)
-        image.load()  # decode now: truncated files fail here, not later
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, by name
+            image = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise IntraError(f"image {path} is too large: {exc} (intra reads at most {MAX_PIXELS:,} pixels)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise IntraError(f"cannot read image {path}: {exc}") from None
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        image.close()
+        raise IntraError(
+            f"image {path} is {width}x{height} px = {width * height:,} pixels: more than the budget of "
+            f"{MAX_PIXELS:,} pixels (downscale it first)"
+        )
+    try:
+        frames = getattr(image, "n_frames", 1) if image.format in _MULTI_FRAME_FORMATS else 1
+    except (OSError, SyntaxError, ValueError) as exc:
+        image.close()
+        raise IntraError(f"cannot read image {path}: {exc}") from None
+    if frames > 1:
+        image.close()
+        raise IntraError(
+            f"image {path} holds {frames} frames (a multi-page or animated {image.format}): "
+            "intra reads single images; save each frame as its own file"
+        )
     return image
 
 
+def _open(path: Path) -> Image.Image:
+    """Open and fully decode an image, upright (its EXIF orientation applied), turning every failure
+    into an IntraError naming the file."""
+    image = _header(path)
+    try:
+        bits = _bits_per_sample(image, path)
+        image.load()  # decode now: truncated files fail here, not later
+        if image.getexif().get(_ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)  # camera JPEGs: the pixels as the camera was held
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise IntraError(f"cannot read image {path}: {exc}") from None
+    image.info[_BITS] = bits
+    return image
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file as intra reads it (EXIF orientation applied), from its header only."""
+    path = Path(path)
+    with _header(path) as image:
+        try:
+            orientation = image.getexif().get(_ORIENTATION, 1)
+        except (OSError, SyntaxError, ValueError):
+            orientation = 1
+        width, height = image.size
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def _bits_per_sample(image: Image.Image, path: Path) -> int:
+    """Bits per sample that the file declares (PNG header, TIFF BitsPerSample), not guessed from the pixels."""
+    if image.format == "PNG":
+        with open(path, "rb") as file:
+            header = file.read(25)  # signature (8), IHDR length and type (8), width, height (8), bit depth
+        return header[24] if len(header) == 25 else 8
+    if image.format == "TIFF":
+        bits = image.tag_v2.get(258, 8)  # BitsPerSample
+        return int(bits[0] if isinstance(bits, tuple) else bits)
+    return 16 if image.mode.startswith("I") else 8
+
+
 def _to_array(image: Image.Image, color: str) -> np.ndarray:
-    """PIL image of any mode -> float32 (H, W, C) in [0, 1], C = 1 for "gray", 3 for "rgb"."""
+    """PIL image of any mode -> float32 (H, W, C) in [0, 1], C = 1 for "gray", 3 for "rgb".
+
+    16-bit images are divided by 65535 and 8-bit ones by 255, as the file's bit depth says (an
+    integer image of mode "I" from a 16-bit PNG or TIFF is 16-bit even when all its pixels are dark).
+    """
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float32)
-        array = array / (65535.0 if array.max() > 255 or image.mode.startswith("I;16") else 255.0)
-        array = array[..., None]
+        deep = image.mode.startswith("I;16") or image.info.get(_BITS, 16) > 8
+        array = np.clip(array / (65535.0 if deep else 255.0), 0, 1)[..., None]
         return array if color == "gray" else np.repeat(array, 3, axis=2)
     if image.mode == "F":
         array = np.asarray(image, dtype=np.float32)
@@ -78,16 +157,16 @@ def resolve_color(color: str, paths: list[Path]) -> str:
     return "gray" if all(is_gray(p) for p in paths[::step]) else "rgb"
 
 
-def load_image(path: str | Path, size: int | Geometry, color: str, min_size: int = MIN_SIDE) -> torch.Tensor:
+def load_image(path: str | Path, size: int | Geometry, color: str) -> torch.Tensor:
     """Read, convert and resize one image -> (C, h, w) float32 in [0, 1].
 
     `size` an int: size x size; a `geometry.Geometry`: the size it gives this image.
     """
     path = Path(path)
     image = _open(path)
-    if min(image.size) < min_size:
+    if min(image.size) < MIN_SIDE:
         raise IntraError(
-            f"image {path} is {image.size[0]}x{image.size[1]} px: too small (at least {min_size} px per side)"
+            f"image {path} is {image.size[0]}x{image.size[1]} px: too small (at least {MIN_SIDE} px per side)"
         )
     return _resized(_to_array(image, color), size)
 
@@ -172,15 +251,33 @@ def load_mask(path: str | Path, size: int | tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(np.asarray(binary.resize((width, height), Image.NEAREST)) > 0)
 
 
-def load_images(paths: list[Path], size: int | Geometry, color: str, threads: int = 4) -> list[torch.Tensor]:
-    """Load many images in parallel (decoding releases the GIL) -> a list of (C, h, w), in order."""
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(lambda p: load_image(p, size, color), paths))
+def load_images(paths: list[Path], size: int | Geometry, color: str, threads: int = 0) -> list[torch.Tensor]:
+    """Load many images in parallel (decoding releases the GIL) -> a list of (C, h, w), in order.
+
+    threads: decoding threads (train.threads or --threads); 0 = one per CPU, at most 8.
+    The first unreadable file raises its IntraError.
+    """
+    results = try_load_images(paths, size, color, threads)
+    for result in results:
+        if isinstance(result, IntraError):
+            raise result
+    return results
 
 
-def stack_if_same_size(images: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-    """(n, C, H, W) when every image has one size, else the list itself."""
-    return torch.stack(images) if len({tuple(x.shape) for x in images}) == 1 else images
+def try_load_images(
+    paths: list[Path], size: int | Geometry, color: str, threads: int = 0
+) -> list[torch.Tensor | IntraError]:
+    """Like load_images, but one result per path: its (C, h, w) tensor, or the IntraError saying why not."""
+
+    def one(path: Path) -> torch.Tensor | IntraError:
+        try:
+            return load_image(path, size, color)
+        except IntraError as exc:
+            return exc
+
+    workers = threads or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(paths)))) as pool:
+        return list(pool.map(one, paths))
 
 
 def standardize(images: torch.Tensor, mean: float = 0.5, std: float = 0.1) -> torch.Tensor:

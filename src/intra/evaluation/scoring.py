@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 
 from ..core.anomaly_map import filter_sizes
 from ..data.datasets import GOOD, Sample, test_samples
-from ..data.geometry import Geometry, image_size
-from ..data.images import load_image, load_mask
+from ..data.geometry import Geometry
+from ..data.images import image_size, load_image, load_mask
 from ..inference.detector import Detector
 from ..pictures import to_rgb_uint8
 from . import metrics

@@ -25,7 +25,7 @@ def run_demo(out: str | Path, threads: int = 0, seed: int = 0, progress: bool = 
     cfg.train.max_minutes = DEMO_MINUTES
     cfg.train.threads = threads
     cfg.train.seed = seed
-    result = fit(cfg, data, out / "run", progress=progress)
+    result = fit(cfg, data, out / "run", progress=progress, overwrite=True)  # a rerun replaces the demo's run
     evaluation = evaluate(result.detector, data, progress=progress)
     write_evaluation(evaluation, out / "evaluation", progress=progress)
     return evaluation.metrics

@@ -196,7 +196,7 @@ def _compute(cell: Cell, out: Path, progress: bool) -> dict | None:
                 return None
             if not (run / METADATA).is_file():
                 log.info("training %s into %s", cell.name, run)
-                fit(cell.cfg, cell.data, run, progress=progress)
+                fit(cell.cfg, cell.data, run, progress=progress, overwrite=True)  # a cell's unfinished run
     configure_threads(cell.cfg.train.threads)
     detector = Detector.load(run, device=cell.cfg.train.device)
     if cell.score:

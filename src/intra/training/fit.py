@@ -22,14 +22,14 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import save_checkpoint
+from ..checkpoint import check_new_run, save_checkpoint
 from ..config import Config, validate
 from ..core.model import InpaintingTransformer
 from ..data.datasets import training_images, validation_split
-from ..data.geometry import Geometry, image_size, resolve_fixed_size, resolve_kind, resolve_scale
-from ..data.images import load_images, resolve_color, standardize
+from ..data.geometry import Geometry, resolve_fixed_size, resolve_kind, resolve_scale
+from ..data.images import image_size, load_images, resolve_color, standardize
 from ..errors import IntraError
-from ..files import write_json
+from ..files import replacing_folder, write_json
 from ..inference.calibration import calibrate
 from ..inference.detector import Detector
 from ..runtime import configure_threads, resolve_device
@@ -46,12 +46,24 @@ class FitResult:
     main: bool = True  # False in the processes of a distributed run other than rank 0 (they write nothing)
 
 
-def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = False, resume: bool = False) -> FitResult:
+def fit(
+    cfg: Config,
+    data: str | Path,
+    run_dir: str | Path,
+    progress: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> FitResult:
     """Train on the images of `data` (an MVTec-layout root or a folder of images) into `run_dir`.
 
-    With `resume`, continue the interrupted training saved in run_dir (cfg must be its config).
+    With `resume`, continue the interrupted training saved in run_dir (cfg must be its config). A
+    run_dir that already holds a run is refused unless `overwrite`: then the new run is trained in
+    a temporary sibling folder that replaces the old run only once the new model is saved.
     """
     run_dir = Path(run_dir)
+    if not resume and distributed.world_from_env().main and check_new_run(run_dir, overwrite):
+        with replacing_folder(run_dir) as staging:
+            return fit(cfg, data, staging, progress)
     paths = training_images(data)
     color = resolve_color(cfg.data.color, paths)
     cfg = copy.deepcopy(cfg)
@@ -70,7 +82,7 @@ def fit(cfg: Config, data: str | Path, run_dir: str | Path, progress: bool = Fal
     if resume and world.active:
         raise IntraError("--resume continues single-process runs only: resume without torchrun")
     # Read every image before creating anything: a bad file must not leave a half-made run folder.
-    images = load_images(paths, Geometry.of(cfg), color)  # each (C, h, w)
+    images = load_images(paths, Geometry.of(cfg), color, threads=cfg.train.threads)  # each (C, h, w)
     if cfg.data.standardize:
         images = [standardize(x) for x in images]
     if not resume and world.main:
