@@ -79,3 +79,20 @@ def test_onnx_export_of_a_mean_head_inpaints_one_patch_per_window(cli_run, tmp_p
     images = torch.rand(2, 3, 64, 64)
     assert (torch_detector.predict(images)[0] - onnx_detector.predict(images)[0]).abs().max() <= 1e-4
 
+
+@pytest.mark.parametrize("head", ["covered", "mean"])
+def test_onnx_export_of_a_smooth_base_fill_adds_it_in_the_graph(cli_run, tmp_path, head):
+    run = tmp_path / "run"
+    shutil.copytree(cli_run, run)
+    meta = json.loads((run / "model.json").read_text())
+    meta["config"]["model"]["base_fill"] = "smooth"  # same weights: the head's pixels become a correction
+    meta["config"]["model"]["head"] = head
+    if head == "mean":
+        meta["config"]["train"]["cover_spacing"] = meta["config"]["score"]["cover_spacing"] = 0
+    meta["config_sha256"] = config_sha256(meta["config"])
+    (run / "model.json").write_text(json.dumps(meta))
+    export_onnx(run)
+    torch_detector, onnx_detector = Detector.load(run, device="cpu"), Detector.load(run, backend="onnx", threads=1)
+    images = torch.rand(2, 3, 64, 64)
+    torch_maps, onnx_maps = torch_detector.predict(images)[0], onnx_detector.predict(images)[0]
+    assert (torch_maps - onnx_maps).abs().max() <= 1e-4

@@ -37,6 +37,9 @@ class ModelConfig:
     long_skips: bool = True  # [choice] symmetric U-Net-like skips: block i feeds block n+1-i
     head: str = "mean"  # [choice] "mean" of all tokens or the "covered" token's own output
     normalize_input: bool = True  # standardise pixels with the training set's per-channel mean/std
+    # [choice] beyond the paper: "none" (the head gives the pixels) or "smooth" (the head gives a
+    # correction to the biharmonic fill of the covered patch from the window's pixels around it).
+    base_fill: str = "none"
 
     @property
     def grid(self) -> int:
@@ -292,6 +295,7 @@ _CHOICES = {
     ("model", "attention"): ("mfsa", "msa"),
     ("model", "position"): ("local", "global"),
     ("model", "head"): ("mean", "covered"),
+    ("model", "base_fill"): ("none", "smooth"),
     ("data", "color"): ("auto", "gray", "rgb"),
     ("data", "resize"): ("square", "scale"),
     ("data", "kind"): ("auto", "object", "texture"),

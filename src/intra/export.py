@@ -21,6 +21,7 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, read_metadata
 from .core.model import InpaintingTransformer
+from .core.smooth_fill import fill_grid, grid_operators
 from .core.windows import one_patch_plan
 from .errors import IntraError
 from .files import atomic_write
@@ -50,13 +51,22 @@ class WindowGraph(nn.Module):
     def __init__(self, model: InpaintingTransformer):
         super().__init__()
         self.model = model
+        m = model.cfg
+        # The fill's operators as constants of the graph (see smooth_fill.grid_operators).
+        self.fill_operators = grid_operators((m.window, m.window), m.patch_size) if m.base_fill == "smooth" else {}
 
     def forward(self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         model = self.model
         x = model.forward_blocks(model.tokens(model.embed_patches(patches), covered, positions))
+        base = None
+        if model.cfg.base_fill == "smooth":  # every token's fill; the mean head keeps the covered one's
+            m = model.cfg
+            base = fill_grid(patches, (m.window, m.window), m.channels, m.patch_size, self.fill_operators)
         if model.cfg.head == "mean":
-            return model.head_pixels(model.norm(x).mean(dim=1))
-        return model.head_pixels(model.norm(x))
+            if base is not None:
+                base = (base * covered[..., None]).sum(dim=1)  # (B, P): one covered token per window
+            return model.head_pixels(model.norm(x).mean(dim=1), base)
+        return model.head_pixels(model.norm(x), base)
 
 
 def export_onnx(run_dir: str | Path, out: str | Path | None = None) -> Path:

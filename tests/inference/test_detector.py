@@ -15,7 +15,7 @@ from intra.tools.speed import naive_reconstruct
 from conftest import lively_model, tiny_config
 
 # Every plan the engine runs: the paper's one patch per pass, and a lattice of patches per pass.
-PLANS = [{}, {"head": "covered", "spacing": 2}]
+PLANS = [{}, {"head": "covered", "spacing": 2}, {"head": "covered", "spacing": 2, "base_fill": "smooth"}]
 
 
 def detector_for(overrides: dict, **kwargs) -> Detector:
@@ -29,7 +29,14 @@ def detector_for(overrides: dict, **kwargs) -> Detector:
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"position": "global", "head": "covered"}, {"attention": "msa"}, {"head": "covered", "spacing": 2}],
+    [
+        {},
+        {"position": "global", "head": "covered"},
+        {"attention": "msa"},
+        {"head": "covered", "spacing": 2},
+        {"base_fill": "smooth"},
+        {"head": "covered", "spacing": 2, "base_fill": "smooth"},
+    ],
 )
 def test_batched_and_naive_reconstructions_agree(overrides):
     detector = detector_for(overrides)

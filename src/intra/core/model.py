@@ -4,7 +4,10 @@ Paper sections 3.1-3.3: a shared linear patch embedding, the covered token repla
 inpaint token, learned local (L*L) or global (M*N) position embeddings, n pre-LN blocks with
 multihead feature self-attention (MFSA: queries and keys from a D -> 2D -> D/2 MLP), symmetric
 long skips (block i feeds block n+1-i), then LayerNorm, a mean over tokens (or the covered token)
-and a linear map to K*K*C pixels. This module knows nothing of files, images or training.
+and a linear map to K*K*C pixels. With `model.base_fill = smooth` (beyond the paper) the head's
+pixels are a correction added to the smooth fill of each covered patch from the window's visible
+pixels around it (`smooth_fill`), so the untrained network starts as a biharmonic inpainter and
+learns what a smooth surface misses. This module knows nothing of files, images or training.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from .smooth_fill import fill_selected
 
 
 class Mlp(nn.Module):
@@ -109,6 +113,8 @@ class InpaintingTransformer(nn.Module):
         self.register_buffer("pixel_mean", torch.zeros(cfg.channels))
         self.register_buffer("pixel_std", torch.ones(cfg.channels))
         self._init_weights()
+        if cfg.base_fill == "smooth":  # start exactly at the smooth fill: a zero correction
+            nn.init.zeros_(self.head.weight)
 
     def _init_weights(self) -> None:
         nn.init.trunc_normal_(self.inpaint_token, std=0.02)
@@ -166,24 +172,43 @@ class InpaintingTransformer(nn.Module):
                 saved.append(x)
         return x
 
-    def head_pixels(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Normalised token outputs (..., D) -> pixels (..., P): the linear head, standardisation undone."""
+    def head_pixels(self, pooled: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised token outputs (..., D) -> pixels (..., P): the linear head, standardisation undone.
+
+        base: the smooth fill of the same patches (..., P) when `model.base_fill = smooth`; the head
+        then gives a correction to it, in units of the pixel std.
+        """
         out = self.head(pooled)
+        mean, std = self._patch_stats()
+        if base is not None:
+            return out * std + base
         if self.cfg.normalize_input:
-            mean, std = self._patch_stats()
             out = out * std + mean
         return out
 
-    def decode(self, x: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+    def base_pixels(self, patches: torch.Tensor, select: torch.Tensor) -> torch.Tensor | None:
+        """The smooth fill of the selected tokens from the window's pixels: (B, T, P), (B, T) bool -> (n, P).
+
+        None unless `model.base_fill = smooth`. Each covered patch is filled from the two-pixel ring
+        of its neighbours inside the window (covered neighbours are never adjacent: a lattice is at
+        least 2 apart); the window's edges are its border.
+        """
+        if self.cfg.base_fill != "smooth":
+            return None
+        c, k, window = self.cfg.channels, self.cfg.patch_size, self.cfg.window
+        return fill_selected(patches.float(), select, (window, window), c, k)
+
+    def decode(self, x: torch.Tensor, select: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
         """Block outputs (B, T, D), selected covered tokens (B, T) bool -> their pixels (n selected, P).
 
         Rows of the result follow `select` in row-major order. The covered-token head reads each
         selected token's own output; the mean head (the paper) reads the mean over all tokens, so
         it inpaints one patch per window and `select` must hold exactly one token per row.
+        base: `base_pixels` of the selected tokens, or None.
         """
         if self.cfg.head == "mean":
-            return self.head_pixels(self.norm(x).mean(dim=1))  # (B, P)
-        return self.head_pixels(self.norm(x[select]))  # (n, P)
+            return self.head_pixels(self.norm(x).mean(dim=1), base)  # (B, P)
+        return self.head_pixels(self.norm(x[select]), base)  # (n, P)
 
     def forward(
         self, patches: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor | None = None
@@ -195,7 +220,7 @@ class InpaintingTransformer(nn.Module):
         so that `patches[covered]` are the targets.
         """
         x = self.tokens(self.embed_patches(patches), covered, positions)
-        return self.decode(self.forward_blocks(x), covered)
+        return self.decode(self.forward_blocks(x), covered, self.base_pixels(patches, covered))
 
     def set_fused_attention(self, fused: bool) -> None:
         for block in self.blocks:

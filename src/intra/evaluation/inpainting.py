@@ -7,9 +7,9 @@ beside three fills that know nothing of the data, each patch of the grid filled 
 pixels around it:
 
 - `ring`:   every pixel = the mean of the one-pixel ring bordering the patch (inside the image);
-- `smooth`: biharmonic inpainting of the patch from the two pixels around it (the equation of
-            scikit-image's `inpaint_biharmonic`), a smooth surface that continues the image's
-            values and gradients across the border;
+- `smooth`: biharmonic inpainting of the patch from the two pixels around it (`core.smooth_fill`,
+            the equation of scikit-image's `inpaint_biharmonic`), a smooth surface that continues
+            the image's values and gradients across the border;
 - `flat`:   the oracle flat patch, the patch's own mean: no fill constant over a patch does better.
 
 A network inpaints when its error is clearly below the better of `ring` and `smooth` (`ratio`,
@@ -19,10 +19,10 @@ and its anomaly maps measure little more than local contrast. Pure functions of 
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
+
+from ..core.smooth_fill import fill_patches
 
 FILLS = ("ring", "smooth", "flat")
 
@@ -49,41 +49,10 @@ def ring_fill(images: torch.Tensor, patch: int) -> torch.Tensor:
     return _blocks(ring, k)
 
 
-@functools.cache
-def biharmonic_operator(patch: int) -> torch.Tensor:
-    """The linear map from a (K+4) x (K+4) window to the biharmonic fill of its central K x K patch: (K*K, (K+4)^2).
-
-    Solves the discrete biharmonic equation (the 13-point stencil of the squared Laplacian, as
-    scikit-image's `inpaint_biharmonic`) at every patch pixel, with the two-pixel ring around the
-    patch as the known values. The same geometry for every patch: solved once, applied as one product.
-    """
-    n = patch + 4
-    inner = {(i, j): (i - 2) * patch + (j - 2) for i in range(2, patch + 2) for j in range(2, patch + 2)}
-    stencil = {(0, 0): 20.0, (1, 0): -8.0, (-1, 0): -8.0, (0, 1): -8.0, (0, -1): -8.0, (2, 0): 1.0, (-2, 0): 1.0}
-    stencil.update({(0, 2): 1.0, (0, -2): 1.0, (1, 1): 2.0, (1, -1): 2.0, (-1, 1): 2.0, (-1, -1): 2.0})
-    a = torch.zeros(patch * patch, patch * patch, dtype=torch.float64)
-    b = torch.zeros(patch * patch, n * n, dtype=torch.float64)
-    for (i, j), row in inner.items():
-        for (di, dj), weight in stencil.items():
-            q = (i + di, j + dj)
-            if q in inner:
-                a[row, inner[q]] += weight
-            else:
-                b[row, q[0] * n + q[1]] += weight
-    return -torch.linalg.solve(a, b)  # a u + b ring = 0
-
-
 def smooth_fill(images: torch.Tensor, patch: int) -> torch.Tensor:
-    """Each patch filled by biharmonic inpainting from the two-pixel ring around it: (B, C, H, W) -> same.
-
-    Every patch is filled from the true pixels around it (the image reflected at its border).
-    """
-    b, c, h, w = images.shape
-    k = patch
-    padded = F.pad(images.double(), (2, 2, 2, 2), mode="reflect")
-    windows = F.unfold(padded, kernel_size=k + 4, stride=k).view(b, c, (k + 4) ** 2, -1)  # (B, C, (K+4)^2, M*N)
-    filled = biharmonic_operator(k).to(images.device) @ windows  # (B, C, K*K, M*N)
-    return F.fold(filled.view(b, c * k * k, -1), (h, w), kernel_size=k, stride=k).to(images.dtype)
+    """Each patch filled by biharmonic inpainting from the two-pixel ring around it: (B, C, H, W) -> same
+    (`core.smooth_fill`: at the image's border the missing side is left out, never padded in)."""
+    return fill_patches(images.double(), patch).to(images.dtype)
 
 
 def squared_error(a, b) -> torch.Tensor:

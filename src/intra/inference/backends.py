@@ -1,8 +1,9 @@
 """Backends: where the network of a Detector runs. One interface, three runtimes.
 
 A backend has two stages the engine calls: `embed(patches)` once per patch of an image, then
-`run(windows, covered, positions, read)` on a chunk of gathered windows, returning the pixels of
-the read tokens (n read, K*K*C), in row-major order of `read`.
+`run(windows, covered, positions, read, pixels)` on a chunk of gathered windows, returning the
+pixels of the read tokens (n read, K*K*C), in row-major order of `read`; `pixels` holds the windows'
+pixel patches when the backend asks for them (`needs_pixels`: a model with a smooth base fill).
 
 - `TorchBackend`: this process's PyTorch. On a CPU the network is a oneDNN-packed copy (fp32, or
   bf16 where the CPU has bf16 instructions); elsewhere the plain module, under bf16 autocast when
@@ -29,15 +30,22 @@ class Backend:
     """The interface the engine runs (see the module docstring)."""
 
     compiled = False  # True: the engine feeds fixed-size chunks
+    needs_pixels = False  # True: `run` also receives the windows' pixel patches
 
     def embed(self, patches: torch.Tensor) -> torch.Tensor:
         """(N, P) pixel patches -> (N, E) what `run` gathers into windows."""
         raise NotImplementedError
 
     def run(
-        self, windows: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor, read: torch.Tensor
+        self,
+        windows: torch.Tensor,
+        covered: torch.Tensor,
+        positions: torch.Tensor,
+        read: torch.Tensor,
+        pixels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """windows (n, T, E), covered (n, T) bool, positions (n, T) long, read (n, T) bool -> (n read, P)."""
+        """windows (n, T, E), covered (n, T) bool, positions (n, T) long, read (n, T) bool,
+        pixels (n, T, P) or None -> (n read, P)."""
         raise NotImplementedError
 
     def describe(self) -> dict:
@@ -54,6 +62,7 @@ class TorchBackend(Backend):
         compile: bool = False,
     ):
         self.model, self.device, self.dtype, self.compiled = model, device, dtype, compile
+        self.needs_pixels = model.cfg.base_fill != "none"
         self._network: InpaintingTransformer | None = None
         self._key: tuple | None = None
         self._blocks = None
@@ -87,16 +96,22 @@ class TorchBackend(Backend):
         return network.forward_blocks(network.tokens(windows, covered, positions))
 
     def run(
-        self, windows: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor, read: torch.Tensor
+        self,
+        windows: torch.Tensor,
+        covered: torch.Tensor,
+        positions: torch.Tensor,
+        read: torch.Tensor,
+        pixels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         network = self.network()
+        base = None if pixels is None else network.base_pixels(pixels, read)  # fp32, outside autocast
         encode = self._encode
         if self.compiled:
             if self._blocks is None:
                 self._blocks = torch.compile(self._encode, dynamic=False)
             encode = self._blocks
         with self._context():
-            return network.decode(encode(windows, covered, positions), read).float()
+            return network.decode(encode(windows, covered, positions), read, base).float()
 
     def describe(self) -> dict:
         network = self.network()
@@ -150,7 +165,12 @@ class OnnxBackend(Backend):
         return patches  # the graph embeds the patches itself
 
     def run(
-        self, windows: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor, read: torch.Tensor
+        self,
+        windows: torch.Tensor,
+        covered: torch.Tensor,
+        positions: torch.Tensor,
+        read: torch.Tensor,
+        pixels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         given = {
             "patches": windows.float(),

@@ -34,7 +34,8 @@ def reconstruct(
     channels = images[0].shape[0]
     patches = [patchify(image[None], patch_size)[0] for image in images]  # each (M*N, P)
     starts = torch.tensor([0] + [len(p) for p in patches]).cumsum(0)
-    embedded = backend.embed(torch.cat(patches))  # (total patches, E)
+    pixels_table = torch.cat(patches)  # (total patches, P)
+    embedded = backend.embed(pixels_table)  # (total patches, E)
     plans = [plan.to(device) for plan in plans]
     gather = torch.cat(
         [plan.tokens + int(start) for plan, start in zip(plans, starts)]
@@ -51,8 +52,10 @@ def reconstruct(
         if fixed_chunks and stop - start < chunk:
             keep = keep.clone()
             keep[stop - start :] = False  # the padding's outputs are not written
-        pixels = backend.run(embedded[gather[index]], covered[index], positions[index], keep)  # (n read, P)
-        out[gather[index][keep]] = pixels.to(out.dtype)
+        rows = gather[index]
+        windows = pixels_table[rows] if backend.needs_pixels else None  # the window's pixels, for a base fill
+        pixels = backend.run(embedded[rows], covered[index], positions[index], keep, windows)  # (n read, P)
+        out[rows[keep]] = pixels.to(out.dtype)
     return [
         unpatchify(out[int(starts[i]) : int(starts[i + 1])][None], channels, plan.grid)[0]
         for i, plan in enumerate(plans)
