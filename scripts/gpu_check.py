@@ -120,7 +120,7 @@ def train_phases(
     trainer = speed.bench_trainer(bench_config(opts), opts, device)
     t = trainer.cfg.train
     for _ in range(2):
-        trainer.train_step(0)
+        trainer.train_step()
     times: dict[str, list[float]] = {}
 
     def tick(label: str, begin: float) -> float:
@@ -316,7 +316,7 @@ def focus(args, device, paper, small, attempt, record, out) -> None:
     def profile_training(setup, batch):
         opts = BenchOptions(*setup, str(device), dtype="bf16", train_batch=batch)
         trainer = speed.bench_trainer(bench_config(opts), opts, device)
-        return profiled(f"train_{setup[0]}_{batch}", lambda: trainer.train_step(0), out)
+        return profiled(f"train_{setup[0]}_{batch}", lambda: trainer.train_step(), out)
 
     def profile_inference(setup, batch, chunk, compile):
         cfg = bench_config(BenchOptions(*setup, str(device), dtype="bf16", compile=compile))

@@ -391,6 +391,11 @@ def validate(cfg: Config) -> None:
             )
     if m.position == "global" and cfg.data.resize != "square":
         raise IntraError("model.position = global needs every image at one size and grid: set data.resize = square")
+    if m.position == "global" and cfg.train.rotation == "any":
+        raise IntraError(
+            "model.position = global cannot follow train.rotation = any (a window turned by any angle mixes "
+            "patches): use rot90 or none"
+        )
 
 
 def _check_types(cfg: Config) -> None:

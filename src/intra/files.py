@@ -9,6 +9,7 @@ a new folder beside an old one and swaps it in only once it is complete.
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -23,8 +24,13 @@ from safetensors import SafetensorError
 
 from .errors import IntraError
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # reading the umask means setting it: put it back at once
+
+@functools.cache
+def _umask() -> int:
+    """The process's umask, read on first use (reading it means setting it: it is put back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: Path, write) -> None:
@@ -42,7 +48,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except (OSError, SafetensorError) as exc:  # a full disk, a read-only folder...
         Path(tmp).unlink(missing_ok=True)
@@ -88,7 +94,7 @@ def replacing_folder(folder: Path) -> Iterator[Path]:
     _remove_stale_siblings(folder)
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-{os.getpid()}-", dir=folder.parent))
-        os.chmod(staging, 0o777 & ~_UMASK)
+        os.chmod(staging, 0o777 & ~_umask())
     except OSError as exc:
         raise IntraError(f"cannot write next to {folder}: {exc.strerror or exc}") from None
     try:

@@ -37,3 +37,16 @@ def test_augmented_windows_stay_in_range():
         batch = WindowSampler(torch.rand(2, 3, 32, 32), cfg).sample(16, torch.Generator().manual_seed(2))
         assert batch.patches.shape == (16, 9, 48)
         assert float(batch.patches.min()) >= 0 and float(batch.patches.max()) <= 1
+
+
+def test_global_positions_follow_flipped_and_turned_windows():
+    """Issue 10: with global positions, a flipped or rotated window's tokens keep the grid positions of their patches."""
+    cfg = tiny_config(position="global")
+    cfg.data.resize = "square"
+    cfg.train.flips, cfg.train.rotation = True, "rot90"
+    k, grid = cfg.model.patch_size, cfg.model.grid
+    index = torch.arange(grid * grid, dtype=torch.float32).view(grid, grid)
+    image = index.repeat_interleave(k, 0).repeat_interleave(k, 1).expand(3, -1, -1) / 1000  # a patch = its index
+    batch = WindowSampler([image], cfg).sample(256, torch.Generator().manual_seed(0))
+    assert torch.equal((batch.patches[..., 0] * 1000).round().long(), batch.positions)
+    assert (batch.positions.diff(dim=1) < 0).any()  # windows really were turned (untouched ones increase)

@@ -15,3 +15,17 @@ def test_script_imports_and_has_a_main(path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # runs the imports; the work itself sits behind `if __name__ == "__main__"`
     assert callable(getattr(module, "main", None)), f"{path.name} has no main()"
+
+
+def test_importing_the_package_has_no_global_side_effects():
+    """Issue 10: no matplotlib backend chosen and no pyplot loaded by importing intra's modules."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, matplotlib; before = dict.__getitem__(matplotlib.rcParams, 'backend'); "
+        "import intra, intra.evaluation.plots, intra.evaluation.outputs, intra.files; "
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'; "
+        "assert dict.__getitem__(matplotlib.rcParams, 'backend') == before, 'backend changed'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

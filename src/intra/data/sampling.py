@@ -70,10 +70,15 @@ class WindowSampler:
             crops = self._rotated_crops(image_index, r, s, angles)
         else:
             crops = crop_windows(self.images, image_index, r, s, m.window, m.patch_size)
-            if self.rotation == "rot90":
-                crops = _random_rot90(crops, generator)
+        # Global positions follow the pixels: a flipped or turned window's tokens keep the grid
+        # positions their patches came from ("any" rotation is refused with global positions).
+        positions = window_tokens(r, s, self.columns[image_index], m.window)
+        grid = positions.view(count, 1, m.window, m.window)
+        if self.rotation == "rot90":
+            crops, grid = _random_rot90([crops, grid], generator)
         if self.flips:
-            crops = _random_flips(crops, generator)
+            crops, grid = _random_flips([crops, grid], generator)
+        positions = grid.reshape(count, m.window * m.window)
         patches = patchify(crops, m.patch_size)  # (B, L*L, P)
         if self.cover_spacing:  # several covered patches per window (beyond the paper)
             covered = random_lattice_masks(count, m.window, self.cover_spacing, generator).to(device)
@@ -81,7 +86,7 @@ class WindowSampler:
             covered = torch.arange(m.window**2, device=device) == covered[:, None]  # (B, L*L)
         target = patches[covered]  # (n covered, P)
         target = target.view(-1, m.channels, m.patch_size, m.patch_size)
-        return Batch(patches, covered, window_tokens(r, s, self.columns[image_index], m.window), target)
+        return Batch(patches, covered, positions, target)
 
     def _rotated_crops(
         self, image_index: torch.Tensor, r: torch.Tensor, s: torch.Tensor, angles: torch.Tensor
@@ -102,24 +107,27 @@ class WindowSampler:
         return F.grid_sample(crops, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def _random_flips(crops: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Flip each window horizontally and vertically, each with probability 1/2."""
-    h, v = (torch.rand(2, len(crops), generator=generator) < 0.5).to(crops.device, non_blocking=True)[
+def _random_flips(grids: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
+    """Flip each window horizontally and vertically, each with probability 1/2.
+
+    grids: tensors (B, *, H, W) flipped alike (the window's pixels, its tokens' positions).
+    """
+    h, v = (torch.rand(2, len(grids[0]), generator=generator) < 0.5).to(grids[0].device, non_blocking=True)[
         ..., None, None, None
     ]
-    crops = torch.where(h, crops.flip(-1), crops)
-    return torch.where(v, crops.flip(-2), crops)
+    grids = [torch.where(h, x.flip(-1), x) for x in grids]
+    return [torch.where(v, x.flip(-2), x) for x in grids]
 
 
-def _random_rot90(crops: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Rotate each window by 0, 90, 180 or 270 degrees, uniformly.
+def _random_rot90(grids: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
+    """Rotate each window by 0, 90, 180 or 270 degrees, uniformly; grids (B, *, H, W) turned alike.
 
     Every rotation is computed and one selected per window: no data-dependent indexing, so a GPU
     never waits for the host.
     """
-    turns = torch.randint(0, 4, (len(crops),), generator=generator).to(crops.device, non_blocking=True)
+    turns = torch.randint(0, 4, (len(grids[0]),), generator=generator).to(grids[0].device, non_blocking=True)
     turns = turns[:, None, None, None]  # (B, 1, 1, 1)
-    out = crops
+    out = list(grids)
     for k in (1, 2, 3):
-        out = torch.where(turns == k, torch.rot90(crops, k, dims=(-2, -1)), out)
+        out = [torch.where(turns == k, torch.rot90(x, k, dims=(-2, -1)), o) for x, o in zip(grids, out)]
     return out

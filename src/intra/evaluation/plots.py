@@ -9,14 +9,12 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only: no display, no GUI toolkit
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ..files import atomic_write  # noqa: E402
-from . import metrics  # noqa: E402
+from ..files import atomic_write
+from . import metrics
 
 MAX_POINTS = 2000
 CURVES = {"roc_image": "Image ROC", "roc_pixel": "Pixel ROC", "pro": "PRO curve"}
@@ -33,7 +31,10 @@ def _figure(
     x: np.ndarray, y: np.ndarray, title: str, xlabel: str, ylabel: str, area: str, limit: float | None = None
 ) -> bytes:
     """One curve as PNG bytes (about 480 x 400 px), with the area in the legend."""
-    fig, ax = plt.subplots(figsize=(4.8, 4.0), dpi=100)
+    # A Figure on the Agg canvas, without pyplot: no global backend is chosen for the caller.
+    fig = Figure(figsize=(4.8, 4.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     x, y = _thin(x, y)
     ax.plot(x, y, color="#c2410c", lw=2, label=area)
     if limit is None:
@@ -46,7 +47,6 @@ def _figure(
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     return buffer.getvalue()
 
 

@@ -171,11 +171,11 @@ def train_throughput(cfg: Config, opts: BenchOptions, device: torch.device) -> d
     trainer = bench_trainer(cfg, opts, device)
     log.info("training: batches of %d windows, %d repetitions", cfg.train.batch_size, opts.repeat)
     start = time.perf_counter()
-    trainer.train_step(0)  # warm-up (and compilation)
-    trainer.train_step(0)
+    trainer.train_step()  # warm-up (and compilation)
+    trainer.train_step()
     synchronize(device)
     warmup = time.perf_counter() - start
-    seconds = timed(lambda: trainer.train_step(0), opts.repeat, device)
+    seconds = timed(lambda: trainer.train_step(), opts.repeat, device)
     windows_per_s = cfg.train.batch_size / seconds
     return {
         "train_batch": cfg.train.batch_size,

@@ -94,7 +94,7 @@ class Trainer:
         """
         return model(batch.patches, batch.covered, batch.positions).view_as(batch.target)  # (n covered, C, K, K)
 
-    def train_step(self, batch_number: int, seconds: float = 0.0) -> dict[str, torch.Tensor]:
+    def train_step(self, seconds: float = 0.0) -> dict[str, torch.Tensor]:
         """One optimisation step on a fresh random batch; returns the detached loss terms."""
         t = self.cfg.train
         lr = t.lr * lr_factor(t, self.progress(seconds))
@@ -145,7 +145,7 @@ class Trainer:
         done = 0
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch}", disable=not progress, leave=False)
         for _ in bar:
-            parts = self.train_step(done + 1, time.perf_counter() - start)
+            parts = self.train_step(time.perf_counter() - start)
             for k, v in parts.items():
                 totals[k] = totals[k] + v if k in totals else v
             done += 1
