@@ -23,7 +23,11 @@ TRAIN_FLAGS = {
     "--depth": ("model.depth", int, "number of transformer blocks"),
     "--heads": ("model.heads", int, "attention heads"),
     "--attention": ("model.attention", str, "mfsa (paper) or msa (standard attention)"),
-    "--position": ("model.position", str, "local (textures) or global (aligned objects) position embedding"),
+    "--position": (
+        "model.position",
+        str,
+        "local (textures), global (aligned objects) or auto (global when the training images share one size)",
+    ),
     "--color": ("data.color", str, "auto, gray or rgb: how images are converted"),
     "--epochs": ("train.max_epochs", int, "maximum number of epochs"),
     "--patience": ("train.patience", int, "stop after this many epochs without a better validation loss"),

@@ -33,7 +33,10 @@ class ModelConfig:
     heads: int = 8  # h
     mlp_ratio: float = 4.0  # feed-forward width = mlp_ratio * D
     attention: str = "mfsa"  # [choice] "mfsa" (MLP queries/keys) or "msa" (standard linear q, k, v)
-    position: str = "local"  # [choice] "local" (L*L table) or "global" (M*N table)
+    # [choice] "local" (L*L table), "global" (M*N table) or "auto" (beyond the paper: global for
+    # objects, local for textures, resolved at fit from data.kind).
+    position: str = "local"
+    position_table: int = 0  # global positions: rows of the table, M*N of the one training size (set at fit)
     long_skips: bool = True  # [choice] symmetric U-Net-like skips: block i feeds block n+1-i
     head: str = "mean"  # [choice] "mean" of all tokens or the "covered" token's own output
     normalize_input: bool = True  # standardise pixels with the training set's per-channel mean/std
@@ -293,7 +296,7 @@ def _coerce_numbers(key: str, value: Any) -> tuple[float, ...]:
 
 _CHOICES = {
     ("model", "attention"): ("mfsa", "msa"),
-    ("model", "position"): ("local", "global"),
+    ("model", "position"): ("local", "global", "auto"),
     ("model", "head"): ("mean", "covered"),
     ("model", "base_fill"): ("none", "smooth"),
     ("data", "color"): ("auto", "gray", "rgb"),
@@ -389,11 +392,15 @@ def validate(cfg: Config) -> None:
             raise IntraError(
                 f"data.{name} must be 0 or a multiple of model.patch_size of at least a window, not {side}"
             )
-    if m.position == "global" and cfg.data.resize != "square":
-        raise IntraError("model.position = global needs every image at one size and grid: set data.resize = square")
+    one_size = cfg.data.resize == "square" or cfg.data.kind != "texture"  # auto: checked at fit, on the images
+    if m.position == "global" and not one_size:
+        raise IntraError(
+            "model.position = global needs every image at one size and grid: set data.resize = square, "
+            "or train on images of one size (data.kind = object)"
+        )
     if m.position == "global" and cfg.train.rotation == "any":
         raise IntraError(
-            "model.position = global cannot follow train.rotation = any (a window turned by any angle mixes "
+            f"model.position = {m.position} cannot follow train.rotation = any (a window turned by any angle mixes "
             "patches): use rot90 or none"
         )
 

@@ -5,7 +5,7 @@ import torch
 
 from intra.config import Config, apply_overrides
 from intra.core.anomaly_map import border_bins, expand_statistic
-from intra.data.geometry import Geometry, resolve_kind, resolve_scale
+from intra.data.geometry import Geometry, resolve_kind, resolve_position, resolve_scale
 from intra.errors import IntraError
 
 
@@ -35,7 +35,28 @@ def test_automatic_scale_and_kind():
 
 def test_global_positions_need_one_geometry():
     with pytest.raises(IntraError, match="data.resize = square"):
-        apply_overrides(Config(), {"model.position": "global", "data.resize": "scale"})
+        apply_overrides(Config(), {"model.position": "global", "data.resize": "scale", "data.kind": "texture"})
+    cfg = Config()
+    apply_overrides(cfg, {"model.position": "global", "data.resize": "scale", "model.image_size": 128})
+    cfg.model.patch_size = 8
+    sizes = [(512, 256), (300, 300)]
+    cfg.data.kind = resolve_kind(cfg, sizes)
+    with pytest.raises(IntraError, match="one size"):
+        resolve_position(cfg)  # images of several sizes have no one grid of positions
+
+
+def test_automatic_positions_are_global_for_objects_and_local_for_textures():
+    cfg = Config()
+    apply_overrides(cfg, {"model.position": "auto", "data.resize": "scale", "model.image_size": 128})
+    cfg.model.patch_size = 8
+    cfg.data.kind, (cfg.data.height, cfg.data.width) = "object", (96, 160)
+    assert resolve_position(cfg) == ("global", 12 * 20)  # one table row per patch of the one size
+    cfg.data.kind, (cfg.data.height, cfg.data.width) = "texture", (0, 0)
+    assert resolve_position(cfg) == ("local", 0)
+    cfg.data.resize, cfg.data.kind = "square", "object"
+    assert resolve_position(cfg) == ("global", 16 * 16)
+    cfg.train.rotation = "any"  # windows turned by any angle: no grid positions to follow
+    assert resolve_position(cfg) == ("local", 0)
 
 
 def test_border_bins_make_statistics_position_free():

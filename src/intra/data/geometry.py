@@ -15,6 +15,7 @@ import statistics
 from dataclasses import dataclass
 
 from ..config import Config
+from ..errors import IntraError
 
 log = logging.getLogger(__name__)
 
@@ -74,3 +75,26 @@ def resolve_fixed_size(cfg: Config, sizes: list[tuple[int, int]]) -> tuple[int, 
     if len(targets) != 1:
         return 0, 0  # calibration refuses per-pixel statistics of several sizes, naming them
     return targets.pop()
+
+
+def resolve_position(cfg: Config) -> tuple[str, int]:
+    """(model.position, model.position_table) once data.kind and the fixed size are known.
+
+    auto: global positions for objects (every image at one size: each patch of the grid has its
+    own place on the object), local for textures. A global table holds one row per patch of the one size.
+    """
+    m, d = cfg.model, cfg.data
+    if m.position == "auto":  # a window turned by any angle has no grid positions to follow
+        position = "global" if d.kind == "object" and cfg.train.rotation != "any" else "local"
+    else:
+        position = m.position
+    if position == "local":
+        return position, 0
+    if d.resize == "square":
+        return position, m.grid * m.grid
+    if not (d.height and d.width):
+        raise IntraError(
+            "model.position = global needs the training images at one size: they differ here "
+            "(use model.position = local, or data.resize = square)"
+        )
+    return position, (d.height // m.patch_size) * (d.width // m.patch_size)

@@ -26,7 +26,7 @@ from ..checkpoint import check_new_run, save_checkpoint
 from ..config import Config, validate
 from ..core.model import InpaintingTransformer
 from ..data.datasets import training_images, validation_split
-from ..data.geometry import Geometry, resolve_fixed_size, resolve_kind, resolve_scale
+from ..data.geometry import Geometry, resolve_fixed_size, resolve_kind, resolve_position, resolve_scale
 from ..data.images import image_size, load_images, resolve_color, standardize
 from ..errors import IntraError
 from ..files import replacing_folder, write_json
@@ -73,6 +73,7 @@ def fit(
     cfg.data.scale = resolve_scale(cfg, sizes)
     cfg.data.kind = resolve_kind(cfg, sizes)
     cfg.data.height, cfg.data.width = resolve_fixed_size(cfg, sizes)
+    cfg.model.position, cfg.model.position_table = resolve_position(cfg)
     validate(cfg)
     configure_threads(cfg.train.threads)
     world, device = distributed.setup(resolve_device(cfg.train.device))
