@@ -1,45 +1,52 @@
-"""CPU throughput of the committed code against the code before the speed work (issue 3).
+"""The committed code against an older version of intra, side by side in one run, on one machine.
 
-    git worktree add /tmp/intra-before 4ec6ad4          # main before the speed branch was merged
-    PYTHONPATH=/tmp/intra-before/src python benchmarks/before_after.py --label before
-    PYTHONPATH=src python benchmarks/before_after.py --label after
+    git worktree add /tmp/intra-f766 f766024          # the version to compare against
+    python benchmarks/before_after.py --old /tmp/intra-f766/src --threads 2 --rounds 3
 
-Times, with the same random weights and images and the same thread count, what both versions
-share: `Detector.reconstruct` (every window of every image, the inference hot path) and
-`Trainer.train_step` (sample, forward, loss, backward, Adam), for the `cpu` preset's network
-(D 64, 5 blocks, K 8, L 7, 128 px) and the paper's (256 px). The training rows use the cpu
-task of one covered patch per window with a constant learning rate and no clipping, which the
-old code also has. Prints one JSON line per measurement.
+Each measurement runs in a fresh subprocess with the version's `src` first on the import path,
+alternating old and new within every round so that a change in the machine's load falls on both;
+the best of the rounds is kept. Each version runs its own `cpu` preset, as `intra train` and
+`intra predict` would (its own placement plan, batch size and training task), on random weights
+and random 128 px images:
+
+- inference: milliseconds per image of `Detector.reconstruct` (the network's share of `predict`);
+- training: windows per second of `Trainer.train_step` (sample, forward, loss, backward, step).
+
+Prints a markdown table with the ratios, and one JSON line per measurement with --json.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
-import time
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-import torch
-
+# Runs inside the subprocess: only names both versions have (their modules moved between them).
+WORKER = r"""
+import json, sys, time, torch
+what, threads, images = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+torch.set_num_threads(threads)
 from intra.config import preset
-from intra.core.model import InpaintingTransformer
-from intra.inference.detector import Detector
-from intra.training.trainer import Trainer
+try:
+    from intra.core.model import InpaintingTransformer
+    from intra.inference.detector import Detector
+    from intra.training.trainer import Trainer
+except ImportError:  # the flat layout before the restructure
+    from intra.model import InpaintingTransformer
+    from intra.inference import Detector
+    from intra.train import Trainer
+cfg = preset("cpu")
+cfg.model.channels = 3
+torch.manual_seed(0)
+size = cfg.model.image_size
+batch = torch.rand(images, 3, size, size)
+model = InpaintingTransformer(cfg.model)
 
-
-def network_config(name: str):
-    cfg = preset(name)
-    cfg.model.channels = 3
-    cfg.model.head = "covered"  # the same network in both versions (the old cpu preset used "mean")
-    # Quality options of the new code off, so that both run the same computation.
-    for key, value in {"cover_spacing": 0, "schedule": "constant", "grad_clip": 0.0}.items():
-        if hasattr(cfg.train, key):
-            setattr(cfg.train, key, value)
-    return cfg
-
-
-def best_seconds(fn, repeat: int) -> float:
-    fn()  # warm-up
+def best(fn, repeat):
+    fn()  # warm-up: packing, first allocations
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
@@ -47,55 +54,62 @@ def best_seconds(fn, repeat: int) -> float:
         times.append(time.perf_counter() - start)
     return min(times)
 
-
-def inference(name: str, images: int, repeat: int) -> dict:
-    cfg = network_config(name)
-    torch.manual_seed(0)
-    detector = Detector(InpaintingTransformer(cfg.model), cfg)
-    size = cfg.model.image_size
-    batch = torch.rand(images, 3, size, size)
-    seconds = best_seconds(lambda: detector.reconstruct(batch), repeat)
-    windows = images * cfg.model.grid**2
-    return {
-        "what": "inference",
-        "preset": name,
-        "images": images,
-        "windows_per_s": windows / seconds,
-        "ms_per_image": 1000 * seconds / images,
-    }
+if what == "inference":
+    detector = Detector(model.eval(), cfg)
+    seconds = best(lambda: detector.reconstruct(batch), 3)
+    print(json.dumps({"ms_per_image": 1000 * seconds / images}))
+else:
+    trainer = Trainer(model, batch, batch[:2], cfg, torch.Generator().manual_seed(0))
+    params = __import__("inspect").signature(trainer.train_step).parameters
+    step = (lambda: trainer.train_step(1)) if "batch_number" in params else trainer.train_step
+    steps = 30
+    seconds = best(lambda: [step() for _ in range(steps)], 2)
+    print(json.dumps({"windows_per_s": steps * cfg.train.batch_size / seconds, "batch": cfg.train.batch_size}))
+"""
 
 
-def training(name: str, steps: int) -> dict:
-    cfg = network_config(name)
-    torch.manual_seed(0)
-    size = cfg.model.image_size
-    images = torch.rand(8, 3, size, size)
-    trainer = Trainer(InpaintingTransformer(cfg.model), images, images[:2], cfg, torch.Generator().manual_seed(0))
-    # The old code's train_step took a batch number it never used; the new one takes none.
-    takes_number = "batch_number" in inspect.signature(trainer.train_step).parameters
-    step = (lambda: trainer.train_step(1)) if takes_number else trainer.train_step
-    step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    seconds = time.perf_counter() - start
-    return {
-        "what": "training",
-        "preset": name,
-        "batch": cfg.train.batch_size,
-        "windows_per_s": steps * cfg.train.batch_size / seconds,
-    }
+def measure(src: Path, what: str, threads: int, images: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(src.resolve()), "OMP_NUM_THREADS": str(threads)}
+    out = subprocess.run(
+        [sys.executable, "-c", WORKER, what, str(threads), str(images)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--label", required=True, help="a name for this code version (before, after)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--old", type=Path, required=True, help="the older version's src folder")
+    parser.add_argument("--new", type=Path, default=Path(__file__).resolve().parents[1] / "src")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--images", type=int, default=16, help="images per inference batch")
+    parser.add_argument("--json", action="store_true", help="also print every measurement as a JSON line")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    rows = [inference("cpu", 16, 3), training("cpu", 40), inference("paper", 1, 2)]
-    for row in rows:
-        print(json.dumps({"label": args.label, "threads": args.threads, "torch": torch.__version__, **row}))
+    best: dict[tuple[str, str], dict] = {}
+    for round_number in range(args.rounds):
+        for what in ("inference", "training"):
+            for label, src in (("old", args.old), ("new", args.new)):
+                row = measure(src, what, args.threads, args.images)
+                if args.json:
+                    print(json.dumps({"round": round_number, "version": label, "what": what, **row}))
+                key, value = (what, label), row.get("ms_per_image", -row.get("windows_per_s", 0))
+                if key not in best or value < best[key]["value"]:
+                    best[key] = {**row, "value": value}
+    inf_old, inf_new = best[("inference", "old")], best[("inference", "new")]
+    tr_old, tr_new = best[("training", "old")], best[("training", "new")]
+    print(f"| cpu preset, {args.threads} threads, best of {args.rounds} | old | new | ratio |")
+    print("|---|---|---|---|")
+    old_ms, new_ms = inf_old["ms_per_image"], inf_new["ms_per_image"]
+    print(f"| inference, ms per 128 px image | {old_ms:.1f} | {new_ms:.1f} | {old_ms / new_ms:.2f}x faster |")
+    old_w, new_w = tr_old["windows_per_s"], tr_new["windows_per_s"]
+    print(
+        f"| training, windows per s (batch {tr_old['batch']} / {tr_new['batch']}) | {old_w:.0f} | {new_w:.0f} "
+        f"| {new_w / old_w:.2f}x |"
+    )
 
 
 if __name__ == "__main__":
