@@ -57,17 +57,19 @@ def test_two_processes_match_one_process_fed_the_same_windows(tmp_path, mvtec_ro
     # Same windows, same initial weights: only the order of floating-point sums differs (the
     # gradient average over processes against one mean over the whole batch).
     diff = max(float((one[k] - two[k]).abs().max()) for k in weights)
-    moved = max(float((one[k] - init).abs().max()) for k, init in initial_weights(weights).items())
+    saved = json.loads((tmp_path / "one" / "model.json").read_text())["config"]["model"]
+    moved = max(float((one[k] - init).abs().max()) for k, init in initial_weights(weights, saved).items())
     assert diff <= 1e-5 < moved
 
 
-def initial_weights(names):
+def initial_weights(names, model_config: dict):
+    """The weights a run of this model config (as saved, positions resolved) starts from."""
+    from intra.config import ModelConfig
     from intra.core.model import InpaintingTransformer
 
     from conftest import tiny_config
 
     cfg = tiny_config()
-    cfg.model.image_size = 64
     torch.manual_seed(cfg.train.seed)
-    state = InpaintingTransformer(cfg.model).state_dict()
+    state = InpaintingTransformer(ModelConfig(**model_config)).state_dict()
     return {name: state[name[len("model.") :]] for name in names if "pixel" not in name}
