@@ -3,7 +3,8 @@
 `reconstruct` inpaints every patch of a batch of images with the plan `score.cover_spacing` asks
 for (`core.windows.inference_plan`), through the one engine (`engine.reconstruct`) on the chosen
 backend (`backends`): plain or oneDNN-packed PyTorch, bf16, torch.compile, or onnxruntime. The
-rest is `core.anomaly_map`'s pure functions.
+rest is `core.anomaly_map`'s pure functions. Backends "onnx-full" and "openvino" load a
+`full_graph.FullGraphDetector` instead, whose `predict` is the end-to-end export (`export_full`).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import torch
 
 from ..config import Config
 from ..errors import IntraError
-from ..inference.backends import Backend
+from .backends import Backend
 from .detector import Detector, Images
 
 log = logging.getLogger(__name__)
