@@ -12,9 +12,10 @@ pytest.importorskip("onnxscript", reason="the onnx extra is not installed (pip i
 from intra.checkpoint import config_sha256  # noqa: E402
 from intra.errors import IntraError  # noqa: E402
 from intra.export import export_onnx  # noqa: E402
+from intra.export_full import export_full_onnx  # noqa: E402
 from intra.inference.detector import Detector  # noqa: E402
 
-from conftest import intra, user_error  # noqa: E402
+from conftest import TINY, intra, user_error  # noqa: E402
 
 
 def test_onnx_backend_matches_torch(cli_run, mvtec_root, tmp_path):
@@ -96,3 +97,112 @@ def test_onnx_export_of_a_smooth_base_fill_adds_it_in_the_graph(cli_run, tmp_pat
     images = torch.rand(2, 3, 64, 64)
     torch_maps, onnx_maps = torch_detector.predict(images)[0], onnx_detector.predict(images)[0]
     assert (torch_maps - onnx_maps).abs().max() <= 1e-4
+
+
+# The end-to-end export: one graph from images to anomaly maps and scores (intra export --full).
+
+
+def edited_run(source, target, **sections):
+    """A copy of a run with config keys changed ({"model": {"head": "mean"}}), re-sealed as a deliberate edit."""
+    shutil.copytree(source, target)
+    meta = json.loads((target / "model.json").read_text())
+    for section, values in sections.items():
+        meta["config"][section].update(values)
+    meta["config_sha256"] = config_sha256(meta["config"])
+    (target / "model.json").write_text(json.dumps(meta))
+    return target
+
+
+def full_graph_difference(run, backend: str = "onnx-full") -> float:
+    """The largest difference between Detector.predict and the full graph, maps and scores, at batch 1 and 3."""
+    torch_detector = Detector.load(run, device="cpu")
+    graph_detector = Detector.load(run, backend=backend, threads=1)
+    assert graph_detector.backend.describe()["backend"].endswith("(full graph)")
+    generator = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for batch in (1, 3):
+        images = torch.rand(batch, 3, 64, 64, generator=generator)
+        maps, scores = torch_detector.predict(images)
+        graph_maps, graph_scores = graph_detector.predict(images)
+        assert graph_maps.shape == (batch, 64, 64) and graph_scores.shape == (batch,)
+        assert maps.abs().max() > 1e-3  # real maps, not zeros on both sides
+        worst = max(worst, float((maps - graph_maps).abs().max()), float((scores - graph_scores).abs().max()))
+    return worst
+
+
+@pytest.fixture(scope="module")
+def cpu_full(cli_run, tmp_path_factory):
+    """The cpu-preset tiny run (covered head, a lattice of covered patches per pass) with its full graph."""
+    run = tmp_path_factory.mktemp("full") / "run"
+    shutil.copytree(cli_run, run)
+    result = intra("export", "--run", run, "--format", "onnx", "--full")
+    assert "model_full.onnx" in result.stdout and not (run / "model.onnx").exists()  # the network-only file apart
+    return run
+
+
+@pytest.fixture(scope="module")
+def paper_full(mvtec_root, tmp_path_factory):
+    """A tiny run of the paper preset (mean head, one patch per pass, square images) with its full graph."""
+    run = tmp_path_factory.mktemp("paper") / "run"
+    intra("train", "--preset", "paper", "--data", mvtec_root, "--out", run, *TINY, "--set", "train.val_fraction=0.4")
+    export_full_onnx(run)
+    return run
+
+
+def test_full_export_of_the_cpu_preset_matches_detector_predict(cpu_full, mvtec_root):
+    cfg = Detector.load(cpu_full, device="cpu").cfg
+    assert cfg.model.head == "covered" and cfg.score.cover_spacing >= 2 and cfg.data.resize == "scale"
+    assert full_graph_difference(cpu_full) <= 1e-4
+
+    # intra predict on the full graph: the same records (scores, labels, regions) as torch's.
+    spot = mvtec_root / "test" / "spot"
+    by = {
+        backend: [
+            json.loads(line)
+            for line in intra(
+                "predict", "--run", cpu_full, spot, "--backend", backend, "--threads", "1"
+            ).stdout.splitlines()
+        ]
+        for backend in ("torch", "onnx-full")
+    }
+    assert len(by["onnx-full"]) == 2
+    for a, b in zip(by["torch"], by["onnx-full"]):
+        assert a["path"] == b["path"] and abs(a["pred_score"] - b["pred_score"]) <= 1e-4
+        assert a["pred_label"] == b["pred_label"] and len(a["regions"]) == len(b["regions"])
+
+
+def test_full_export_of_the_paper_preset_matches_detector_predict(paper_full):
+    cfg = Detector.load(paper_full, device="cpu").cfg
+    assert cfg.model.head == "mean" and cfg.score.cover_spacing == 0 and cfg.data.resize == "square"
+    assert full_graph_difference(paper_full) <= 1e-4
+
+
+def test_full_export_of_a_smooth_base_fill(cli_run, tmp_path):
+    run = edited_run(cli_run, tmp_path / "run", model={"base_fill": "smooth"})  # same weights: a correction
+    export_full_onnx(run)
+    assert full_graph_difference(run) <= 1e-4
+
+
+def test_full_export_with_zscores_and_standardised_images(paper_full, tmp_path):
+    # Scoring branches the presets' runs did not take: the std map as a constant, per-image standardisation.
+    run = edited_run(paper_full, tmp_path / "run", score={"zscore": True}, data={"standardize": True})
+    export_full_onnx(run)
+    assert full_graph_difference(run) <= 1e-4
+
+
+def test_full_export_refuses_runs_without_one_size_and_stale_graphs(cli_run, paper_full, tmp_path):
+    free = edited_run(cli_run, tmp_path / "free", data={"height": 0, "width": 0, "kind": "texture"})
+    user_error(intra("export", "--run", free, "--format", "onnx", "--full", check=False), "without --full")
+    user_error(intra("predict", "--run", free, free, "--backend", "onnx-full", check=False), "--full")
+    # A graph exported before the scoring changed (model.json re-sealed with another config) is refused.
+    stale = edited_run(paper_full, tmp_path / "stale", score={"zscore": True})
+    with pytest.raises(IntraError, match="export again"):
+        Detector.load(stale, backend="onnx-full")
+    with pytest.raises(IntraError, match="maps and scores only"):
+        Detector.load(paper_full, backend="onnx-full").reconstruct(torch.rand(1, 3, 64, 64))
+
+
+def test_openvino_runs_the_full_graph_like_detector_predict(cpu_full, paper_full):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install -e '.[openvino]')")
+    assert full_graph_difference(cpu_full, "openvino") <= 1e-4
+    assert full_graph_difference(paper_full, "openvino") <= 1e-4

@@ -18,6 +18,7 @@ from .errors import IntraError
 from .evaluation.outputs import write_evaluation
 from .evaluation.scoring import Evaluation, evaluate
 from .export import export_onnx
+from .export_full import export_full_onnx
 from .inference.detector import Detector
 from .predict import predict_paths
 from .training.fit import fit
@@ -33,6 +34,7 @@ __all__ = [
     "ScoreConfig",
     "TrainConfig",
     "evaluate",
+    "export_full_onnx",
     "export_onnx",
     "fit",
     "predict_paths",

@@ -121,9 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default: 8)")
     predict.add_argument(
         "--backend",
-        choices=("torch", "onnx"),
+        choices=("torch", "onnx", "onnx-full", "openvino"),
         default="torch",
-        help="run the network with torch or with onnxruntime on RUN/model.onnx (see intra export)",
+        help="torch; onnx: onnxruntime runs the network of RUN/model.onnx (intra export); onnx-full or openvino: "
+        "onnxruntime or OpenVINO runs the whole scoring in RUN/model_full.onnx (intra export --full)",
     )
     predict.add_argument(
         "--image-threshold", type=float, help="pred_label threshold on pred_score (default: the run's calibrated one)"
@@ -156,12 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export = commands.add_parser(
         "export",
-        help="export the inpainting network (ONNX)",
-        description="Export the run's inpainting network to ONNX with a dynamic batch dimension, for `intra predict --backend onnx` or other runtimes.",
+        help="export the inpainting network, or the whole scoring (ONNX)",
+        description="Export the run's inpainting network to ONNX with a dynamic batch dimension, for `intra predict --backend onnx` or other runtimes; with --full, one graph from images (B, C, H, W) at the run's size to anomaly maps and scores, for `intra predict --backend onnx-full` (or openvino).",
     )
     export.add_argument("--run", required=True, help="a trained run folder")
     export.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
-    export.add_argument("--out", help="output file (default: RUN/model.onnx)")
+    export.add_argument(
+        "--full",
+        action="store_true",
+        help="export the whole scoring (windows, network, GMS maps, filters, normalisation) as one graph",
+    )
+    export.add_argument("--out", help="output file (default: RUN/model.onnx, with --full RUN/model_full.onnx)")
 
     demo = commands.add_parser(
         "demo",
@@ -358,6 +364,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    if args.full:
+        from .export_full import export_full_onnx
+
+        path = export_full_onnx(args.run, args.out)
+        print(f"exported images -> anomaly maps and scores to {path} (ONNX, dynamic batch)")
+        return
     from .export import export_onnx
 
     path = export_onnx(args.run, args.out)

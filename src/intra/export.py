@@ -69,18 +69,18 @@ class WindowGraph(nn.Module):
         return model.head_pixels(model.norm(x), base)
 
 
-def export_onnx(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write the run's network as ONNX (default RUN/model.onnx); returns the path."""
+def write_onnx(
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    inputs: list[str],
+    outputs: list[str],
+    props: dict[str, str],
+) -> None:
+    """Export `module` with torch's dynamo exporter, dimension 0 of every input dynamic (one batch), and
+    write it atomically to `path` with the metadata `props`."""
     onnx = need("onnx")
-    need("onnxscript")
-    run_dir = Path(run_dir)
-    cfg, model, _, _ = load_checkpoint(run_dir)
-    sha = read_metadata(run_dir).get("weights_sha256", "")
-    m = cfg.model
-    plan = one_patch_plan((m.grid, m.grid), m.window)
-    example = (torch.rand(2, m.window**2, m.patch_dim), plan.covered[:2].clone(), plan.tokens[:2].clone())
     batch = torch.export.Dim("batch")
-    path = Path(out) if out else run_dir / ONNX_FILE
 
     def write(tmp: Path) -> None:
         quiet = logging.getLogger("torch.onnx")
@@ -90,20 +90,34 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None) -> Path:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # exporter internals (deprecations, axis renaming)
                 program = torch.onnx.export(
-                    WindowGraph(model),
+                    module,
                     example,
-                    input_names=list(INPUTS),
-                    output_names=["pixels"],
-                    dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
+                    input_names=inputs,
+                    output_names=outputs,
+                    dynamic_shapes=tuple({0: batch} for _ in example),
                     dynamo=True,
                     verbose=False,
                 )
         finally:
             quiet.setLevel(level)
         proto = program.model_proto
-        onnx.helper.set_model_props(proto, {SHA_KEY: sha})
+        onnx.helper.set_model_props(proto, props)
         onnx.save(proto, str(tmp))
 
     atomic_write(path, write)
+
+
+def export_onnx(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the run's network as ONNX (default RUN/model.onnx); returns the path."""
+    need("onnx")
+    need("onnxscript")
+    run_dir = Path(run_dir)
+    cfg, model, _, _ = load_checkpoint(run_dir)
+    sha = read_metadata(run_dir).get("weights_sha256", "")
+    m = cfg.model
+    plan = one_patch_plan((m.grid, m.grid), m.window)
+    example = (torch.rand(2, m.window**2, m.patch_dim), plan.covered[:2].clone(), plan.tokens[:2].clone())
+    path = Path(out) if out else run_dir / ONNX_FILE
+    write_onnx(WindowGraph(model), example, path, list(INPUTS), ["pixels"], {SHA_KEY: sha})
     log.info("exported %s", path)
     return path

@@ -1,9 +1,11 @@
 """The anomaly map: difference maps, filter sizes, normalisation and the image score."""
 
 import torch
+import torch.nn.functional as F
 
 from intra.config import ScoreConfig
 from intra.core.anomaly_map import difference_map, filter_sizes, image_score, normalize, odd_size
+from intra.core.similarity import downscale, resize_as_matrices
 
 
 def test_difference_map_of_a_perfect_reconstruction_is_zero():
@@ -37,3 +39,17 @@ def test_normalisation_and_score():
     torch.testing.assert_close(amap, torch.tensor([[[0.0, 0.16], [0.04, 0.0]]]))
     torch.testing.assert_close(image_score(amap), torch.tensor([0.16]))
     assert normalize(diff, None) is diff
+
+
+def test_downscale_as_matrices_is_torchs_antialiased_resize():
+    # The export's form of the difference map's downscaling (matrix products) against F.interpolate.
+    images = torch.rand(2, 3, 64, 48, generator=torch.Generator().manual_seed(0))
+    for size in [(32, 24), (16, 12), (21, 17), (64, 48)]:
+        plain = downscale(images, size)
+        with resize_as_matrices():
+            matrices = downscale(images, size)
+        assert plain.shape == matrices.shape == (2, 3, *size)
+        assert (plain - matrices).abs().max() <= 1e-6
+    assert downscale(images, (32, 24)).equal(
+        F.interpolate(images, size=(32, 24), mode="bilinear", antialias=True, align_corners=False)
+    )  # outside the block: torch's resize itself

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ModelConfig, ScoreConfig
-from .similarity import gaussian_filter, gms_map, mean_filter
+from .similarity import downscale, gaussian_filter, gms_map, mean_filter
 
 
 def odd_size(size: float) -> int:
@@ -41,8 +41,7 @@ def difference_map(image: torch.Tensor, reconstruction: torch.Tensor, cfg: Score
     total = image.new_zeros(image.shape[0], 1, h, w)
     for scale, sizes in zip(cfg.scales, filter_sizes(cfg)):
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        x = F.interpolate(image, size=size, mode="bilinear", antialias=True, align_corners=False)
-        y = F.interpolate(reconstruction, size=size, mode="bilinear", antialias=True, align_corners=False)
+        x, y = downscale(image, size), downscale(reconstruction, size)
         d = 1 - gms_map(x, y).mean(dim=1, keepdim=True)  # (B, 1, lH, lW)
         d = gaussian_filter(mean_filter(d, sizes["mean_filter"]), sizes["gaussian_sigma"])
         total = total + F.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)

@@ -5,8 +5,11 @@ All functions take (B, C, H, W) tensors with values in [0, 1] and are differenti
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +75,46 @@ def separable(x: torch.Tensor, rows: tuple[float, ...], cols: tuple[float, ...])
         ph, pw = shape[0] // 2, shape[1] // 2
         x = F.conv2d(F.pad(x, (pw, pw, ph, ph), mode="replicate"), kernel, groups=c)
     return x
+
+
+# Set by `resize_as_matrices` (the end-to-end export): downscale by matrix products, not Resize.
+_MATRIX_RESIZE = contextvars.ContextVar("matrix_resize", default=False)
+
+
+@contextlib.contextmanager
+def resize_as_matrices() -> Iterator[None]:
+    """Within this block `downscale` runs as two matrix products (see there); used while exporting."""
+    token = _MATRIX_RESIZE.set(True)
+    try:
+        yield
+    finally:
+        _MATRIX_RESIZE.reset(token)
+
+
+@functools.cache
+def _resize_matrix(size: int, new: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(new, size): torch's antialiased bilinear resize along one axis, read off the identity (it is linear)."""
+    with torch.inference_mode(False):
+        eye = torch.eye(size, dtype=torch.float64)[None, None]  # (1, 1, size, size): resize the rows only
+        matrix = F.interpolate(eye, size=(new, size), mode="bilinear", antialias=True, align_corners=False)
+        return matrix[0, 0].to(device, dtype)
+
+
+def downscale(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Antialiased bilinear resize: (B, C, H, W) -> (B, C, h, w).
+
+    Inside `resize_as_matrices` the same linear map is two matrix products with torch's own weights
+    (equal to rounding): ONNX runtimes disagree on Resize with antialias (OpenVINO 2026.4's differed from
+    torch by 0.25 on a uniform random image halved), while every runtime agrees on MatMul.
+    """
+    if not _MATRIX_RESIZE.get():
+        return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    (h, w), (new_h, new_w) = x.shape[-2:], size
+    if (h, w) == (new_h, new_w):
+        return x
+    rows = _resize_matrix(h, new_h, x.device, x.dtype)  # (h', H)
+    cols = _resize_matrix(w, new_w, x.device, x.dtype)  # (w', W)
+    return rows @ x @ cols.T
 
 
 def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 `reconstruct` inpaints every patch of a batch of images with the plan `score.cover_spacing` asks
 for (`core.windows.inference_plan`), through the one engine (`engine.reconstruct`) on the chosen
 backend (`backends`): plain or oneDNN-packed PyTorch, bf16, torch.compile, or onnxruntime. The
-rest is `core.anomaly_map`'s pure functions.
+rest is `core.anomaly_map`'s pure functions. Backends "onnx-full" and "openvino" load a
+`full_graph.FullGraphDetector` instead, whose `predict` is the end-to-end export (`export_full`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from .prediction import ImagePrediction, predicted
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnx")
+# onnx-full and openvino run the end-to-end export (see full_graph): maps and scores in one graph.
+BACKENDS = ("torch", "onnx", "onnx-full", "openvino")
 
 # score.memory_mb = 0: on a CPU, chunks of ~160 MB of activations ran fastest on CPU-2 (64 windows of
 # the paper preset, 512 of the cpu preset; docs/benchmarks.md); a GPU wants large chunks.
@@ -111,14 +113,20 @@ class Detector:
         compile: bool = False,
         threads: int = 0,
     ) -> Detector:
-        """Load a trained run folder (see `checkpoint`) to run on `backend` ("torch" or "onnx", see `backends`)."""
+        """Load a trained run folder (see `checkpoint`) to run on `backend`: "torch" or "onnx" (the network,
+        see `backends`), "onnx-full" or "openvino" (RUN/model_full.onnx, see `full_graph`)."""
         if backend not in BACKENDS:
             raise IntraError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        if backend != "torch" and (dtype != "fp32" or compile):
+            raise IntraError(f"the {backend} backend runs fp32 and is not compiled: drop --dtype bf16 / compile")
         cfg, model, tensors, stats = load_checkpoint(run_dir)
         runtime = None
+        if backend in ("onnx-full", "openvino"):
+            from .full_graph import FullGraphDetector, open_graph
+
+            graph = open_graph(Path(run_dir), backend, read_metadata(run_dir), threads)
+            return FullGraphDetector(model, cfg, stats, graph)
         if backend == "onnx":
-            if dtype != "fp32" or compile:
-                raise IntraError("the onnx backend runs fp32 and is not compiled: drop --dtype bf16 / compile")
             device = "cpu"
             runtime = OnnxBackend.load(
                 run_dir, read_metadata(run_dir).get("weights_sha256"), cfg.model.head, threads=threads

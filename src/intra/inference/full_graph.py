@@ -1,0 +1,125 @@
+"""Running the end-to-end export (`export_full`): a Detector whose `predict` is one graph call.
+
+`Detector.load(run, backend="onnx-full")` (onnxruntime) or `backend="openvino"` (OpenVINO reads the
+ONNX file directly) returns a `FullGraphDetector`: images in, anomaly maps and scores out of
+RUN/model_full.onnx, so predictions, records and thresholds take the same code path as every
+other backend afterwards. The graph holds the scoring too, so there is no separate network stage:
+`reconstruct` (and what builds on it) is refused with a pointer to the backends that have one.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..errors import IntraError
+from .backends import Backend
+from .detector import Detector, Images
+
+log = logging.getLogger(__name__)
+
+FULL_BACKENDS = ("onnx-full", "openvino")
+
+
+def _graph_props(path: Path) -> dict[str, str]:
+    """The metadata the export wrote (weights and config hashes, image size), read without the weights."""
+    from ..export import need
+
+    onnx = need("onnx")
+    proto = onnx.load(str(path), load_external_data=False)
+    return {prop.key: prop.value for prop in proto.metadata_props}
+
+
+def _onnxruntime(path: Path, threads: int):
+    """A function (B, C, H, W) float32 -> (maps, scores) numpy arrays on onnxruntime's CPU provider."""
+    from ..export import need
+
+    ort = need("onnxruntime")
+    options = ort.SessionOptions()
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda images: session.run(None, {"images": images})
+
+
+def _openvino(path: Path, threads: int):
+    """The same function on OpenVINO's CPU plugin, in fp32 (its default on CPUs with bf16 units is bf16)."""
+    try:
+        import openvino
+    except ImportError:
+        raise IntraError("the openvino backend needs the openvino package: pip install 'intra[openvino]'") from None
+    settings = {"INFERENCE_PRECISION_HINT": "f32"}
+    if threads > 0:
+        settings["INFERENCE_NUM_THREADS"] = threads
+    compiled = openvino.Core().compile_model(str(path), "CPU", settings)
+    request = compiled.create_infer_request()
+
+    def run(images: np.ndarray) -> list[np.ndarray]:
+        outputs = request.infer({0: images})
+        return [np.array(outputs[compiled.output(i)]) for i in range(2)]
+
+    return run
+
+
+class GraphRuntime(Backend):
+    """The full graph on a runtime: `__call__` scores a batch; the engine's stages are refused."""
+
+    def __init__(self, run, name: str, path: Path, size: tuple[int, int]):
+        self._run, self.name, self.path, self.size = run, name, path, size
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) at the graph's size -> (maps (B, H, W), scores (B,)), on the CPU."""
+        if tuple(images.shape[-2:]) != self.size:
+            raise IntraError(
+                f"{self.path} scores {self.size[0]} x {self.size[1]} images, not {images.shape[-2]} x {images.shape[-1]}"
+            )
+        maps, scores = self._run(images.detach().cpu().float().contiguous().numpy())
+        return torch.from_numpy(np.asarray(maps)), torch.from_numpy(np.asarray(scores))
+
+    def embed(self, patches: torch.Tensor) -> torch.Tensor:
+        raise IntraError(
+            f"the {self.name} backend gives anomaly maps and scores only: reconstructions need --backend torch or onnx"
+        )
+
+    def describe(self) -> dict:
+        return {"backend": f"{self.name} (full graph)", "dtype": "fp32", "device": "cpu"}
+
+
+def open_graph(run_dir: Path, backend: str, meta: dict, threads: int = 0) -> GraphRuntime:
+    """RUN/model_full.onnx on `backend`, refused unless it was exported from this run's weights and config."""
+    from ..export_full import CONFIG_KEY, FULL_ONNX_FILE, SHA_KEY, SIZE_KEY
+
+    path = run_dir / FULL_ONNX_FILE
+    if not path.is_file():
+        raise IntraError(f"{path} not found: run `intra export --run {run_dir} --format onnx --full` first")
+    try:
+        props = _graph_props(path)
+        run = (_onnxruntime if backend == "onnx-full" else _openvino)(path, threads)
+    except IntraError:
+        raise
+    except Exception as exc:  # each runtime raises its own exception types for bad files
+        raise IntraError(f"{path} is not a valid ONNX model: {str(exc).splitlines()[0][:200]}") from None
+    if props.get(SHA_KEY) != meta.get("weights_sha256") or props.get(CONFIG_KEY) != meta.get("config_sha256"):
+        raise IntraError(f"{path} was exported from other weights or another scoring than {run_dir}: export again")
+    size = tuple(int(side) for side in props[SIZE_KEY].split(","))
+    return GraphRuntime(run, "onnxruntime" if backend == "onnx-full" else "openvino", path, size)
+
+
+class FullGraphDetector(Detector):
+    """A Detector whose `predict` runs the exported full graph (see the module docstring)."""
+
+    def __init__(self, model, cfg: Config, stats: dict, runtime: GraphRuntime):
+        super().__init__(model, cfg, None, "cpu", stats, backend=runtime)
+        self.runtime = runtime
+
+    def predict(self, images: Images) -> tuple[Images, torch.Tensor]:
+        """(B, C, H, W) -> (anomaly maps (B, H, W), image scores (B,)); a list of (C, H, W) -> a list of maps."""
+        if not isinstance(images, torch.Tensor) and len({tuple(x.shape) for x in images}) > 1:
+            raise IntraError(f"the {self.runtime.name} full graph scores images of one size, not several")
+        batch = images if isinstance(images, torch.Tensor) else torch.stack(list(images))
+        maps, scores = self.runtime(batch)
+        return (maps if isinstance(images, torch.Tensor) else list(maps)), scores
