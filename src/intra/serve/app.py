@@ -131,7 +131,7 @@ def model_info(detector: Detector, run_dir: str | Path | None, backend: str) -> 
     geometry = Geometry.of(cfg)
     return {
         "version": __version__,
-        "run": None if run_dir is None else str(Path(run_dir).resolve()),
+        "run": None if run_dir is None else Path(run_dir).resolve().name,  # its name: the server's paths stay private
         "preset": preset_of(cfg),
         "config_sha256": meta.get("config_sha256"),
         "weights_sha256": meta.get("weights_sha256"),
