@@ -20,10 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import torch
 from evaluation.test_report import CHROMIUM, CHROMIUM_FLAGS
 from PIL import Image
 
-from conftest import intra
+from conftest import intra, lively_model, tiny_config, user_error
 
 httpx = pytest.importorskip("httpx", reason="httpx is in the dev extra")
 pytest.importorskip("fastapi", reason="the serve extra is in the dev extra")
@@ -213,6 +214,34 @@ def test_the_page_scores_an_upload_in_chromium(server, tmp_path):
     assert verdict in ("Anomalous", "Normal")
     assert "vs threshold" in score and "96x64 px" in score
     assert overlay[0] == 3 * overlay[1] > 0
+
+
+def test_batcher_scores_waiting_images_in_one_call_as_one_at_a_time():
+    from intra.inference.detector import Detector
+    from intra.serve.batcher import Batcher
+
+    cfg = tiny_config()
+    cfg.data.resize, cfg.data.scale = "scale", 1.0  # images keep their own sizes: one batch of several sizes
+    detector = Detector(lively_model(cfg), cfg, stats={"image_threshold": 0.5, "pixel_threshold": 0.5})
+    rng = np.random.default_rng(0)
+    images = [torch.from_numpy(rng.random((3, 32, 24 + 4 * i), dtype=np.float32)) for i in range(5)]
+    results = {}
+    for max_batch in (8, 1):
+        batcher = Batcher(detector, max_batch=max_batch, wait_ms=50)
+        futures = [batcher.submit(image, (image.shape[2], image.shape[1])) for image in images]  # queued before start
+        batcher.start()
+        results[max_batch] = [future.result(timeout=60) for future in futures]
+        batcher.close()
+    assert [r.batch for r in results[8]] == [5] * 5 and [r.batch for r in results[1]] == [1] * 5
+    for together, alone, image in zip(results[8], results[1], images):
+        assert together.prediction.image_size == (image.shape[2], image.shape[1])
+        assert together.prediction.pred_score == pytest.approx(alone.prediction.pred_score, abs=1e-5)
+        assert together.prediction.pred_label == (together.prediction.pred_score >= 0.5)
+
+
+def test_serve_refuses_bad_options_in_one_line(tmp_path):
+    user_error(intra("serve", "--run", tmp_path / "missing", check=False), "run folder not found")
+    user_error(intra("serve", "--run", tmp_path, "--max-batch", "0", check=False), "--max-batch must be positive")
 
 
 def rss_kb(pid: int) -> int:

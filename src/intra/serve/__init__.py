@@ -1,8 +1,9 @@
 """`intra serve`: a trained run as an HTTP service with a browser page (FastAPI on uvicorn).
 
-`app.create_app` builds the service around a Detector (`batcher.Batcher` scores concurrent requests
-together off the event loop); `serve` runs it. docs/serving.md describes the endpoints, replicas and
-measured latency. Needs the `serve` extra: pip install 'intra[serve]'.
+`app.create_app` builds the service (a FastAPI app) around a Detector, `batcher.Batcher` scores
+concurrent requests together off the event loop, and `serve` runs it on uvicorn. docs/serving.md
+describes the endpoints, replicas and measured latency. Needs the `serve` extra:
+pip install 'intra[serve]'.
 """
 
 from __future__ import annotations
@@ -16,16 +17,7 @@ from ..inference.detector import Detector
 
 log = logging.getLogger(__name__)
 
-__all__ = ["create_app", "serve"]
-
-
-def create_app(*args, **kwargs):
-    """See `app.create_app` (imported here on first use: FastAPI is an optional dependency)."""
-    try:
-        from .app import create_app as build
-    except ModuleNotFoundError as exc:
-        raise IntraError(f"intra serve needs {exc.name}: pip install 'intra[serve]'") from None
-    return build(*args, **kwargs)
+__all__ = ["serve"]
 
 
 def serve(
@@ -41,8 +33,13 @@ def serve(
     backend: str = "torch",
 ) -> None:
     """Serve `detector` on host:port until interrupted (see `app.create_app` for the arguments)."""
+    try:  # FastAPI and uvicorn are the optional `serve` extra
+        import uvicorn
+
+        from .app import create_app
+    except ModuleNotFoundError as exc:
+        raise IntraError(f"intra serve needs {exc.name}: pip install 'intra[serve]'") from None
     app = create_app(detector, run_dir, token, max_batch, batch_wait_ms, max_upload_mb, threads, backend)
-    import uvicorn
 
     if not token and not _loopback(host):
         log.warning("serving on %s without a token: anyone who can reach it can use the model", host)
