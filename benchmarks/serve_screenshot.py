@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-
-from serve_load import start_server
+import sys
+from pathlib import Path
 
 # As tests/evaluation/test_report.py: a closed network, as root, without a screen.
 CHROMIUM_FLAGS = [
@@ -33,6 +33,9 @@ def main() -> None:
     parser.add_argument("--chromium", default="/usr/bin/chromium", help="the browser (default: /usr/bin/chromium)")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # serve_load.py sits beside this script
+    from serve_load import start_server
 
     token = secrets.token_urlsafe(16)
     process, url = start_server(args.run, threads=1, batching=True, token=token)
