@@ -169,6 +169,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--out", help="output file (default: RUN/model.onnx, with --full RUN/model_full.onnx)")
 
+    serve = commands.add_parser(
+        "serve",
+        help="serve a run over HTTP: POST /predict, GET /model, GET /health and a page at /",
+        description="Serve a trained run over HTTP (FastAPI on uvicorn; needs the serve extra): POST /predict scores an uploaded image, concurrent requests batched together; a page at / to try it in a browser. See docs/serving.md.",
+    )
+    serve.add_argument("--run", required=True, help="a trained run folder")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument(
+        "--token",
+        default=os.environ.get("INTRA_TOKEN"),
+        help="require 'Authorization: Bearer TOKEN' on every endpoint but /health and the page (default: $INTRA_TOKEN; prefer the variable: flags show in ps)",
+    )
+    serve.add_argument(
+        "--backend", choices=("torch", "onnx"), default="torch", help="run the network with torch or onnxruntime"
+    )
+    serve.add_argument("--max-batch", type=int, default=8, help="most images scored together (default: 8)")
+    serve.add_argument(
+        "--batch-wait-ms", type=float, default=5.0, help="longest wait for more images to batch with (default: 5)"
+    )
+    serve.add_argument("--no-batching", action="store_true", help="score one image at a time (--max-batch 1)")
+    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body in MiB (default: 20)")
+    _add_runtime_flags(serve)
+
     demo = commands.add_parser(
         "demo",
         help="the whole pipeline on generated data, in a few minutes",
@@ -376,6 +400,40 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"exported the inpainting network to {path} (ONNX, dynamic batch)")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .serve import serve
+
+    _positive("--max-batch", args.max_batch)
+    _positive("--port", args.port)
+    if args.port > 65535:
+        raise IntraError(f"--port must be at most 65535, not {args.port}")
+    if not (args.max_upload_mb > 0 and args.max_upload_mb < float("inf")):
+        raise IntraError(f"--max-upload-mb must be a positive number, not {args.max_upload_mb}")
+    if not (0 <= args.batch_wait_ms <= 10_000):
+        raise IntraError(f"--batch-wait-ms must be between 0 and 10000, not {args.batch_wait_ms}")
+    detector = _load_detector(args)
+    batch = 1 if args.no_batching else args.max_batch
+    batching = "off" if batch == 1 else f"up to {batch} images within {args.batch_wait_ms:g} ms"
+    print(
+        f"intra serve: {args.run} on http://{args.host}:{args.port}/ ({args.backend}, batching {batching}, "
+        f"token {'required' if args.token else 'not required'})",
+        file=sys.stderr,
+        flush=True,
+    )
+    serve(
+        detector,
+        args.run,
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        max_batch=batch,
+        batch_wait_ms=args.batch_wait_ms,
+        max_upload_mb=args.max_upload_mb,
+        threads=args.threads,
+        backend=args.backend,
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .tools.demo import run_demo
 
@@ -461,6 +519,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
     "export": cmd_export,
+    "serve": cmd_serve,
     "demo": cmd_demo,
     "bench": cmd_bench,
     "benchmark": cmd_benchmark,

@@ -270,13 +270,22 @@ def _write_files(
     values = amap.numpy()
     peak = float(values.max())
     save_anomaly_map(values, out_dir / "anomaly_maps" / name)
-    small_mask = None if pixel_threshold is None else values >= pixel_threshold
-    save_png(overlay_panel(to_rgb_uint8(image), values, vmax or peak, small_mask), out_dir / "overlays" / name)
+    save_png(overlay(image, amap, pixel_threshold, vmax), out_dir / "overlays" / name)
     entries = {"anomaly_map": f"anomaly_maps/{name}", "anomaly_map_max": peak, "overlay": f"overlays/{name}"}
     if mask is not None:
         save_png(Image.fromarray(mask.astype(np.uint8) * 255), out_dir / "masks" / name)
         entries["pred_mask"] = f"masks/{name}"
     return entries
+
+
+def overlay(image: torch.Tensor, amap: torch.Tensor, pixel_threshold: float | None, vmax: float) -> Image.Image:
+    """The overlay of one image as scored: image | heatmap | mask (`pictures.overlay_panel`).
+
+    image (C, h, w) in [0, 1], amap (h, w); vmax is the run's fixed colour scale (0: the map's own maximum).
+    """
+    values = amap.numpy()
+    mask = None if pixel_threshold is None else values >= pixel_threshold
+    return overlay_panel(to_rgb_uint8(image), values, vmax or float(values.max()), mask)
 
 
 def save_anomaly_map(values: np.ndarray, path: Path) -> None:

@@ -39,6 +39,12 @@ _ORIENTATION = 0x0112  # EXIF tag; values 5 to 8 swap width and height
 _BITS = "intra.bits"  # image.info key: bits per sample of the file, for 16-bit images (see _to_array)
 
 
+class ImageTooLarge(IntraError):
+    """An image over the pixel budget (or Pillow's decompression-bomb limit), refused from its header.
+
+    A subclass so that a service can answer it apart from unreadable files (`intra serve`: 413)."""
+
+
 def _header(path: Path) -> Image.Image:
     """Open an image file without decoding it, refusing what must not be decoded: a missing file,
     more than MAX_PIXELS pixels (Pillow's own decompression-bomb check included), several frames."""
@@ -49,13 +55,13 @@ def _header(path: Path) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, by name
             image = Image.open(path)
     except Image.DecompressionBombError as exc:
-        raise IntraError(f"image {path} is too large: {exc} (intra reads at most {MAX_PIXELS:,} pixels)") from None
+        raise ImageTooLarge(f"image {path} is too large: {exc} (intra reads at most {MAX_PIXELS:,} pixels)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise IntraError(f"cannot read image {path}: {exc}") from None
     width, height = image.size
     if width * height > MAX_PIXELS:
         image.close()
-        raise IntraError(
+        raise ImageTooLarge(
             f"image {path} is {width}x{height} px = {width * height:,} pixels: more than the budget of "
             f"{MAX_PIXELS:,} pixels (downscale it first)"
         )
