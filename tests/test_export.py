@@ -191,7 +191,7 @@ def test_full_export_with_zscores_and_standardised_images(paper_full, tmp_path):
 
 
 def test_full_export_refuses_runs_without_one_size_and_stale_graphs(cli_run, paper_full, tmp_path):
-    free = edited_run(cli_run, tmp_path / "free", data={"height": 0, "width": 0, "kind": "texture"})
+    free = edited_run(cli_run, tmp_path / "free", data={"height": 0, "width": 0})
     user_error(intra("export", "--run", free, "--format", "onnx", "--full", check=False), "without --full")
     user_error(intra("predict", "--run", free, free, "--backend", "onnx-full", check=False), "--full")
     # A graph exported before the scoring changed (model.json re-sealed with another config) is refused.
