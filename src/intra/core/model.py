@@ -56,26 +56,34 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, T, D)."""
-        b, t, _ = x.shape
-        q = self.q(x).view(b, t, self.heads, -1).transpose(1, 2)  # (B, h, T, Dqk/h)
-        k = self.k(x).view(b, t, self.heads, -1).transpose(1, 2)  # (B, h, T, Dqk/h)
-        v = self.v(x).view(b, t, self.heads, -1).transpose(1, 2)  # (B, h, T, D/h)
-        if self.fused:
-            pad = v.shape[-1] - q.shape[-1]
-            if pad > 0:
-                # MFSA's q/k heads are half v's width; the fused (flash) kernels need one width. Zeros
-                # appended to q and k leave every q.k unchanged, and the scale stays the true width's:
-                # about 3x faster than the unfused fallback on a CPU.
-                scale = q.shape[-1] ** -0.5
-                q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
-                y = F.scaled_dot_product_attention(q, k, v, scale=scale)
-            else:
-                y = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(attend(self.q(x), self.k(x), self.v(x), self.heads, self.fused))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, fused: bool = True) -> torch.Tensor:
+    """Multi-head attention of projected queries, keys (B, T, Dqk) and values (B, T, D) -> (B, T, D).
+
+    Logits are scaled by 1/sqrt(Dqk/h). `fused` uses F.scaled_dot_product_attention; the manual
+    path is kept for tests.
+    """
+    b, t, _ = q.shape
+    q = q.reshape(b, t, heads, -1).transpose(1, 2)  # (B, h, T, Dqk/h)
+    k = k.reshape(b, t, heads, -1).transpose(1, 2)  # (B, h, T, Dqk/h)
+    v = v.reshape(b, t, heads, -1).transpose(1, 2)  # (B, h, T, D/h)
+    if fused:
+        pad = v.shape[-1] - q.shape[-1]
+        if pad > 0:
+            # MFSA's q/k heads are half v's width; the fused (flash) kernels need one width. Zeros
+            # appended to q and k leave every q.k unchanged, and the scale stays the true width's:
+            # about 3x faster than the unfused fallback on a CPU.
+            scale = q.shape[-1] ** -0.5
+            q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
+            y = F.scaled_dot_product_attention(q, k, v, scale=scale)
         else:
-            weights = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, h, T, T)
-            y = weights.softmax(dim=-1) @ v
-        y = y.transpose(1, 2).reshape(b, t, -1)  # (B, T, D)
-        return self.proj(y)
+            y = F.scaled_dot_product_attention(q, k, v)
+    else:
+        weights = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, h, T, T)
+        y = weights.softmax(dim=-1) @ v
+    return y.transpose(1, 2).reshape(b, t, -1)  # (B, T, D)
 
 
 class Block(nn.Module):
