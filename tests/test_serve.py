@@ -7,9 +7,11 @@ serving. The bad-request matrix follows each refusal with a valid request.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -54,13 +56,13 @@ def claims_pixels(data: bytes, width: int, height: int) -> bytes:
     return data[:8] + data[8:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + data[33:]
 
 
-@pytest.fixture(scope="module")
-def server(cli_run):
-    """`intra serve` on a free loopback port; yields (base URL, process)."""
+@contextlib.contextmanager
+def serving(run, *flags: str):
+    """`intra serve --run RUN FLAGS` on a free loopback port; yields (base URL, process), then stops it."""
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "INTRA_TOKEN": TOKEN, "PYTHONWARNINGS": "ignore"}
-    command = [sys.executable, "-m", "intra.cli", "serve", "--run", str(cli_run), "--port", str(port)]
-    command += ["--threads", "1", "--max-upload-mb", "1", "--device", "cpu"]
+    command = [sys.executable, "-m", "intra.cli", "serve", "--run", str(run), "--port", str(port)]
+    command += ["--threads", "1", "--max-upload-mb", "1", "--device", "cpu", *flags]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -73,10 +75,33 @@ def server(cli_run):
             pass
         assert time.monotonic() < deadline, "intra serve did not answer /health within 60 s"
         time.sleep(0.2)
-    yield url, process
-    process.terminate()
-    _, stderr = process.communicate(timeout=20)
+    try:
+        yield url, process
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=20)
     assert "Traceback" not in stderr, stderr
+
+
+@pytest.fixture(scope="module")
+def server(cli_run):
+    """`intra serve` of the tiny CLI run, shared by the module; yields (base URL, process)."""
+    with serving(cli_run) as running:
+        yield running
+
+
+def test_the_onnx_backend_serves_the_torch_backends_scores(server, cli_run, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    run = tmp_path / "run"
+    shutil.copytree(cli_run, run)
+    intra("export", "--run", run, "--format", "onnx")
+    image = png(64, 64, seed=3)
+    by_torch = httpx.post(f"{server[0]}/predict", content=image, headers={**AUTH, "Content-Type": "image/png"}).json()
+    with serving(run, "--backend", "onnx") as (url, _):
+        assert httpx.get(f"{url}/model", headers=AUTH).json()["backend"] == "onnx"
+        by_onnx = httpx.post(f"{url}/predict", content=image, headers={**AUTH, "Content-Type": "image/png"}).json()
+    assert by_onnx["pred_score"] == pytest.approx(by_torch["pred_score"], abs=1e-4)
+    assert by_onnx["pred_label"] == by_torch["pred_label"]
 
 
 def predict(url: str, data: bytes = b"", **kwargs) -> httpx.Response:
@@ -288,3 +313,31 @@ def test_under_load_nothing_fails_requests_batch_and_memory_stays_bounded(server
     growth = f"VmRSS (kB) before and after each burst: {rss}"
     assert rss[1] - rss[0] < 100_000 and rss[2] - rss[1] < 60_000 and rss[2] - rss[0] < 150_000, growth
     assert seconds < 60
+
+
+def test_a_full_queue_is_answered_503_with_retry_after(monkeypatch):
+    """The batcher refuses work beyond its queue (Busy), and the service answers that 503 with Retry-After."""
+    from fastapi.testclient import TestClient
+
+    from intra.inference.detector import Detector
+    from intra.serve import app as service
+    from intra.serve.batcher import Batcher, Busy
+
+    cfg = tiny_config()
+    detector = Detector(lively_model(cfg), cfg, stats={"image_threshold": 0.5, "pixel_threshold": 0.5})
+    image = torch.rand(3, 32, 32)
+    waiting = Batcher(detector, max_queue=2)  # never started: nothing leaves the queue
+    for _ in range(2):
+        waiting.submit(image, (32, 32))
+    with pytest.raises(Busy, match="busy"):
+        waiting.submit(image, (32, 32))
+
+    def busy(self, image, size):
+        raise Busy("the server is busy (64 images queued): retry shortly")
+
+    monkeypatch.setattr(service.Batcher, "submit", busy)  # as a full queue answers
+    with TestClient(service.create_app(detector)) as client:
+        answer = client.post("/predict", content=png(32, 32), headers={"Content-Type": "image/png"})
+        assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
+        assert answer.json() == {"error": "the server is busy (64 images queued): retry shortly"}
+        assert client.get("/health").status_code == 200
