@@ -182,7 +182,7 @@ def _cpu_preset() -> Config:
     cfg.train.rotation = "none"  # flips only: quarter turns made the small model's task harder in screening
     cfg.data.resize = "scale"  # images keep their aspect ratio at one pixel scale (median short side 128 px)
     # Global positions for objects (images of one size), local for textures: on the synthetic
-    # objects the inpainting error after 6 epochs falls from 3.0x to 1.7x the smooth fill's.
+    # objects the inpainting error after 6 epochs falls from 2.9x to 1.5x the smooth fill's.
     cfg.model.position = "auto"
     # Scoring that a small, briefly trained model needs: finer scales and filters keep thin
     # defects, and dividing by the training per-pixel std discounts regions it never learns well.

@@ -53,10 +53,19 @@ def biharmonic_operator(patch: int, sides: tuple[bool, bool, bool, bool] = (True
     return torch.from_numpy(-np.linalg.solve(a, b))
 
 
-def _sides(rows: torch.Tensor, cols: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """A code 0..15 per patch: bit 3 a neighbour above, 2 below, 1 left, 0 right, inside the grid."""
+def _sides(rows, cols, grid: tuple[int, int]):
+    """A code 0..15 per patch (ints or long tensors): bit 3 a neighbour above, 2 below, 1 left, 0 right."""
     m, n = grid
-    return (rows > 0).long() * 8 + (rows < m - 1).long() * 4 + (cols > 0).long() * 2 + (cols < n - 1).long()
+    return (rows > 0) * 8 + (rows < m - 1) * 4 + (cols > 0) * 2 + (cols < n - 1)
+
+
+def _groups(grid: tuple[int, int]) -> dict[int, list[int]]:
+    """Side code -> the flat indices of the grid's patches that have it, in plain Python (traceable)."""
+    groups: dict[int, list[int]] = {}
+    for i in range(grid[0]):
+        for j in range(grid[1]):
+            groups.setdefault(int(_sides(i, j, grid)), []).append(i * grid[1] + j)
+    return groups
 
 
 def _operator(code: int, patch: int, like: torch.Tensor) -> torch.Tensor:
@@ -75,9 +84,7 @@ def _grid_pixels(patches: torch.Tensor, grid: tuple[int, int], channels: int, pa
 def grid_operators(grid: tuple[int, int], patch: int) -> dict[int, torch.Tensor]:
     """The transposed operators (Q, K*K) of every side code a grid has: computed ahead, they are
     constants to a tracer (torch.export would otherwise trace the solve)."""
-    m, n = grid
-    codes = _sides(torch.arange(m).repeat_interleave(n), torch.arange(n).repeat(m), grid)
-    return {code: _operator(code, patch, torch.zeros(())) for code in codes.unique().tolist()}
+    return {code: _operator(code, patch, torch.zeros(())) for code in _groups(grid)}
 
 
 def fill_grid(
@@ -101,12 +108,8 @@ def fill_grid(
     cols = (torch.arange(n, device=patches.device)[:, None] * k + span)[None, None]  # (1, 1, N, K+4)
     rings = padded[:, :, rows, cols]  # (B, C, M, K+4, N, K+4)
     rings = rings.permute(0, 2, 4, 1, 3, 5).reshape(-1, m * n, channels, (k + 4) ** 2)
-    groups: dict[int, list[int]] = {}  # side code -> the patches that have it, in plain Python (traceable)
-    for i in range(m):
-        for j in range(n):
-            groups.setdefault((i > 0) * 8 + (i < m - 1) * 4 + (j > 0) * 2 + (j < n - 1), []).append(i * n + j)
     parts, order = [], []
-    for code, where in groups.items():
+    for code, where in _groups(grid).items():
         operator = operators[code] if operators else _operator(code, k, patches)
         parts.append(rings[:, torch.tensor(where, device=patches.device)] @ operator.to(patches.device, patches.dtype))
         order += where

@@ -1,0 +1,110 @@
+"""What the cpu preset's inference and training cost under the options tried for speed, in one process.
+
+    python benchmarks/cpu_options.py --threads 2
+
+Prints, on random weights and random 128 px images (the `cpu` preset's network):
+
+- attention over one chunk's windows (533 windows of 49 tokens, 4 heads): the fused kernel with
+  MFSA's unequal q/k and v widths (what PyTorch falls back from), the manual softmax path, and q/k
+  zero-padded to v's width (what `core.model.attend` does);
+- where reconstruction time goes (torch profiler, self time by operator group);
+- ms per image of `Detector.reconstruct` by chunk size, with torch.compile, and with bf16;
+- training windows per second of `Trainer.train_step` by batch size.
+
+Best of 3 repetitions after a warm-up; an experiment script for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import profile
+
+from intra.config import preset
+from intra.core.model import InpaintingTransformer
+from intra.inference.detector import Detector
+from intra.training.trainer import Trainer
+
+
+def best_ms(fn, repeat: int = 3) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * min(times)
+
+
+def attention_kernels() -> None:
+    q, k, v = torch.rand(533, 4, 49, 8), torch.rand(533, 4, 49, 8), torch.rand(533, 4, 49, 16)
+    unequal = best_ms(lambda: F.scaled_dot_product_attention(q, k, v))
+    manual = best_ms(lambda: ((q @ k.transpose(-2, -1)) * 8**-0.5).softmax(-1) @ v)
+    padded = best_ms(lambda: F.scaled_dot_product_attention(F.pad(q, (0, 8)), F.pad(k, (0, 8)), v, scale=8**-0.5))
+    print(f"attention, 533 windows: unequal widths {unequal:.1f} ms, manual {manual:.1f} ms, padded {padded:.1f} ms")
+
+
+def reconstruction_profile(model: InpaintingTransformer, cfg, images: torch.Tensor) -> None:
+    detector = Detector(model, cfg, device="cpu")
+    detector.reconstruct(images)
+    with profile() as prof:
+        detector.reconstruct(images)
+    times = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    total = sum(times.values())
+    linear = sum(t for name, t in times.items() if "linear" in name or name in ("aten::addmm", "aten::mm"))
+    attention = sum(t for name, t in times.items() if "attention" in name or "softmax" in name)
+    print(
+        f"reconstruction profile: linear layers {100 * linear / total:.0f} %, attention {100 * attention / total:.0f} %,"
+        f" the rest {100 * (total - linear - attention) / total:.0f} %"
+    )
+
+
+def reconstruction_options(model: InpaintingTransformer, cfg, images: torch.Tensor) -> None:
+    for chunk in (64, 128, 256, 533, 1024):
+        cfg.score.chunk_windows = chunk
+        detector = Detector(model, cfg, device="cpu")
+        ms = best_ms(lambda d=detector: d.reconstruct(images)) / len(images)
+        print(f"reconstruct, chunks of {detector.chunk_windows()} windows: {ms:.1f} ms/image")
+    cfg.score.chunk_windows = 2048
+    for options in ({"compile": True}, {"dtype": "bf16"}):
+        detector = Detector(model, cfg, device="cpu", **options)
+        start = time.perf_counter()
+        detector.reconstruct(images)
+        warm = time.perf_counter() - start
+        ms = best_ms(lambda d=detector: d.reconstruct(images)) / len(images)
+        print(f"reconstruct, {options} ({detector.backend.describe()}): {ms:.1f} ms/image, first call {warm:.1f} s")
+
+
+def training_batches() -> None:
+    for batch in (32, 64, 128, 256):
+        cfg = preset("cpu")
+        cfg.model.channels, cfg.train.batch_size = 3, batch
+        torch.manual_seed(0)
+        images = torch.rand(16, 3, 128, 128)
+        trainer = Trainer(InpaintingTransformer(cfg.model), images, images[:2], cfg, torch.Generator().manual_seed(0))
+        steps = max(6, 2048 // batch)
+        ms = best_ms(lambda t=trainer, n=steps: [t.train_step() for _ in range(n)], 2)
+        print(f"training, batch {batch}: {steps * batch / ms * 1000:.0f} windows/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = preset("cpu")
+    cfg.model.channels = 3
+    torch.manual_seed(0)
+    model = InpaintingTransformer(cfg.model).eval()
+    images = torch.rand(8, 3, 128, 128)
+    attention_kernels()
+    reconstruction_profile(model, cfg, images)
+    reconstruction_options(model, cfg, images)
+    training_batches()
+
+
+if __name__ == "__main__":
+    main()
