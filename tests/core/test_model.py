@@ -115,6 +115,22 @@ def test_fused_and_manual_attention_agree():
     torch.testing.assert_close(fused, manual, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("attention, fused", [("mfsa", True), ("mfsa", False), ("msa", True)])
+def test_selected_outputs_of_the_last_block_equal_the_whole_blocks(attention, fused):
+    """Pruning the last block to the read tokens is exact, also when rows select different counts."""
+    model = make(depth=4, attention=attention).eval()
+    model.set_fused_attention(fused)
+    x = torch.randn(5, 9, 32)
+    select = torch.rand(5, 9) < 0.4
+    select[0] = False  # a row that reads nothing
+    select[1] = True  # a row that reads everything
+    with torch.no_grad():
+        whole = model.forward_blocks(x)
+        pruned = model.forward_blocks(x, select)
+    assert pruned.shape == (int(select.sum()), 32)
+    torch.testing.assert_close(pruned, whole[select], atol=1e-5, rtol=1e-5)
+
+
 def test_input_normalisation_maps_back_to_pixels():
     model = make()
     model.set_pixel_stats(torch.tensor([0.2, 0.5, 0.8]), torch.tensor([0.1, 0.2, 0.3]))

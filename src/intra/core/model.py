@@ -54,19 +54,21 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.fused = True  # F.scaled_dot_product_attention; the manual path is kept for tests
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> (B, T, D)."""
-        return self.proj(attend(self.q(x), self.k(x), self.v(x), self.heads, self.fused))
+    def forward(self, x: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D); with `queries` (B, R, D), only those rows attend: -> (B, R, D)."""
+        q = self.q(x if queries is None else queries)
+        return self.proj(attend(q, self.k(x), self.v(x), self.heads, self.fused))
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, fused: bool = True) -> torch.Tensor:
-    """Multi-head attention of projected queries, keys (B, T, Dqk) and values (B, T, D) -> (B, T, D).
+    """Multi-head attention of projected queries (B, R, Dqk), keys (B, T, Dqk) and values (B, T, D) -> (B, R, D).
 
     Logits are scaled by 1/sqrt(Dqk/h). `fused` uses F.scaled_dot_product_attention; the manual
     path is kept for tests.
     """
-    b, t, _ = q.shape
-    q = q.reshape(b, t, heads, -1).transpose(1, 2)  # (B, h, T, Dqk/h)
+    b, r, _ = q.shape
+    t = k.shape[1]
+    q = q.reshape(b, r, heads, -1).transpose(1, 2)  # (B, h, R, Dqk/h)
     k = k.reshape(b, t, heads, -1).transpose(1, 2)  # (B, h, T, Dqk/h)
     v = v.reshape(b, t, heads, -1).transpose(1, 2)  # (B, h, T, D/h)
     if fused:
@@ -81,9 +83,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, fused:
         else:
             y = F.scaled_dot_product_attention(q, k, v)
     else:
-        weights = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, h, T, T)
+        weights = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, h, R, T)
         y = weights.softmax(dim=-1) @ v
-    return y.transpose(1, 2).reshape(b, t, -1)  # (B, T, D)
+    return y.transpose(1, 2).reshape(b, r, -1)  # (B, R, D)
 
 
 class Block(nn.Module):
@@ -96,9 +98,35 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.dim)
         self.mlp = Mlp(cfg.dim, int(cfg.dim * cfg.mlp_ratio), cfg.dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D); with `select` (B, T) bool, only the selected tokens' outputs (n, D).
+
+        Every token still gives its key and value, but the queries, the output projection and the
+        FFN run on the selected rows alone: exact, and in the last block of a covered-token head
+        (which reads only the covered tokens) it skips most of the block's work.
+        """
+        if select is None:
+            x = x + self.attn(self.norm1(x))
+            return x + self.mlp(self.norm2(x))
+        index, valid = selected_rows(select)
+        normed = self.norm1(x)
+        take = index[..., None].expand(-1, -1, x.shape[-1])
+        y = x.gather(1, take) + self.attn(normed, normed.gather(1, take))  # (B, R, D)
+        y = y + self.mlp(self.norm2(y))
+        return y[valid]  # (n, D) in row-major order of `select`
+
+
+def selected_rows(select: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) bool -> token indices (B, R) of each row's selected tokens, in order, padded, and (B, R) valid.
+
+    R is the most tokens any row selects; shorter rows are padded with unselected tokens, which
+    `valid` marks False, so `y[valid]` lists the selected tokens in row-major order, like `x[select]`.
+    """
+    counts = select.sum(dim=1)
+    most = int(counts.max()) if select.numel() else 0
+    order = torch.sort(select.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :most]
+    valid = torch.arange(most, device=select.device) < counts[:, None]
+    return order, valid
 
 
 def skip_pairs(depth: int) -> list[tuple[int, int]]:
@@ -177,18 +205,36 @@ class InpaintingTransformer(nn.Module):
             return x + self.pos_embed[positions]  # (B, T, D)
         return x + self.pos_embed  # (B, T, D) + (T, D)
 
-    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> (B, T, D) through all blocks and the long skips."""
+    def forward_blocks(self, x: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D) through all blocks and the long skips.
+
+        With `select` (B, T) bool the last block computes only the selected tokens' outputs: -> (n, D).
+        """
         sources = {source for source, _ in self.skips}
         targets = {target for _, target in self.skips}
         saved: list[torch.Tensor] = []
         for number, block in enumerate(self.blocks, start=1):
             if number in targets:
                 x = x + saved.pop()  # last saved is the partner: pairs are nested
-            x = block(x)
+            x = block(x, select if number == len(self.blocks) else None)
             if number in sources:
                 saved.append(x)
         return x
+
+    def encode(
+        self,
+        x: torch.Tensor,
+        covered: torch.Tensor,
+        positions: torch.Tensor | None,
+        select: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Window embeddings (B, T, D) -> block outputs (B, T, D), or the `select`ed tokens' (n, D).
+
+        The mean head reads every token, so it always gets them all.
+        """
+        if self.cfg.head == "mean":
+            select = None
+        return self.forward_blocks(self.tokens(x, covered, positions), select)
 
     def head_pixels(self, pooled: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised token outputs (..., D) -> pixels (..., P): the linear head, standardisation undone.
@@ -220,10 +266,13 @@ class InpaintingTransformer(nn.Module):
         """Block outputs (B, T, D), selected covered tokens (B, T) bool -> their pixels (n selected, P).
 
         Rows of the result follow `select` in row-major order. The covered-token head reads each
-        selected token's own output; the mean head (the paper) reads the mean over all tokens, so
-        it inpaints one patch per window and `select` must hold exactly one token per row.
+        selected token's own output (given already selected, (n, D), as `encode(select=...)` returns
+        them); the mean head (the paper) reads the mean over all tokens, so it inpaints one patch
+        per window and `select` must hold exactly one token per row.
         base: `base_pixels` of the selected tokens, or None.
         """
+        if x.dim() == 2:
+            return self.head_pixels(self.norm(x), base)  # (n, P)
         if self.cfg.head == "mean":
             return self.head_pixels(self.norm(x).mean(dim=1), base)  # (B, P)
         return self.head_pixels(self.norm(x[select]), base)  # (n, P)
@@ -237,8 +286,8 @@ class InpaintingTransformer(nn.Module):
         paper; the covered-token head) give one row per covered patch, in row-major mask order,
         so that `patches[covered]` are the targets.
         """
-        x = self.tokens(self.embed_patches(patches), covered, positions)
-        return self.decode(self.forward_blocks(x), covered, self.base_pixels(patches, covered))
+        x = self.encode(self.embed_patches(patches), covered, positions, select=covered)
+        return self.decode(x, covered, self.base_pixels(patches, covered))
 
     def set_fused_attention(self, fused: bool) -> None:
         for block in self.blocks:

@@ -92,8 +92,7 @@ class TorchBackend(Backend):
             return self.network().embed_patches(patches)
 
     def _encode(self, windows: torch.Tensor, covered: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        network = self.network()
-        return network.forward_blocks(network.tokens(windows, covered, positions))
+        return self.network().encode(windows, covered, positions)
 
     def run(
         self,
@@ -105,13 +104,12 @@ class TorchBackend(Backend):
     ) -> torch.Tensor:
         network = self.network()
         base = None if pixels is None else network.base_pixels(pixels, read)  # fp32, outside autocast
-        encode = self._encode
-        if self.compiled:
+        with self._context():
+            if not self.compiled:  # the last block runs for the read tokens only (a shape compile would not fix)
+                return network.decode(network.encode(windows, covered, positions, read), read, base).float()
             if self._blocks is None:
                 self._blocks = torch.compile(self._encode, dynamic=False)
-            encode = self._blocks
-        with self._context():
-            return network.decode(encode(windows, covered, positions), read, base).float()
+            return network.decode(self._blocks(windows, covered, positions), read, base).float()
 
     def describe(self) -> dict:
         network = self.network()
