@@ -24,7 +24,9 @@ from ..config import TrainConfig
 
 def build_optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
     """Adam (the paper) or AdamW; AdamW decays weight matrices only, not biases, norms or embeddings."""
-    fused = next(model.parameters()).is_cuda  # one kernel launch for all parameters on a GPU
+    # One fused kernel for all parameters instead of a loop of small ops per tensor: on a GPU one
+    # launch, on a CPU one pass over memory (torch >= 2.4 has fused Adam/AdamW for both).
+    fused = next(model.parameters()).device.type in ("cuda", "cpu")
     if t.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=fused)
     decayed = {n for n, p in model.named_parameters() if p.ndim >= 2 and n != "pos_embed"}
