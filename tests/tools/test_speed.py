@@ -1,36 +1,62 @@
 """FLOP counts from the config match PyTorch's own counter; `intra bench` runs end to end."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from intra.config import ModelConfig
+from intra.config import ModelConfig, preset
 from intra.core.model import InpaintingTransformer
-from intra.tools.speed import train_window_flops, window_flops
+from intra.core.windows import random_lattice_masks
+from intra.tools.speed import covered_per_window, train_window_flops, window_flops
 
 from conftest import intra
 
 
 @pytest.mark.parametrize(
-    "overrides", [{}, {"attention": "msa", "heads": 2}, {"channels": 1, "mlp_ratio": 2.0, "depth": 4}]
+    "overrides, per_window",
+    [
+        ({}, 1),
+        ({}, 3),  # several covered patches: the last block computes those three tokens' outputs
+        ({"attention": "msa", "heads": 2}, 2),
+        ({"channels": 1, "mlp_ratio": 2.0, "depth": 4}, 1),
+        ({"head": "mean"}, 1),  # the mean head reads every token of the last block
+    ],
 )
-def test_flop_formula_matches_the_flop_counter(overrides):
+def test_flop_formula_matches_the_flop_counter(overrides, per_window):
     cfg = ModelConfig(
         **{**dict(image_size=48, channels=3, patch_size=8, window=3, dim=64, depth=3, heads=4), **overrides}
     )
     model = InpaintingTransformer(cfg)
     model.set_fused_attention(False)  # explicit matmuls: the counter does not see every fused kernel
     patches = torch.rand(5, 9, cfg.patch_dim)
-    covered = torch.arange(9) == torch.randint(0, 9, (5, 1))  # one covered patch per window
+    covered = torch.rand(5, 9).argsort(dim=1) < per_window  # `per_window` covered patches in each window
     with FlopCounterMode(display=False) as forward:
         out = model(patches, covered)
-    assert forward.get_total_flops() == 5 * window_flops(cfg)
+    assert forward.get_total_flops() == 5 * window_flops(cfg, per_window)
     with FlopCounterMode(display=False) as both:
         model(patches, covered).square().mean().backward()
-    assert both.get_total_flops() == 5 * train_window_flops(cfg)
-    assert out.shape == (5, cfg.patch_dim)
+    assert both.get_total_flops() == 5 * train_window_flops(cfg, per_window)
+    assert out.shape == (5 if cfg.head == "mean" else 5 * per_window, cfg.patch_dim)
+
+
+def test_pruning_the_last_block_saves_most_of_it_for_the_cpu_preset():
+    cfg = preset("cpu").model
+    whole, pruned = window_flops(cfg, cfg.window**2), window_flops(cfg, 9)
+    block = (whole - window_flops(dataclasses.replace(cfg, depth=cfg.depth - 1), cfg.window**2)) / whole
+    assert 0.5 * block < (whole - pruned) / whole < block  # most of one block's share, never more
+
+
+def test_covered_per_window_is_the_lattice_average():
+    cfg = preset("cpu")
+    cfg.train.cover_spacing = 3
+    assert covered_per_window(cfg) == pytest.approx(49 / 9)
+    masks = random_lattice_masks(9000, cfg.model.window, 3, torch.Generator().manual_seed(0))
+    assert float(masks.sum(dim=1).float().mean()) == pytest.approx(49 / 9, rel=0.02)
+    cfg.train.cover_spacing = 0
+    assert covered_per_window(cfg) == 1
 
 
 def test_paper_preset_costs_about_1_4_tflop_per_256_px_image():

@@ -29,26 +29,41 @@ from ..runtime import resolve_device, resolve_dtype
 log = logging.getLogger(__name__)
 
 
-def window_flops(m: ModelConfig) -> int:
-    """Forward FLOPs of the network for one window: every matrix product, 2 FLOPs per multiply-add.
+def window_flops(m: ModelConfig, read: float = 1) -> float:
+    """Forward FLOPs of the network for one window that returns `read` patches: every matrix product,
+    2 FLOPs per multiply-add.
 
     Per block and token: q and k (MFSA: D -> 2D -> D/2 each, 3 D^2 multiply-adds; MSA: D^2 each),
     v and the output projection (D^2 each), the feed-forward network (2 * mlp_ratio * D^2), and
     the attention itself (T * D/2 for the scores with MFSA's narrower q/k, T * D for the values).
-    Plus the patch embedding (P * D per token) and the head (D * P per window).
+    Plus the patch embedding (P * D per token) and the head (D * P per read patch; once with the
+    mean head). With the covered-token head the last block runs its queries, attention, output
+    projection and FFN for the read tokens only (`Block.forward(select=...)`), so those are
+    counted `read` times there, not T: the work done, not the work of a whole window. (Compiled
+    inference runs the whole last block; it is counted the same, which understates its rate.)
     """
     t, d, p = m.window**2, m.dim, m.patch_dim
     qk_width = d // 2 if m.attention == "mfsa" else d
-    qk = 2 * 3 * d * d if m.attention == "mfsa" else 2 * d * d
-    per_token = qk + 2 * d * d + 2 * int(m.mlp_ratio * d) * d + t * qk_width + t * d
-    return 2 * (t * p * d + m.depth * t * per_token + d * p)
+    q = 3 * d * d if m.attention == "mfsa" else d * d  # one of q, k
+    keys = q + d * d  # k and v: every token, every block
+    queries = q + d * d + 2 * int(m.mlp_ratio * d) * d + t * qk_width + t * d  # q, proj, FFN, attention
+    last = t if m.head == "mean" else read  # tokens the last block computes outputs for
+    blocks = (m.depth - 1) * t * (keys + queries) + t * keys + last * queries
+    head = d * p * (1 if m.head == "mean" else read)
+    return 2 * (t * p * d + blocks + head)
 
 
-def train_window_flops(m: ModelConfig) -> int:
-    """Forward + backward FLOPs per training window: 3x the forward, less the patch embedding's
-    input gradient (the pixels need none)."""
+def train_window_flops(m: ModelConfig, covered: float = 1) -> float:
+    """Forward + backward FLOPs per training window with `covered` covered patches: 3x the forward,
+    less the patch embedding's input gradient (the pixels need none)."""
     t = m.window**2
-    return 3 * window_flops(m) - 2 * t * m.patch_dim * m.dim
+    return 3 * window_flops(m, covered) - 2 * t * m.patch_dim * m.dim
+
+
+def covered_per_window(cfg: Config) -> float:
+    """Covered patches per training window: 1, or (L/s)^2 on average over the lattice's random phases."""
+    s = cfg.train.cover_spacing
+    return (cfg.model.window / s) ** 2 if s else 1.0
 
 
 @dataclass
@@ -92,7 +107,6 @@ def run_bench(opts: BenchOptions) -> dict:
         "compile": opts.compile,
         "threads": torch.get_num_threads() if cpu else None,
         **{f"ran_{key}": value for key, value in detector.backend.describe().items()},  # what actually ran
-        "gflop_per_window": window_flops(cfg.model) / 1e9,
     }
     result.update(inference_throughput(detector, images, opts.repeat))
     result.update(naive_throughput(detector, images[:1], opts.naive_windows or (16 if cpu else 64), opts.repeat))
@@ -108,7 +122,9 @@ def run_bench(opts: BenchOptions) -> dict:
 def inference_throughput(detector: Detector, images: torch.Tensor, repeat: int) -> dict:
     """Batched `Detector.reconstruct` of `images`: rate, time per image, FLOP rate, peak memory."""
     m, spacing = detector.cfg.model, detector.cfg.score.cover_spacing
-    per_image = detector.plan((m.grid, m.grid)).passes
+    plan = detector.plan((m.grid, m.grid))
+    per_image = plan.passes
+    reads = float(plan.read.sum()) / per_image  # patches each pass returns, on average
     log.info("inference: %d images of %d windows, %d repetitions", len(images), per_image, repeat)
     start = time.perf_counter()
     detector.reconstruct(images)  # warm-up (and compilation)
@@ -126,7 +142,9 @@ def inference_throughput(detector: Detector, images: torch.Tensor, repeat: int) 
         "peak_mem_mb": peak_memory_mb(detector.device),
         "windows_per_s": windows_per_s,
         "ms_per_image": 1000 * seconds / len(images),
-        "achieved_gflops": windows_per_s * window_flops(m) / 1e9,
+        "reads_per_window": reads,
+        "gflop_per_window": window_flops(m, reads) / 1e9,
+        "achieved_gflops": windows_per_s * window_flops(m, reads) / 1e9,
     }
 
 
@@ -177,11 +195,14 @@ def train_throughput(cfg: Config, opts: BenchOptions, device: torch.device) -> d
     warmup = time.perf_counter() - start
     seconds = timed(lambda: trainer.train_step(), opts.repeat, device)
     windows_per_s = cfg.train.batch_size / seconds
+    covered = covered_per_window(cfg)
     return {
         "train_batch": cfg.train.batch_size,
+        "train_covered_per_window": covered,
+        "train_gflop_per_window": train_window_flops(cfg.model, covered) / 1e9,
         "train_warmup_s": warmup,
         "train_windows_per_s": windows_per_s,
-        "train_gflops": windows_per_s * train_window_flops(cfg.model) / 1e9,
+        "train_gflops": windows_per_s * train_window_flops(cfg.model, covered) / 1e9,
     }
 
 
@@ -288,7 +309,8 @@ def format_table(r: dict) -> str:
         ),
         (
             "FLOPs per window",
-            f"{r['gflop_per_window']:.3f} GFLOP forward, {r['gflop_per_window'] * 3:.3f} training (about 3x)",
+            f"{r['gflop_per_window']:.3f} GFLOP inference ({r['reads_per_window']:.1f} patches read), "
+            f"{r['train_gflop_per_window']:.3f} training ({r['train_covered_per_window']:.1f} covered)",
         ),
         ("matmul ceiling", ceiling),
         (
