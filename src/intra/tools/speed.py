@@ -2,7 +2,8 @@
 
 One run, one device, one dtype: (1) the batched inference of `Detector.reconstruct` on random
 images (with the backend and dtype that actually ran): windows (forward passes)/s, ms per image, peak memory, achieved GFLOP/s; with
-`score.cover_spacing` = s a pass inpaints s*s patches, so an image takes fewer passes; (2) the naive
+`score.cover_spacing` = s a pass covers a lattice s apart and reads the patches it owns, so an image
+takes fewer passes; (2) the naive
 loop, one window per forward pass and one patch per window, on a few windows, and the speed-up
 over it per image; (3) training steps (sampling, forward,
 backward, Adam) of `Trainer.train_step`; (4) a large matrix product in the same dtype, the ceiling
@@ -136,7 +137,8 @@ def inference_throughput(detector: Detector, images: torch.Tensor, repeat: int) 
     return {
         "batch_images": len(images),
         "windows_per_image": per_image,
-        "patches_per_window": spacing**2 if spacing else 1,
+        "patches_per_window": spacing**2 if spacing else 1,  # the lattice's most covered patches
+        "covered_per_window": float(plan.covered.sum()) / per_image,
         "chunk_windows": detector.chunk_windows(),
         "warmup_s": warmup,
         "peak_mem_mb": peak_memory_mb(detector.device),
@@ -304,8 +306,8 @@ def format_table(r: dict) -> str:
         (
             "setup",
             f"{r['preset']} preset, {r['image_size']} px, {r['windows_per_image']} windows/image "
-            f"({r['patches_per_window']} patch{'es' if r['patches_per_window'] > 1 else ''} inpainted per window), {r['device']}, {r['dtype']}"
-            + (", compiled" if r["compile"] else ""),
+            f"({r['covered_per_window']:.1f} patches covered, {r['reads_per_window']:.1f} read per window), "
+            f"{r['device']}, {r['dtype']}" + (", compiled" if r["compile"] else ""),
         ),
         (
             "FLOPs per window",
