@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from intra.config import apply_overrides, read_config_file
+from intra.config import read_config_file
 from intra.tools.grid import read_grid
 
 from conftest import intra, user_error
@@ -83,6 +83,12 @@ def test_benchmark_grid_mistakes_are_one_line_errors(tmp_path, mvtec_root):
     user_error(intra("benchmark", "--grid", grid, "--out", tmp_path / "o", check=False), "'syn'", "seed")
     grid.write_text(json.dumps({"datasets": {"syn": str(tmp_path / "nope")}, "configs": {"x": {}}}))
     user_error(intra("benchmark", "--grid", grid, "--out", tmp_path / "o", check=False), "nope")
+    # A score row is applied after training: its mistakes are refused before any cell trains.
+    for score, named in (({"train.lr": 0.1}, "train.lr"), ({"score.bogus": 1}, "score.bogus")):
+        grid.write_text(json.dumps({"datasets": {"syn": str(mvtec_root)}, "configs": {"x": {"score": score}}}))
+        failed = intra("benchmark", "--grid", grid, "--out", tmp_path / "o", check=False)
+        user_error(failed, named, "'x'")
+        assert not (tmp_path / "o" / "runs").exists()
     # A dot in a TOML table name nests a table: refused instead of silently scoring the base config.
     toml = tmp_path / "grid.toml"
     toml.write_text(
@@ -99,8 +105,4 @@ def test_committed_grids_name_options_that_exist(tmp_path, grid):
     spec = read_config_file(local)["datasets"]
     for entry in spec.values():  # read_grid wants the data folders; the cells are not computed
         (tmp_path / (entry["path"] if isinstance(entry, dict) else entry)).mkdir(parents=True, exist_ok=True)
-    cells = read_grid(local)
-    assert cells
-    for cell in cells:  # score rows are applied after training (calibration.rescore): only score.* keys
-        assert all(key.startswith("score.") for key in cell.score), cell.score
-        apply_overrides(cell.cfg, cell.score)
+    assert read_grid(local)  # which checks the set and score rows against the config

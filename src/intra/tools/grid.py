@@ -32,6 +32,7 @@ results.json hold one row per cell and a mean/std summary per (dataset, configur
 
 from __future__ import annotations
 
+import copy
 import csv
 import fcntl
 import hashlib
@@ -116,7 +117,23 @@ def _cell(path: Path, grid: dict, dataset: str, data: Path, spec: dict, name: st
         cfg = apply_overrides(preset(conf.get("preset", grid.get("preset", "cpu"))), overrides)
     except IntraError as exc:
         raise IntraError(f"{path}: configuration {name!r}: {exc}") from None
-    return Cell(dataset, data, name, seed, cfg, dict(conf.get("score", {})), grid.get("eval_size"))
+    score = dict(conf.get("score", {}))
+    _check_score_row(path, name, cfg, score)
+    return Cell(dataset, data, name, seed, cfg, score, grid.get("eval_size"))
+
+
+def _check_score_row(path: Path, name: str, cfg: Config, score: dict[str, Any]) -> None:
+    """A `score` row re-scores a trained run; check it now, not after the training it waits for."""
+    not_score = sorted(key for key in score if not key.startswith("score."))
+    if not_score:
+        raise IntraError(
+            f"{path}: configuration {name!r}: `score` re-scores a trained run, so it takes score.* keys only, "
+            f"not {', '.join(not_score)} (put training settings under `set`)"
+        )
+    try:
+        apply_overrides(copy.deepcopy(cfg), score)
+    except IntraError as exc:
+        raise IntraError(f"{path}: configuration {name!r}: score: {exc}") from None
 
 
 @contextmanager
