@@ -15,7 +15,13 @@ from intra.tools.speed import naive_reconstruct
 from conftest import lively_model, tiny_config
 
 # Every plan the engine runs: the paper's one patch per pass, and a lattice of patches per pass.
-PLANS = [{}, {"head": "covered", "spacing": 2}, {"head": "covered", "spacing": 2, "base_fill": "smooth"}]
+# MFSA unless named; MSA's q, k and v are plain linear layers, packed as such.
+PLANS = [
+    {},
+    {"head": "covered", "spacing": 2},
+    {"head": "covered", "spacing": 2, "base_fill": "smooth"},
+    {"head": "covered", "spacing": 2, "attention": "msa"},
+]
 
 
 def detector_for(overrides: dict, **kwargs) -> Detector:
