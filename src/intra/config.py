@@ -8,6 +8,7 @@ specification's default; the `paper` preset is the paper, the `cpu` preset is ou
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -233,6 +234,14 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], check: bool = True) 
     if check:
         validate(cfg)
     return cfg
+
+
+def with_score_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """A copy of cfg with score.* keys changed: the only settings that can change after training."""
+    not_score = [key for key in overrides if not str(key).startswith("score.")]
+    if not_score:
+        raise IntraError(f"only score.* keys can change after training, not {', '.join(not_score)}")
+    return apply_overrides(copy.deepcopy(cfg), overrides)
 
 
 def _coerce(key: str, current: Any, value: Any) -> Any:

@@ -19,7 +19,6 @@ thresholds and the overlay colour scale always belong to the scoring in use.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import Config, ScoreConfig, apply_overrides
+from ..config import Config, ScoreConfig, with_score_overrides
 from ..core import anomaly_map
 from ..data.datasets import training_images, validation_split
 from ..data.defects import paste_defects
@@ -187,10 +186,7 @@ def rescore(detector: Detector, overrides: dict[str, Any], data: str | Path | No
 
     Keeps the caller's device, dtype, compile setting and backend.
     """
-    bad = [key for key in overrides if not key.startswith("score.")]
-    if bad:
-        raise IntraError(f"only score.* keys can change after training, not {', '.join(bad)}")
-    cfg = apply_overrides(copy.deepcopy(detector.cfg), overrides)
+    cfg = with_score_overrides(detector.cfg, overrides)
     changed = [name for name in vars(cfg.score) if getattr(cfg.score, name) != getattr(detector.cfg.score, name)]
     if all(name in RUNTIME_KEYS for name in changed):
         return detector.like(cfg, detector.mean_map, detector.std_map, dict(detector.stats))

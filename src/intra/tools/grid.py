@@ -32,7 +32,6 @@ results.json hold one row per cell and a mean/std summary per (dataset, configur
 
 from __future__ import annotations
 
-import copy
 import csv
 import fcntl
 import hashlib
@@ -49,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import METADATA
-from ..config import Config, apply_overrides, preset, read_config_file
+from ..config import Config, apply_overrides, preset, read_config_file, with_score_overrides
 from ..errors import IntraError
 from ..files import write_json, write_text
 
@@ -118,22 +117,11 @@ def _cell(path: Path, grid: dict, dataset: str, data: Path, spec: dict, name: st
     except IntraError as exc:
         raise IntraError(f"{path}: configuration {name!r}: {exc}") from None
     score = dict(conf.get("score", {}))
-    _check_score_row(path, name, cfg, score)
-    return Cell(dataset, data, name, seed, cfg, score, grid.get("eval_size"))
-
-
-def _check_score_row(path: Path, name: str, cfg: Config, score: dict[str, Any]) -> None:
-    """A `score` row re-scores a trained run; check it now, not after the training it waits for."""
-    not_score = sorted(key for key in score if not key.startswith("score."))
-    if not_score:
-        raise IntraError(
-            f"{path}: configuration {name!r}: `score` re-scores a trained run, so it takes score.* keys only, "
-            f"not {', '.join(not_score)} (put training settings under `set`)"
-        )
-    try:
-        apply_overrides(copy.deepcopy(cfg), score)
+    try:  # a score row is applied after the training it re-scores: its mistakes are caught now
+        with_score_overrides(cfg, score)
     except IntraError as exc:
         raise IntraError(f"{path}: configuration {name!r}: score: {exc}") from None
+    return Cell(dataset, data, name, seed, cfg, score, grid.get("eval_size"))
 
 
 @contextmanager
