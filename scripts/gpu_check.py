@@ -61,7 +61,7 @@ def correctness(device: torch.device, quick: bool) -> list[dict]:
         images = torch.rand(2, 3, size, size, device=device)
         batched = fp32.reconstruct(images)
         naive = speed.naive_reconstruct(fp32.model, images[:1], fp32.plan((cfg.model.grid, cfg.model.grid)))
-        fp32.mean_map, fp32.std_map = difference_statistics(fp32, [torch.rand(2, 3, size, size, device=device)])
+        [(fp32.mean_map, fp32.std_map)] = difference_statistics(fp32, [torch.rand(2, 3, size, size, device=device)])
         bf16.mean_map, bf16.std_map = fp32.mean_map, fp32.std_map  # the same normalisation (score.zscore too)
         maps32, _ = fp32.predict(images)
         maps16, _ = bf16.predict(images)

@@ -9,10 +9,11 @@ import torch
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install -e '.[onnx]')")
 pytest.importorskip("onnxscript", reason="the onnx extra is not installed (pip install -e '.[onnx]')")
 
-from intra.checkpoint import config_sha256  # noqa: E402
+from intra.checkpoint import config_sha256, save_checkpoint  # noqa: E402
 from intra.errors import IntraError  # noqa: E402
 from intra.export import export_onnx  # noqa: E402
 from intra.export_full import export_full_onnx  # noqa: E402
+from intra.inference.calibration import rescore  # noqa: E402
 from intra.inference.detector import Detector  # noqa: E402
 
 from conftest import TINY, intra, user_error  # noqa: E402
@@ -186,6 +187,16 @@ def test_full_export_of_a_smooth_base_fill(cli_run, tmp_path):
 def test_full_export_with_zscores_and_standardised_images(paper_full, tmp_path):
     # Scoring branches the presets' runs did not take: the std map as a constant, per-image standardisation.
     run = edited_run(paper_full, tmp_path / "run", score={"zscore": True}, data={"standardize": True})
+    export_full_onnx(run)
+    assert full_graph_difference(run) <= 1e-4
+
+
+def test_full_export_with_an_image_scoring_of_its_own(paper_full, mvtec_root, tmp_path):
+    # The image score from another scoring's map, with that scoring's statistics as constants.
+    run = tmp_path / "run"
+    shutil.copytree(paper_full, run)
+    detector = rescore(Detector.load(run, device="cpu"), {"score.image_scoring": "fine-z"}, mvtec_root)
+    save_checkpoint(run, detector.model, detector.cfg, detector.tensors(), detector.stats)
     export_full_onnx(run)
     assert full_graph_difference(run) <= 1e-4
 

@@ -130,9 +130,14 @@ class ScoreConfig:
     gaussian_sigma: float = 4.0  # [choice] Gaussian sigma in full-resolution pixels, scaled likewise
     normalize: bool = True  # subtract the training mean difference map, then square
     # [choice] "off": score as configured here; "auto" (beyond the paper): after training, keep the
-    # candidate scoring of inference/choice.py that best finds defects pasted into the validation images.
+    # named scorings (SCORINGS, below) that best find defects pasted into the validation images: one
+    # for the anomaly map, one for the image score (inference/choice.py).
     choose: str = "off"
     zscore: bool = False  # beyond the paper: divide by the training per-pixel std instead of squaring
+    # Beyond the paper: "" = the image score is the maximum of the anomaly map (the paper); a name of
+    # SCORINGS = the maximum of that scoring's map, with its own training statistics, while the
+    # anomaly map stays as configured above. Locating and detecting are best served differently.
+    image_scoring: str = ""
     mean_map_images: int = 0  # training images averaged into the mean map: 0 = all, N = N evenly spaced
     # Beyond the paper: 0 = one pass per patch. s >= 2 inpaints a lattice of patches s apart per
     # pass (multicover.py): about (s * ceil(M / L))^2 passes instead of M * N. Needs head "covered".
@@ -198,6 +203,29 @@ def _cpu_preset() -> Config:
 
 
 PRESETS = {"paper": Config, "cpu": _cpu_preset}
+
+# Named scorings (score.* settings) that score.choose = auto picks from and score.image_scoring names:
+# the paper's (scales 1/2 and 1/4, 21 px mean filter, sigma 4), a fine one that keeps thin defects
+# (scales 1 and 1/2, 7 px, sigma 2) and one between; each as the paper normalises (minus the
+# training mean map, squared), as z-scores against the training statistics, and raw (no statistics).
+SCORINGS: dict[str, dict[str, Any]] = {
+    f"{name}{suffix}": {**filters, **normalisation}
+    for name, filters in {
+        "paper": {"scales": (0.5, 0.25), "mean_filter": 21, "gaussian_sigma": 4.0},
+        "middle": {"scales": (1.0, 0.5, 0.25), "mean_filter": 11, "gaussian_sigma": 3.0},
+        "fine": {"scales": (1.0, 0.5), "mean_filter": 7, "gaussian_sigma": 2.0},
+    }.items()
+    for suffix, normalisation in {
+        "": {"normalize": True, "zscore": False},
+        "-z": {"normalize": True, "zscore": True},
+        "-raw": {"normalize": False, "zscore": False},
+    }.items()
+}
+
+
+def scoring(score: ScoreConfig, name: str) -> ScoreConfig:
+    """A copy of `score` with the settings of SCORINGS[name] (and no image scoring of its own)."""
+    return dataclasses.replace(score, **SCORINGS[name], image_scoring="")
 
 
 def preset(name: str) -> Config:
@@ -317,6 +345,7 @@ _CHOICES = {
     ("train", "rotation"): ("none", "rot90", "any"),
     ("train", "select"): ("inpaint", "loss"),
     ("score", "choose"): ("off", "auto"),
+    ("score", "image_scoring"): ("", *SCORINGS),
     ("train", "optimizer"): ("adam", "adamw"),
     ("train", "schedule"): ("constant", "cosine", "linear"),
     ("train", "dtype"): ("fp32", "bf16"),
@@ -367,7 +396,8 @@ def validate(cfg: Config) -> None:
     for (section, name), allowed in _CHOICES.items():
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
-            raise IntraError(f"{section}.{name} must be one of {', '.join(allowed)}, not {value!r}")
+            names = ", ".join(repr(a) if a == "" else a for a in allowed)
+            raise IntraError(f"{section}.{name} must be one of {names}, not {value!r}")
     for kind, sections in _RANGES.items():
         ok, text = _IN_RANGE[kind]
         for section, names in sections.items():

@@ -5,7 +5,8 @@ one module from the same functions in the same order: per-image standardisation 
 data.standardize), patchify, the plan's window gathering (its index tensors as constants), the
 network (`export.WindowGraph`, the smooth base fill included), the read tokens put back on the
 grid, `core.anomaly_map.difference_map` (GMS at every scale, mean and Gaussian filters,
-upsampling), `normalize` with the mean/std maps as constants, and the image score. Only the batch
+upsampling), `normalize` with the mean/std maps as constants, and the image score (from its own
+scoring's map when `score.image_scoring` names one). Only the batch
 dimension is dynamic. All passes of a batch run at once (no chunks), so memory grows with B.
 
 The file records the SHA-256 of the weights and of the config it came from, so a graph left over
@@ -81,6 +82,12 @@ class FullGraph(nn.Module):
         self.register_buffer("mean_map", None if mean is None else mean.cpu().clone())
         self.register_buffer("std_map", None if std is None else std.cpu().clone())
         self.floor = floor
+        # The image score's own scoring (score.image_scoring), when it is not the map's maximum.
+        self.image_score = detector.image_score_config()
+        mean, std, floor = detector.statistics(self.size, image=True) if self.image_score else (None, None, None)
+        self.register_buffer("image_mean_map", None if mean is None else mean.cpu().clone())
+        self.register_buffer("image_std_map", None if std is None else std.cpu().clone())
+        self.image_floor = floor
 
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """Every patch inpainted by the plan's passes: (B, C, H, W) -> (B, C, H, W), as `engine.reconstruct`."""
@@ -100,7 +107,12 @@ class FullGraph(nn.Module):
         reconstructions = self.reconstruct(images)
         diff = anomaly_map.difference_map(images, reconstructions, self.cfg.score)  # (B, H, W)
         maps = anomaly_map.normalize(diff, self.mean_map, self.std_map, self.floor)
-        return maps, anomaly_map.image_score(maps)
+        if self.image_score is None:
+            return maps, anomaly_map.image_score(maps)
+        diff = anomaly_map.difference_map(images, reconstructions, self.image_score)
+        return maps, anomaly_map.image_score(
+            anomaly_map.normalize(diff, self.image_mean_map, self.image_std_map, self.image_floor)
+        )
 
 
 def export_full_onnx(run_dir: str | Path, out: str | Path | None = None) -> Path:

@@ -1,8 +1,11 @@
 """Calibration and rescoring: the training statistics, z-scores and scoring changes without retraining."""
 
+import copy
+
 import pytest
 import torch
 
+from intra.config import SCORINGS
 from intra.errors import IntraError
 from intra.inference.calibration import calibrate, rescore, statistics_subset, training_split
 from intra.inference.detector import Detector
@@ -38,6 +41,55 @@ def test_rescoring_calibrates_again_like_a_fresh_calibration(tmp_path, mvtec_roo
     torch.testing.assert_close(raw.predict(images)[0], detector.difference_maps(images))
     with pytest.raises(IntraError, match="model.dim"):
         rescore(detector, {"model.dim": 8}, None)
+
+
+def test_an_image_scoring_of_its_own_scores_images_and_leaves_the_maps(tmp_path, mvtec_root):
+    from intra.checkpoint import save_checkpoint
+    from intra.config import scoring
+    from intra.inference.calibration import difference_statistics
+
+    cfg = tiny_config()
+    cfg.model.image_size = 64
+    detector = fit(cfg, mvtec_root, tmp_path / "run").detector
+    assert detector.cfg.score.image_scoring == "" and detector.image_score_config() is None
+    images = torch.rand(3, 3, 64, 64)
+    maps, scores = detector.predict(images)
+    torch.testing.assert_close(scores, maps.flatten(1).amax(dim=1))  # the paper: the map's maximum
+
+    split = rescore(detector, {"score.image_scoring": "fine-z"}, mvtec_root)
+    split_maps, split_scores = split.predict(images)
+    torch.testing.assert_close(split_maps, maps)  # the anomaly map keeps its scoring and statistics
+    # The image score is the maximum of a fine-z map with fine-z's own training statistics.
+    fine_cfg = copy.deepcopy(detector.cfg)
+    fine_cfg.score = scoring(detector.cfg.score, "fine-z")
+    train, _ = training_split(mvtec_root, fine_cfg)
+    [(mean, std)] = difference_statistics(Detector(detector.model, fine_cfg), [train])
+    torch.testing.assert_close(split.image_mean_map, mean)
+    fine = Detector(detector.model, fine_cfg, mean, std_map=std)
+    torch.testing.assert_close(split_scores, fine.predict(images)[1])
+    assert not torch.allclose(split_scores, scores)
+    assert split.stats["image_threshold"] != pytest.approx(detector.stats["image_threshold"], rel=1e-3)
+    assert split.stats["pixel_threshold"] == pytest.approx(detector.stats["pixel_threshold"], rel=1e-6)
+
+    save_checkpoint(tmp_path / "run", split.model, split.cfg, split.tensors(), split.stats)
+    loaded = Detector.load(tmp_path / "run", device="cpu")
+    torch.testing.assert_close(loaded.predict(images)[1], split_scores)
+    with pytest.raises(IntraError, match="score.image_scoring must be one of '', paper"):
+        rescore(detector, {"score.image_scoring": "coarse"}, mvtec_root)
+
+
+def test_rescoring_with_choose_auto_chooses_again(tmp_path, mvtec_root):
+    cfg = tiny_config()
+    cfg.model.image_size = 64
+    detector = fit(cfg, mvtec_root, tmp_path / "run").detector
+    assert "scoring_choice" not in detector.stats  # tiny_config scores as configured
+    with pytest.raises(IntraError, match="choosing the scoring again needs the training data"):
+        rescore(detector, {"score.choose": "auto"}, None)
+    chosen = rescore(detector, {"score.choose": "auto"}, mvtec_root)
+    choice = chosen.stats["scoring_choice"]
+    assert (
+        chosen.cfg.score.choose == "auto" and chosen.cfg.score.mean_filter == SCORINGS[choice["chosen"]]["mean_filter"]
+    )
 
 
 @pytest.mark.parametrize("count, wanted", [(209, 100), (10, 3), (5, 5), (5, 9)])

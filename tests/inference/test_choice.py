@@ -2,8 +2,8 @@
 
 import torch
 
+from intra.config import SCORINGS
 from intra.data.defects import KINDS, paste_defects
-from intra.inference.choice import CANDIDATES
 from intra.training.fit import fit
 
 from conftest import tiny_config
@@ -23,7 +23,7 @@ def test_pasted_defects_change_their_mask_and_nothing_else():
     assert all(torch.equal(a, b) for a, b in zip(defective, again))  # seeded
 
 
-def test_fit_chooses_a_candidate_scoring_and_saves_it(tmp_path, mvtec_root):
+def test_fit_chooses_a_scoring_for_the_map_and_one_for_the_image_score_and_saves_them(tmp_path, mvtec_root):
     from intra.inference.detector import Detector
 
     cfg = tiny_config()
@@ -31,9 +31,15 @@ def test_fit_chooses_a_candidate_scoring_and_saves_it(tmp_path, mvtec_root):
     cfg.score.choose = "auto"
     detector = fit(cfg, mvtec_root, tmp_path / "run").detector
     choice = detector.stats["scoring_choice"]
-    assert set(choice["candidates"]) == set(CANDIDATES) and choice["chosen"] in CANDIDATES
-    best = max(choice["candidates"].values(), key=lambda r: r["score"])
-    assert choice["candidates"][choice["chosen"]] == best
+    candidates = choice["candidates"]
+    assert set(candidates) == set(SCORINGS) and {"paper-raw", "fine-z"} <= set(SCORINGS)
+    assert candidates[choice["chosen"]]["map"] == max(c["map"] for c in candidates.values())
+    assert candidates[choice["image_chosen"]]["image"] == max(c["image"] for c in candidates.values())
+    for result in candidates.values():
+        assert result["map"] == (result["pixel_auroc"] + result["aupro"]) / 2
     loaded = Detector.load(tmp_path / "run", device="cpu")
-    for key, value in CANDIDATES[choice["chosen"]].items():
-        assert getattr(loaded.cfg.score, key) == value  # the run scores with what was chosen
+    for key, value in SCORINGS[choice["chosen"]].items():
+        assert getattr(loaded.cfg.score, key) == value  # the run's map scores with what was chosen
+    same = choice["image_chosen"] == choice["chosen"]
+    assert loaded.cfg.score.image_scoring == ("" if same else choice["image_chosen"])
+    assert (loaded.image_mean_map is None) == same  # the image scoring's own statistics are saved

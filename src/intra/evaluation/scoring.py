@@ -107,6 +107,8 @@ def evaluate(
         backend=detector.backend.describe(),
         model=_geometry_text(cfg),
         anomaly_map_filters=filter_sizes(cfg.score),
+        # The image score: the anomaly map's maximum, or that of a named scoring's own map (score.image_scoring).
+        image_score=f"max of the {cfg.score.image_scoring} map" if cfg.score.image_scoring else "max of the anomaly map",
     )
     rows = per_kind_rows(samples, scores, maps, pixel_masks, detector.stats.get("image_threshold"))
     return Evaluation(root, samples, scores, maps, pixel_masks, pictures, result, rows)

@@ -2,7 +2,8 @@
 
 `calibrate(detector, train_images, val_images)`:
 1. the mean (and standard deviation) of the training images' difference maps (`score.normalize`,
-   `score.zscore`), from the training split only, never the held-out images;
+   `score.zscore`), from the training split only, never the held-out images; for the anomaly map's
+   scoring and, when the image score has its own (`score.image_scoring`), for that one too;
 2. the decision thresholds, from the held-out normal (validation) images scored with those maps.
    A user's validation set usually holds no anomaly, and an F1-optimal threshold fitted on such a
    set is the lowest score (everything flagged). So the stored thresholds are quantiles of what
@@ -58,43 +59,70 @@ def batches(images: Images, size: int) -> list[Images]:
     return [images[i : i + size] for i in range(0, len(images), size)]
 
 
-def statistics_of(cfg: Config, diffs: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation of training difference maps (each (H, W)).
+class Moments:
+    """Running mean and standard deviation of training difference maps (each (H, W)), one map at a time.
 
     data.kind = object: per pixel, (H, W), and every map must have one size; texture: per border
     bin ((depth + 1)^2, see `core.anomaly_map.border_bins`), over maps of any sizes.
     """
-    depth = anomaly_map.statistics_depth(cfg.model)
-    total = squares = count = None
-    for diff in diffs:
+
+    def __init__(self, cfg: Config):
+        self.object = cfg.data.kind == "object"
+        self.depth = anomaly_map.statistics_depth(cfg.model)
+        self.total = self.squares = self.count = None
+
+    def add(self, diff: torch.Tensor) -> None:
         diff = diff.double()
-        if cfg.data.kind == "object":
-            if total is not None and total.shape != diff.shape:
+        if self.object:
+            if self.total is not None and self.total.shape != diff.shape:
                 raise IntraError(
-                    f"data.kind = object needs every training image at one size, found {tuple(total.shape)} and "
-                    f"{tuple(diff.shape)} (use data.kind = texture, or data.resize = square)"
+                    f"data.kind = object needs every training image at one size, found {tuple(self.total.shape)} "
+                    f"and {tuple(diff.shape)} (use data.kind = texture, or data.resize = square)"
                 )
             values, squared, ones = diff, diff * diff, torch.ones_like(diff)
         else:
-            bins = anomaly_map.border_bins(tuple(diff.shape), depth, diff.device).flatten()
-            zero = torch.zeros((depth + 1) ** 2, dtype=torch.float64, device=diff.device)
+            bins = anomaly_map.border_bins(tuple(diff.shape), self.depth, diff.device).flatten()
+            zero = torch.zeros((self.depth + 1) ** 2, dtype=torch.float64, device=diff.device)
             flat = diff.flatten()
             values, squared, ones = (zero.scatter_add(0, bins, v) for v in (flat, flat * flat, torch.ones_like(flat)))
-        total = values if total is None else total + values
-        squares = squared if squares is None else squares + squared
-        count = ones if count is None else count + ones
-    if total is None:
-        raise IntraError("no training images to compute the mean difference map from")
-    if cfg.data.kind != "object":
-        shape = (depth + 1, depth + 1)
-        total, squares, count = total.view(shape), squares.view(shape), count.view(shape)
-    mean = total / count.clamp_min(1)
-    return mean.float(), (squares / count.clamp_min(1) - mean**2).clamp_min(0).sqrt().float()
+        self.total = values if self.total is None else self.total + values
+        self.squares = squared if self.squares is None else self.squares + squared
+        self.count = ones if self.count is None else self.count + ones
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) as float32."""
+        if self.total is None:
+            raise IntraError("no training images to compute the mean difference map from")
+        total, squares, count = self.total, self.squares, self.count
+        if not self.object:
+            shape = (self.depth + 1, self.depth + 1)
+            total, squares, count = total.view(shape), squares.view(shape), count.view(shape)
+        mean = total / count.clamp_min(1)
+        return mean.float(), (squares / count.clamp_min(1) - mean**2).clamp_min(0).sqrt().float()
 
 
-def difference_statistics(detector: Detector, batched: Iterable[Images]) -> tuple[torch.Tensor, torch.Tensor]:
-    """`statistics_of` the difference maps of training images given in batches."""
-    return statistics_of(detector.cfg, (diff for images in batched for diff in detector.difference_maps(images)))
+def statistics_of(cfg: Config, diffs: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of training difference maps (each (H, W)); see `Moments`."""
+    moments = Moments(cfg)
+    for diff in diffs:
+        moments.add(diff)
+    return moments.result()
+
+
+def difference_statistics(
+    detector: Detector, batched: Iterable[Images], scorings: list[ScoreConfig] | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`statistics_of` the difference maps of training images given in batches, for each of `scorings`
+    (default: the detector's), from one reconstruction of every image."""
+    scorings = scorings or [detector.cfg.score]
+    moments = [Moments(detector.cfg) for _ in scorings]
+    for images in batched:
+        prepared = detector.prepare(images)
+        reconstructions = detector.reconstruct(prepared)
+        for x, r in zip(prepared, reconstructions):
+            for score, moment in zip(scorings, moments):
+                moment.add(anomaly_map.difference_map(x[None], r[None], score)[0])
+    return [moment.result() for moment in moments]
 
 
 def _pairs(detector: Detector, images: Images, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -112,12 +140,14 @@ def choose_scoring(detector: Detector, train_images: Images, val_images: Images,
     generator = torch.Generator().manual_seed(cfg.train.seed + 2)
     normal = _pairs(detector, val_images, size)
     defective, masks = paste_defects([x for x, _ in normal], generator)
-    name, report = choice.choose(
+    map_name, image_name, report = choice.choose(
         cfg, statistics_of, _pairs(detector, statistics_subset(train_images, cfg), size), normal,
         _pairs(detector, defective, size), masks,
     )  # fmt: skip
-    log.info("scoring chosen on synthetic defects: %s (%s)", name, report[name])
-    return choice.with_scoring(cfg, name), {"chosen": name, "candidates": report}
+    log.info("scoring chosen on synthetic defects: map %s (%s)", map_name, report[map_name])
+    log.info("scoring chosen on synthetic defects: image score %s (%s)", image_name, report[image_name])
+    chosen = {"chosen": map_name, "image_chosen": image_name, "candidates": report}
+    return choice.with_scoring(cfg, map_name, image_name), chosen
 
 
 def thresholds(val_scores: np.ndarray, val_maps, cfg: ScoreConfig) -> dict:
@@ -155,8 +185,11 @@ def calibrate(
         cfg, stats["scoring_choice"] = choose_scoring(raw, train_images, val_images, size)
         raw = detector.like(cfg, None, None, {})
     chosen = batches(statistics_subset(train_images, cfg), size)
-    mean_map, std_map = difference_statistics(raw, tqdm(chosen, desc="mean map", disable=not progress, leave=False))
-    calibrated = detector.like(cfg, mean_map, std_map, stats)
+    image_score = raw.image_score_config()
+    scorings = [cfg.score] + ([image_score] if image_score else [])
+    bar = tqdm(chosen, desc="mean map", disable=not progress, leave=False)
+    (mean_map, std_map), *image_statistics = difference_statistics(raw, bar, scorings)
+    calibrated = detector.like(cfg, mean_map, std_map, stats, *image_statistics)
     val_maps, val_scores = [], []
     for images in batches(val_images, size):
         maps, scores = calibrated.predict(images)
@@ -184,19 +217,29 @@ def training_split(data: str | Path, cfg: Config) -> tuple[list[torch.Tensor], l
 def rescore(detector: Detector, overrides: dict[str, Any], data: str | Path | None) -> Detector:
     """`detector` with score.* keys changed and, unless only runtime keys changed, calibrated again on `data`.
 
-    Keeps the caller's device, dtype, compile setting and backend.
+    `score.choose = auto` among the overrides chooses the scoring again on synthetic defects (the other
+    score keys then only set what the choice does not). Keeps the caller's device, dtype, compile
+    setting and backend.
     """
     cfg = with_score_overrides(detector.cfg, overrides)
+    choose = overrides.get("score.choose") == "auto"
     changed = [name for name in vars(cfg.score) if getattr(cfg.score, name) != getattr(detector.cfg.score, name)]
-    if all(name in RUNTIME_KEYS for name in changed):
-        return detector.like(cfg, detector.mean_map, detector.std_map, dict(detector.stats))
+    if not choose and all(name in RUNTIME_KEYS for name in changed):
+        return detector.like(
+            cfg,
+            detector.mean_map,
+            detector.std_map,
+            dict(detector.stats),
+            (detector.image_mean_map, detector.image_std_map),
+        )
     if data is None:
-        raise IntraError(f"changing score.{changed[0]} needs the training data (--data) to calibrate again")
+        what = "choosing the scoring again" if choose else f"changing score.{changed[0]}"
+        raise IntraError(f"{what} needs the training data (--data) to calibrate again")
     train, val = training_split(data, cfg)
     log.info(
         "calibrating again for score.%s on %d training and %d validation images",
-        ", ".join(changed),
+        ", ".join(changed or ["choose"]),
         len(train),
         len(val),
     )
-    return calibrate(detector.like(cfg, None, None, dict(detector.stats)), train, val, choose=False)
+    return calibrate(detector.like(cfg, None, None, dict(detector.stats)), train, val, choose=choose)

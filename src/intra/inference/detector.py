@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_checkpoint, read_metadata
-from ..config import Config, ModelConfig
+from ..config import Config, ModelConfig, ScoreConfig, scoring
 from ..core import anomaly_map
 from ..core.model import InpaintingTransformer
 from ..core.windows import Plan, inference_plan
@@ -77,6 +77,10 @@ class Detector:
     `dtype` "bf16" runs the network's matrix products in bfloat16 (oneDNN bf16 on a CPU that has
     the instructions, autocast elsewhere); `compile` runs it through torch.compile with fixed-size
     chunks; `backend` is a `backends.Backend` (default: this process's PyTorch).
+
+    The anomaly map is scored with `cfg.score` and the training statistics `mean_map`, `std_map`;
+    with `score.image_scoring` set, the image score is the maximum of that named scoring's map, with
+    its own statistics `image_mean_map`, `image_std_map`.
     """
 
     def __init__(
@@ -90,6 +94,8 @@ class Detector:
         compile: bool = False,
         std_map: torch.Tensor | None = None,
         backend: Backend | None = None,
+        image_mean_map: torch.Tensor | None = None,
+        image_std_map: torch.Tensor | None = None,
     ):
         self.cfg = cfg
         self.device = torch.device(device)
@@ -97,6 +103,8 @@ class Detector:
         self.mean_map = None if mean_map is None else mean_map.to(self.device)
         # Per-pixel std of the training difference maps, for score.zscore (beyond the paper).
         self.std_map = None if std_map is None else std_map.to(self.device)
+        self.image_mean_map = None if image_mean_map is None else image_mean_map.to(self.device)
+        self.image_std_map = None if image_std_map is None else image_std_map.to(self.device)
         self.stats = stats or {}
         self.dtype = resolve_dtype(dtype)
         self.compile = compile
@@ -141,12 +149,38 @@ class Detector:
             compile,
             tensors.get("std_map"),
             runtime,
+            tensors.get("image_mean_map"),
+            tensors.get("image_std_map"),
         )
 
-    def like(self, cfg: Config, mean_map: torch.Tensor | None, std_map: torch.Tensor | None, stats: dict) -> Detector:
+    def like(
+        self,
+        cfg: Config,
+        mean_map: torch.Tensor | None,
+        std_map: torch.Tensor | None,
+        stats: dict,
+        image_statistics: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+    ) -> Detector:
         """A Detector on the same network, device, dtype, compile setting and backend, with other scoring."""
         dtype = "bf16" if self.dtype == torch.bfloat16 else "fp32"
-        return Detector(self.model, cfg, mean_map, self.device, stats, dtype, self.compile, std_map, self.backend)
+        return Detector(
+            self.model, cfg, mean_map, self.device, stats, dtype, self.compile, std_map, self.backend, *image_statistics
+        )
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The training statistics a checkpoint stores (see `checkpoint.save_checkpoint`)."""
+        named = {
+            "mean_map": self.mean_map,
+            "std_map": self.std_map,
+            "image_mean_map": self.image_mean_map,
+            "image_std_map": self.image_std_map,
+        }
+        return {name: tensor for name, tensor in named.items() if tensor is not None}
+
+    def image_score_config(self) -> ScoreConfig | None:
+        """The scoring of the image score when it is not the anomaly map's (`score.image_scoring`), else None."""
+        name = self.cfg.score.image_scoring
+        return scoring(self.cfg.score, name) if name else None
 
     def chunk_windows(self) -> int:
         """Windows per forward pass: `score.chunk_windows`, capped so activations fit `score.memory_mb`."""
@@ -182,31 +216,43 @@ class Detector:
         images = images.to(self.device, torch.float32)
         return standardize(images) if self.cfg.data.standardize else images
 
-    def statistics(self, shape: tuple[int, int]) -> tuple[torch.Tensor | None, torch.Tensor | None, float | None]:
-        """The training statistics laid out over an (H, W) map: (mean, std, std floor), None where scoring does not use them."""
-        s, depth = self.cfg.score, anomaly_map.statistics_depth(self.cfg.model)
-        if not s.normalize or self.mean_map is None:
+    def statistics(
+        self, shape: tuple[int, int], image: bool = False
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, float | None]:
+        """The training statistics of the anomaly map (or, with `image`, of the image score's own scoring) laid
+        out over an (H, W) map: (mean, std, std floor), None where that scoring does not use them."""
+        s = self.image_score_config() if image else self.cfg.score
+        mean, std = (self.image_mean_map, self.image_std_map) if image else (self.mean_map, self.std_map)
+        if not s.normalize or mean is None:
             return None, None, None
+        depth = anomaly_map.statistics_depth(self.cfg.model)
         expand = lambda stat: anomaly_map.expand_statistic(stat, shape, self.cfg.data.kind, depth)  # noqa: E731
-        if not s.zscore or self.std_map is None:
-            return expand(self.mean_map), None, None
-        return expand(self.mean_map), expand(self.std_map), anomaly_map.std_floor(self.std_map)
+        if not s.zscore or std is None:
+            return expand(mean), None, None
+        return expand(mean), expand(std), anomaly_map.std_floor(std)
 
-    def _maps(self, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) x 2 -> anomaly maps (B, H, W)."""
+    def _score(self, images: torch.Tensor, reconstructions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) x 2 -> (anomaly maps (B, H, W), image scores (B,))."""
         diff = anomaly_map.difference_map(images, reconstructions, self.cfg.score)
-        return anomaly_map.normalize(diff, *self.statistics(tuple(diff.shape[-2:])))
+        maps = anomaly_map.normalize(diff, *self.statistics(tuple(diff.shape[-2:])))
+        image_score = self.image_score_config()
+        if image_score is None:
+            return maps, anomaly_map.image_score(maps)
+        diff = anomaly_map.difference_map(images, reconstructions, image_score)
+        return maps, anomaly_map.image_score(
+            anomaly_map.normalize(diff, *self.statistics(tuple(diff.shape[-2:]), image=True))
+        )
 
     @torch.inference_mode()
-    def difference_maps(self, images: Images) -> Images:
-        """(B, C, H, W) -> (B, H, W) multi-scale GMS difference maps, before normalisation (a list -> a list)."""
+    def difference_maps(self, images: Images, score: ScoreConfig | None = None) -> Images:
+        """(B, C, H, W) -> (B, H, W) multi-scale GMS difference maps under `score` (default: the anomaly map's),
+        before normalisation (a list -> a list)."""
+        score = score or self.cfg.score
         images = self.prepare(images)
         reconstructions = self.reconstruct(images)
         if isinstance(images, torch.Tensor):
-            return anomaly_map.difference_map(images, reconstructions, self.cfg.score)
-        return [
-            anomaly_map.difference_map(x[None], r[None], self.cfg.score)[0] for x, r in zip(images, reconstructions)
-        ]
+            return anomaly_map.difference_map(images, reconstructions, score)
+        return [anomaly_map.difference_map(x[None], r[None], score)[0] for x, r in zip(images, reconstructions)]
 
     @torch.inference_mode()
     def inspect(self, images: Images) -> Inspection:
@@ -217,11 +263,11 @@ class Detector:
         images = self.prepare(images)
         reconstructions = self.reconstruct(images)
         if isinstance(images, torch.Tensor):
-            maps = self._maps(images, reconstructions)
-            return Inspection(images, reconstructions, maps.cpu(), anomaly_map.image_score(maps).cpu())
-        maps = [self._maps(x[None], r[None])[0] for x, r in zip(images, reconstructions)]
-        scores = torch.stack([amap.max() for amap in maps]).cpu()
-        return Inspection(images, reconstructions, [amap.cpu() for amap in maps], scores)
+            maps, scores = self._score(images, reconstructions)
+            return Inspection(images, reconstructions, maps.cpu(), scores.cpu())
+        scored = [self._score(x[None], r[None]) for x, r in zip(images, reconstructions)]
+        scores = torch.cat([score for _, score in scored]).cpu()
+        return Inspection(images, reconstructions, [amap[0].cpu() for amap, _ in scored], scores)
 
     def thresholds(self, image_threshold: float | None = None, pixel_threshold: float | None = None) -> tuple:
         """(image threshold, pixel threshold): the ones given, else the run's calibrated ones (None if it has none)."""

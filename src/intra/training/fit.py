@@ -123,9 +123,7 @@ def fit(
         world.barrier()  # wait for rank 0's calibration and checkpoint
         return FitResult(detector, stats, main=False)
     detector = calibrate(detector, train, val, progress)
-    save_checkpoint(
-        run_dir, model, detector.cfg, {"mean_map": detector.mean_map, "std_map": detector.std_map}, detector.stats
-    )
+    save_checkpoint(run_dir, model, detector.cfg, detector.tensors(), detector.stats)
     (run_dir / state.TRAINING_STATE).unlink(missing_ok=True)  # training is over: the model is in model.*
     world.barrier()
     return FitResult(detector, detector.stats)
