@@ -37,6 +37,9 @@ def test_evaluation_returns_values_and_writing_is_a_separate_call(tmp_path, mvte
     good = [s.kind == "good" for s in evaluation.samples]
     assert evaluation.metrics["inpainting"]["images"] == sum(good)
     assert evaluation.metrics["inpainting"]["ratio"] > 0
+    # The scoring in use is recorded: the paper's squared deviation, the score the map's maximum.
+    assert evaluation.metrics["anomaly_map_normalisation"] == "squared deviation from the mean map"
+    assert evaluation.metrics["image_score"] == "max of the anomaly map"
     write_evaluation(evaluation, tmp_path / "eval", heatmaps=False)
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert written["image_auroc"] == evaluation.metrics["image_auroc"] and (tmp_path / "eval" / "report.html").is_file()

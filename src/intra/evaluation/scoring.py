@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..config import ScoreConfig
 from ..core.anomaly_map import filter_sizes
 from ..data.datasets import GOOD, Sample, test_samples
 from ..data.geometry import Geometry
@@ -107,11 +108,21 @@ def evaluate(
         backend=detector.backend.describe(),
         model=_geometry_text(cfg),
         anomaly_map_filters=filter_sizes(cfg.score),
+        anomaly_map_normalisation=normalisation(cfg.score),
         # The image score: the anomaly map's maximum, or that of a named scoring's own map (score.image_scoring).
-        image_score=f"max of the {cfg.score.image_scoring} map" if cfg.score.image_scoring else "max of the anomaly map",
+        image_score=f"max of the {cfg.score.image_scoring} map"
+        if cfg.score.image_scoring
+        else "max of the anomaly map",
     )
     rows = per_kind_rows(samples, scores, maps, pixel_masks, detector.stats.get("image_threshold"))
     return Evaluation(root, samples, scores, maps, pixel_masks, pictures, result, rows)
+
+
+def normalisation(score: ScoreConfig) -> str:
+    """How the anomaly map uses the training statistics, in words."""
+    if not score.normalize:
+        return "none"
+    return "z-score" if score.zscore else "squared deviation from the mean map"
 
 
 def metric_shape(scored: tuple[int, int], eval_size: int | None) -> tuple[int, int]:
