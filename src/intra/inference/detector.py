@@ -244,15 +244,15 @@ class Detector:
         )
 
     @torch.inference_mode()
-    def difference_maps(self, images: Images, score: ScoreConfig | None = None) -> Images:
-        """(B, C, H, W) -> (B, H, W) multi-scale GMS difference maps under `score` (default: the anomaly map's),
-        before normalisation (a list -> a list)."""
-        score = score or self.cfg.score
+    def difference_maps(self, images: Images) -> Images:
+        """(B, C, H, W) -> (B, H, W) multi-scale GMS difference maps, before normalisation (a list -> a list)."""
         images = self.prepare(images)
         reconstructions = self.reconstruct(images)
         if isinstance(images, torch.Tensor):
-            return anomaly_map.difference_map(images, reconstructions, score)
-        return [anomaly_map.difference_map(x[None], r[None], score)[0] for x, r in zip(images, reconstructions)]
+            return anomaly_map.difference_map(images, reconstructions, self.cfg.score)
+        return [
+            anomaly_map.difference_map(x[None], r[None], self.cfg.score)[0] for x, r in zip(images, reconstructions)
+        ]
 
     @torch.inference_mode()
     def inspect(self, images: Images) -> Inspection:
