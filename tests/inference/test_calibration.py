@@ -1,6 +1,7 @@
 """Calibration and rescoring: the training statistics, z-scores and scoring changes without retraining."""
 
 import copy
+import logging
 
 import pytest
 import torch
@@ -43,7 +44,7 @@ def test_rescoring_calibrates_again_like_a_fresh_calibration(tmp_path, mvtec_roo
         rescore(detector, {"model.dim": 8}, None)
 
 
-def test_an_image_scoring_of_its_own_scores_images_and_leaves_the_maps(tmp_path, mvtec_root):
+def test_an_image_scoring_of_its_own_scores_images_and_leaves_the_maps(tmp_path, mvtec_root, caplog):
     from intra.checkpoint import save_checkpoint
     from intra.config import scoring
     from intra.inference.calibration import difference_statistics
@@ -72,8 +73,15 @@ def test_an_image_scoring_of_its_own_scores_images_and_leaves_the_maps(tmp_path,
     assert split.stats["pixel_threshold"] == pytest.approx(detector.stats["pixel_threshold"], rel=1e-6)
 
     save_checkpoint(tmp_path / "run", split.model, split.cfg, split.tensors(), split.stats)
-    loaded = Detector.load(tmp_path / "run", device="cpu")
+    with caplog.at_level(logging.WARNING):
+        loaded = Detector.load(tmp_path / "run", device="cpu")
     torch.testing.assert_close(loaded.predict(images)[1], split_scores)
+    assert "no image_mean_map" not in caplog.text
+    # A checkpoint without the image scoring's statistics (a hand-edited run) is loaded with a warning.
+    save_checkpoint(tmp_path / "bare", split.model, split.cfg, {"mean_map": split.mean_map}, split.stats)
+    with caplog.at_level(logging.WARNING):
+        Detector.load(tmp_path / "bare", device="cpu")
+    assert "has no image_mean_map for its scoring" in caplog.text
     with pytest.raises(IntraError, match="score.image_scoring must be one of '', paper"):
         rescore(detector, {"score.image_scoring": "coarse"}, mvtec_root)
 

@@ -57,6 +57,21 @@ def window_bytes(m: ModelConfig, dtype: torch.dtype = torch.float32) -> int:
     return 4 * tokens * per_token
 
 
+def warn_missing_statistics(run_dir: str | Path, cfg: Config, tensors: dict[str, torch.Tensor]) -> None:
+    """Log a warning when a run's scoring needs training statistics its checkpoint lacks (a hand-edited run):
+    it would then score without them."""
+    needs = {"mean_map": cfg.score.normalize}
+    if cfg.score.image_scoring:
+        needs["image_mean_map"] = scoring(cfg.score, cfg.score.image_scoring).normalize
+    for name in [name for name, needed in needs.items() if needed and name not in tensors]:
+        log.warning(
+            "%s has no %s for its scoring: its maps are not normalised; calibrate again with "
+            "intra evaluate --set score.KEY=VALUE --data DATA",
+            run_dir,
+            name,
+        )
+
+
 # A batch (B, C, H, W) of images of one size, or a list of (C, h, w) images of any sizes.
 Images = torch.Tensor | list[torch.Tensor]
 
@@ -128,6 +143,7 @@ class Detector:
         if backend != "torch" and (dtype != "fp32" or compile):
             raise IntraError(f"the {backend} backend runs fp32 and is not compiled: drop --dtype bf16 / compile")
         cfg, model, tensors, stats = load_checkpoint(run_dir)
+        warn_missing_statistics(run_dir, cfg, tensors)
         runtime = None
         if backend in ("onnx-full", "openvino"):
             from .full_graph import FullGraphDetector, open_graph
