@@ -2,10 +2,12 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
 import torch
+import torch.multiprocessing
 from safetensors.torch import load_file
 
 from intra.training.distributed import World
@@ -23,8 +25,29 @@ def test_sampling_shards_split_a_global_batch_between_processes():
     assert [g.initial_seed() for g in second] == [g.initial_seed() for g in alone[2:]]
 
 
+def agree_on_the_clock(rank: int, port: int, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        results[rank] = World(rank=rank, size=2).max(1.5 + rank, torch.device("cpu"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_processes_agree_on_the_slowest_clock():
+    # The lr schedule and the time budget read World.max of the elapsed seconds: one value everywhere.
+    assert World().max(3.0, torch.device("cpu")) == 3.0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = torch.multiprocessing.Manager().dict()
+    torch.multiprocessing.spawn(agree_on_the_clock, args=(port, results), nprocs=2)
+    assert dict(results) == {0: 2.5, 1: 2.5}
+
+
 def test_two_processes_match_one_process_fed_the_same_windows(tmp_path, mvtec_root):
-    # A learning rate at which epoch 2 clearly beats epoch 1: both runs keep the same epoch.
+    # A learning rate at which epoch 2 clearly beats epoch 1: both runs keep the same epoch. No time
+    # budget: with one, the lr of a step depends on the wall time it starts at, which no two runs share.
     args = [
         "train",
         "--data",
@@ -36,6 +59,8 @@ def test_two_processes_match_one_process_fed_the_same_windows(tmp_path, mvtec_ro
         "score.mean_filter=5",
         "--set",
         "train.sample_shards=2",
+        "--set",
+        "train.max_minutes=0",
     ]
     intra(*args, "--out", tmp_path / "one")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}

@@ -13,8 +13,9 @@ nothing here runs and nothing of torch.distributed is initialised.
   which is the gradient of the mean loss over the global batch, as in one process (up to the
   order of floating-point sums). The learning rate and batch size mean the same as in one process.
 - Validation: each process scores a slice of the fixed validation batches; sums are all-reduced,
-  so every process sees the same validation loss and stops at the same epoch. The time budget
-  (`train.max_minutes`) is agreed the same way.
+  so every process sees the same validation loss and stops at the same epoch.
+- Time: with a budget (`train.max_minutes`) the elapsed time drives the lr schedule and the stop;
+  every step uses the slowest process's clock, so all step with one learning rate and stop together.
 - Only rank 0 writes: config.json, train_log.jsonl, the mean map and the checkpoint.
 """
 
@@ -57,6 +58,14 @@ class World:
         tensor = torch.tensor(values, dtype=torch.float64, device=device)
         torch.distributed.all_reduce(tensor)
         return tensor.tolist()
+
+    def max(self, value: float, device: torch.device) -> float:
+        """The largest of the processes' values, on every process (the value itself for a single process)."""
+        if not self.active:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+        return float(tensor)
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """True on every process if it is true on one of them."""

@@ -131,27 +131,32 @@ class Trainer:
             )
         return loss
 
-    def out_of_time(self, deadline: float) -> bool:
-        """Past the deadline, agreed by all processes (they must stop at the same step)."""
-        if deadline == math.inf:
-            return False
-        return self.world.any(time.perf_counter() > deadline, self.device)
+    def clock(self, start: float) -> float:
+        """Seconds since `start` by the slowest process's clock, the same on every process: the lr
+        schedule and the time budget read it, and processes that read their own clocks would step
+        with different learning rates (their weights drifting apart) or stop at different steps."""
+        return self.world.max(time.perf_counter() - start, self.device)
 
-    def train_epoch(self, deadline: float, progress: bool, start: float | None = None) -> dict[str, float]:
-        """Steps until the epoch is done or the deadline passes; returns mean loss terms and steps."""
+    def train_epoch(self, progress: bool, start: float | None = None) -> dict[str, float]:
+        """Steps until the epoch is done or the time budget (counted from `start`) is spent; returns
+        mean loss terms and steps."""
         self.model.train()
         start = time.perf_counter() if start is None else start
+        timed = bool(self.cfg.train.max_minutes)  # untimed, nothing reads the clock (no per-step all-reduce)
+        budget = 60 * self.cfg.train.max_minutes if timed else math.inf
+        seconds = self.clock(start) if timed else 0.0
         totals: dict[str, torch.Tensor] = {}  # summed on the device: reading a value waits for it
         done = 0
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch}", disable=not progress, leave=False)
         for _ in bar:
-            parts = self.train_step(time.perf_counter() - start)
+            parts = self.train_step(seconds)
             for k, v in parts.items():
                 totals[k] = totals[k] + v if k in totals else v
             done += 1
             if done % 20 == 0:
                 bar.set_postfix(loss=f"{self.mean_loss(totals, done):.4f}")
-            if self.out_of_time(deadline):
+            seconds = self.clock(start) if timed else 0.0
+            if seconds > budget:
                 break
         self.mean_loss(totals, done)
         sums = self.world.all_sum([float(v) for v in totals.values()], self.device)  # mean over the processes' windows
@@ -193,15 +198,14 @@ class Trainer:
         """
         t = self.cfg.train
         start = time.perf_counter() - self.elapsed
-        deadline = start + t.max_minutes * 60 if t.max_minutes else math.inf
         with log_path.open("a" if self.epoch else "w", encoding="utf-8") if log_path else io.StringIO() as log_file:
             while (
                 self.epoch < t.max_epochs
                 and self.epoch - self.best_epoch < t.patience
-                and not self.out_of_time(deadline)
+                and not (t.max_minutes and self.clock(start) > 60 * t.max_minutes)
             ):
                 self.epoch += 1
-                record = {"epoch": self.epoch, **self.train_epoch(deadline, progress, start)}
+                record = {"epoch": self.epoch, **self.train_epoch(progress, start)}
                 record.update(self.validate())
                 record["seconds"] = round(time.perf_counter() - start, 3)
                 metric = record[SELECTION[t.select]]
