@@ -68,6 +68,28 @@ def test_onnx_backend_refuses_a_missing_or_stale_export(cli_run, mvtec_root, tmp
         Detector.load(run, backend="onnx")
 
 
+def test_a_graph_exported_elsewhere_runs_with_onnx_file(cli_run, mvtec_root, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(cli_run, run)
+    spot = mvtec_root / "test" / "spot"
+    network, full = tmp_path / "graphs" / "network.onnx", tmp_path / "graphs" / "full.onnx"
+    intra("export", "--run", run, "--format", "onnx", "--out", network)
+    intra("export", "--run", run, "--format", "onnx", "--full", "--out", full)
+    assert not (run / "model.onnx").exists() and not (run / "model_full.onnx").exists()
+    user_error(intra("predict", "--run", run, spot, "--backend", "onnx", check=False), "model.onnx not found")
+    user_error(intra("predict", "--run", run, spot, "--onnx-file", network, check=False), "--onnx-file", "--backend")
+    scores = {}
+    for backend, graph in (("onnx", network), ("onnx-full", full)):
+        result = intra("predict", "--run", run, spot, "--backend", backend, "--onnx-file", graph, "--threads", "1")
+        scores[backend] = [json.loads(line)["pred_score"] for line in result.stdout.splitlines()]
+    assert len(scores["onnx"]) == 2 and scores["onnx"] == pytest.approx(scores["onnx-full"], abs=1e-4)
+    # The file is checked against the run like the default one: another run's graph is refused.
+    other = tmp_path / "other"
+    intra("train", "--data", mvtec_root, "--out", other, *TINY, "--set", "train.val_fraction=0.4", "--seed", "1")
+    with pytest.raises(IntraError, match="other weights"):
+        Detector.load(other, backend="onnx", onnx_file=network)
+
+
 def test_onnx_export_of_a_mean_head_inpaints_one_patch_per_window(cli_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(cli_run, run)

@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch; onnx: onnxruntime runs the network of RUN/model.onnx (intra export); onnx-full or openvino: "
         "onnxruntime or OpenVINO runs the whole scoring in RUN/model_full.onnx (intra export --full)",
     )
+    _add_onnx_file_flag(predict)
     predict.add_argument(
         "--image-threshold", type=float, help="pred_label threshold on pred_score (default: the run's calibrated one)"
     )
@@ -185,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--backend", choices=("torch", "onnx"), default="torch", help="run the network with torch or onnxruntime"
     )
+    _add_onnx_file_flag(serve)
     serve.add_argument("--max-batch", type=int, default=8, help="most images scored together (default: 8)")
     serve.add_argument(
         "--batch-wait-ms", type=float, default=5.0, help="longest wait for more images to batch with (default: 5)"
@@ -251,6 +253,15 @@ def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
         default="fp32",
         choices=["fp32", "bf16"],
         help="precision of the network's matrix products (default: fp32)",
+    )
+
+
+def _add_onnx_file_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--onnx-file",
+        metavar="FILE",
+        help="the exported graph an ONNX backend runs, where `intra export --out` wrote it "
+        "(default: RUN/model.onnx, or RUN/model_full.onnx for onnx-full and openvino)",
     )
 
 
@@ -335,8 +346,10 @@ def _load_detector(args: argparse.Namespace):
     if args.threads < 0:
         raise IntraError(f"--threads must not be negative, not {args.threads}")
     configure_threads(args.threads)
-    backend = getattr(args, "backend", "torch")
-    return Detector.load(args.run, device=args.device, dtype=args.dtype, backend=backend, threads=args.threads)
+    backend, onnx_file = getattr(args, "backend", "torch"), getattr(args, "onnx_file", None)
+    return Detector.load(
+        args.run, device=args.device, dtype=args.dtype, backend=backend, threads=args.threads, onnx_file=onnx_file
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

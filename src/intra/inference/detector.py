@@ -135,25 +135,32 @@ class Detector:
         backend: str = "torch",
         compile: bool = False,
         threads: int = 0,
+        onnx_file: str | Path | None = None,
     ) -> Detector:
         """Load a trained run folder (see `checkpoint`) to run on `backend`: "torch" or "onnx" (the network,
-        see `backends`), "onnx-full" or "openvino" (RUN/model_full.onnx, see `full_graph`)."""
+        see `backends`), "onnx-full" or "openvino" (the whole scoring, see `full_graph`). The ONNX
+        backends read `onnx_file`, by default where `intra export` writes: RUN/model.onnx, or
+        RUN/model_full.onnx for the full graph; either is refused unless exported from this run."""
         if backend not in BACKENDS:
             raise IntraError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
         if backend != "torch" and (dtype != "fp32" or compile):
             raise IntraError(f"the {backend} backend runs fp32 and is not compiled: drop --dtype bf16 / compile")
+        if backend == "torch" and onnx_file is not None:
+            raise IntraError(
+                f"--onnx-file {onnx_file} needs an ONNX backend: add --backend onnx, onnx-full or openvino"
+            )
         cfg, model, tensors, stats = load_checkpoint(run_dir)
         warn_missing_statistics(run_dir, cfg, tensors)
         runtime = None
         if backend in ("onnx-full", "openvino"):
             from .full_graph import FullGraphDetector, open_graph
 
-            graph = open_graph(Path(run_dir), backend, read_metadata(run_dir), threads)
+            graph = open_graph(Path(run_dir), backend, read_metadata(run_dir), threads, onnx_file)
             return FullGraphDetector(model, cfg, stats, graph)
         if backend == "onnx":
             device = "cpu"
             runtime = OnnxBackend.load(
-                run_dir, read_metadata(run_dir).get("weights_sha256"), cfg.model.head, threads=threads
+                run_dir, read_metadata(run_dir).get("weights_sha256"), cfg.model.head, onnx_file, threads
             )
         return cls(
             model,

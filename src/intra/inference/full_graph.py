@@ -89,11 +89,14 @@ class GraphRuntime(Backend):
         return {"backend": f"{self.name} (full graph)", "dtype": "fp32", "device": "cpu"}
 
 
-def open_graph(run_dir: Path, backend: str, meta: dict, threads: int = 0) -> GraphRuntime:
-    """RUN/model_full.onnx on `backend`, refused unless it was exported from this run's weights and config."""
+def open_graph(
+    run_dir: Path, backend: str, meta: dict, threads: int = 0, path: str | Path | None = None
+) -> GraphRuntime:
+    """The full graph `path` (default RUN/model_full.onnx) on `backend`, refused unless it was exported
+    from this run's weights and config."""
     from ..export_full import CONFIG_KEY, FULL_ONNX_FILE, SHA_KEY, SIZE_KEY
 
-    path = run_dir / FULL_ONNX_FILE
+    path = Path(path) if path else run_dir / FULL_ONNX_FILE
     if not path.is_file():
         raise IntraError(f"{path} not found: run `intra export --run {run_dir} --format onnx --full` first")
     try:
