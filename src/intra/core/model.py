@@ -268,13 +268,13 @@ class InpaintingTransformer(nn.Module):
         Rows of the result follow `select` in row-major order. The covered-token head reads each
         selected token's own output (given already selected, (n, D), as `encode(select=...)` returns
         them); the mean head (the paper) reads the mean over all tokens, so it inpaints one patch
-        per window and `select` must hold exactly one token per row.
+        per window and `select` holds at most one token per row (none: a padding row, left out).
         base: `base_pixels` of the selected tokens, or None.
         """
         if x.dim() == 2:
             return self.head_pixels(self.norm(x), base)  # (n, P)
         if self.cfg.head == "mean":
-            return self.head_pixels(self.norm(x).mean(dim=1), base)  # (B, P)
+            return self.head_pixels(self.norm(x).mean(dim=1)[select.any(dim=1)], base)  # (n, P)
         return self.head_pixels(self.norm(x[select]), base)  # (n, P)
 
     def forward(
