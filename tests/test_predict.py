@@ -188,11 +188,14 @@ def test_a_second_process_on_one_out_is_refused_and_orphans_are_cleaned(cli_run,
     (out / "predict.json").unlink()
     (out / "overlays").mkdir()
     orphans = [out / ".predictions.jsonl.k1ll.tmp", out / "overlays" / ".000_png.png.x9z.tmp"]
-    for orphan in orphans:
+    # Another program's write in flight below --out (a training run saved there) is not intra predict's.
+    foreign = out / "a_run" / ".model.safetensors.w0rk.tmp"
+    foreign.parent.mkdir()
+    for orphan in [*orphans, foreign]:
         orphan.write_bytes(b"half a file")
     with Predictions(Detector.load(cli_run, device="cpu"), [spot], out) as job:
         assert len(list(job)) == 2
-    assert not any(o.exists() for o in orphans) and not list(out.rglob("*.tmp"))
+    assert not any(o.exists() for o in orphans) and list(out.rglob("*.tmp")) == [foreign]
 
 
 def test_an_unreadable_image_is_skipped_with_a_record_and_the_batch_goes_on(cli_run, tmp_path):

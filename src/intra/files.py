@@ -66,19 +66,21 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def remove_orphans(folder: Path) -> int:
-    """Delete the temporary files (`.*.tmp`) that interrupted atomic writes left anywhere below folder.
+def remove_orphans(folder: Path, subfolders: tuple[str, ...] = ()) -> int:
+    """Delete the temporary files (`.*.tmp`) that interrupted atomic writes left in folder and in its
+    named subfolders (not below them: a folder may hold other programs' runs and their writes in flight).
 
     Call it only while no other process writes there (predict holds its folder's lock). Returns the count.
     """
     removed = 0
-    for path in Path(folder).rglob(".*.tmp"):
-        try:
-            if path.is_file() and not path.is_symlink():
-                path.unlink()
-                removed += 1
-        except OSError:
-            pass  # not ours to worry about: the next write reports a real problem by name
+    for place in (Path(folder), *(Path(folder) / name for name in subfolders)):
+        for path in place.glob(".*.tmp"):
+            try:
+                if path.is_file() and not path.is_symlink():
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                pass  # not ours to worry about: the next write reports a real problem by name
     return removed
 
 

@@ -37,6 +37,7 @@ RECORDS = "predictions.jsonl"
 MANIFEST = "predict.json"
 LOCK = ".predict.lock"
 OUTPUTS = "outputs"  # manifest key: {output name: input path}
+PICTURE_FOLDERS = ("anomaly_maps", "overlays", "masks")  # where predict writes one PNG per image
 
 
 def dumps(record: dict) -> str:
@@ -134,7 +135,7 @@ class PredictFolder:
             raise IntraError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
         lock_fd = _lock(out_dir)
         try:
-            remove_orphans(out_dir)
+            remove_orphans(out_dir, PICTURE_FOLDERS)  # only intra's own: --out may hold other files
             manifest = _read_manifest(out_dir)
             outputs = dict(manifest.pop(OUTPUTS, {})) if manifest else {}
             if manifest is not None and manifest != settings:
