@@ -238,3 +238,16 @@ def test_nan_in_a_score_setting_is_refused_before_training(mvtec_root, tmp_path)
     )
     user_error(result, "score.gaussian_sigma", "finite")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_device_that_is_not_there_is_refused_by_name(cli_run, mvtec_root, tmp_path):
+    import torch
+
+    spot = mvtec_root / "test" / "spot"
+    user_error(intra("predict", "--run", cli_run, spot, "--device", "gpu0", check=False), "--device", "'gpu0'")
+    user_error(intra("bench", "--device", "tpu", check=False), "--device", "'tpu'")
+    result = intra("train", "--data", mvtec_root, "--out", tmp_path / "r", *TINY, "--device", "cuda:x", check=False)
+    user_error(result, "--device", "'cuda:x'")
+    assert not (tmp_path / "r").exists()
+    if not torch.cuda.is_available():
+        user_error(intra("predict", "--run", cli_run, spot, "--device", "cuda", check=False), "no CUDA GPU")

@@ -17,10 +17,22 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda if available, else cpu."""
+    """'auto' -> cuda if available, else cpu; a named device is checked to exist here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise IntraError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise IntraError(f"--device {name}: no CUDA GPU is available to this torch build; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise IntraError(f"--device {name}: only {count} CUDA GPU(s) are visible (cuda:0 to cuda:{count - 1})")
+    elif device.type != "cpu":
+        raise IntraError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}")
+    return device
 
 
 def configure_threads(threads: int) -> None:
