@@ -20,6 +20,10 @@ def test_training_options_are_checked():
         apply_overrides(tiny_config(), {"train.cover_spacing": 2})  # needs the covered-token head
     with pytest.raises(IntraError, match="score.cover_spacing"):
         apply_overrides(tiny_config(head="covered"), {"score.cover_spacing": 1})
+    # A lattice wider than the window leaves windows with nothing covered (nothing to learn or read).
+    with pytest.raises(IntraError, match=r"train.cover_spacing must be 0 or 2 to model.window \(3\)"):
+        apply_overrides(tiny_config(head="covered"), {"train.cover_spacing": 4})
+    apply_overrides(tiny_config(head="covered"), {"train.cover_spacing": 3})
 
 
 def test_every_number_is_finite_and_in_range_at_parse_time():

@@ -421,9 +421,10 @@ def validate(cfg: Config) -> None:
         raise IntraError(f"model.dim ({m.dim}) must split evenly over model.heads ({m.heads}) (and D/2 for mfsa)")
     for section in ("train", "score"):
         spacing = getattr(cfg, section).cover_spacing
-        if spacing and (spacing < 2 or m.head != "covered"):
+        if spacing and (spacing < 2 or spacing > m.window or m.head != "covered"):
             raise IntraError(
-                f"{section}.cover_spacing must be 0 or at least 2 (with model.head = covered), not {spacing}"
+                f"{section}.cover_spacing must be 0 or 2 to model.window ({m.window}) (with model.head = covered), "
+                f"not {spacing}"
             )
     _check_score_filters(cfg)
     if not cfg.data.scale >= 0 or cfg.data.scale > 16:

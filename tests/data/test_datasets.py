@@ -65,3 +65,13 @@ def test_a_mask_of_another_size_than_its_image_is_refused(tmp_path):
         datasets.test_samples(tmp_path)
     write_image(tmp_path / "ground_truth" / "dent" / "000_mask.png", np.zeros((40, 60), np.uint8))
     assert len(datasets.test_samples(tmp_path)) == 2
+
+
+def test_the_validation_split_leaves_images_to_train_on():
+    import torch
+
+    from intra.config import TrainConfig
+
+    for count, fraction in [(3, 0.9), (5, 1.0), (10, 0.1)]:
+        train, val = datasets.validation_split(count, TrainConfig(val_fraction=fraction), torch.Generator())
+        assert len(train) >= 1 and len(val) >= 1 and sorted([*train.tolist(), *val.tolist()]) == list(range(count))

@@ -61,6 +61,14 @@ def test_sixteen_bit_rgba_and_palette_images(tmp_path):
     torch.testing.assert_close(load_image(tmp_path / "p.png", 16, "gray"), torch.full((1, 16, 16), 90 / 255))
 
 
+def test_float_images_are_read_as_zero_to_one_and_other_ranges_refused(tmp_path):
+    Image.fromarray(np.full((20, 20), 0.25, np.float32), mode="F").save(tmp_path / "unit.tif")
+    torch.testing.assert_close(load_image(tmp_path / "unit.tif", 16, "gray"), torch.full((1, 16, 16), 0.25))
+    Image.fromarray(np.full((20, 20), 200.0, np.float32), mode="F").save(tmp_path / "counts.tif")
+    with pytest.raises(IntraError, match=r"counts.tif holds floating-point values from 200 to 200"):
+        load_image(tmp_path / "counts.tif", 16, "gray")  # not clipped to a white image
+
+
 def test_color_detection(tmp_path):
     g = write_image(tmp_path / "g.png", np.full((30, 30), 100, np.uint8))
     c = write_image(tmp_path / "c.png", np.dstack([np.full((30, 30), v, np.uint8) for v in (10, 100, 200)]))

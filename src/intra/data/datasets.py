@@ -137,6 +137,6 @@ def validation_split(count: int, cfg: TrainConfig, generator: torch.Generator) -
     if count < 2:
         log.warning("only one training image: validating on the training image itself")
         return torch.arange(count), torch.arange(count)
-    n_val = min(cfg.val_max_images, max(1, round(cfg.val_fraction * count)))
+    n_val = min(cfg.val_max_images, max(1, round(cfg.val_fraction * count)), count - 1)  # one left to train on
     order = torch.randperm(count, generator=generator)
     return order[n_val:].sort().values, order[:n_val].sort().values

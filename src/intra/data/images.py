@@ -131,8 +131,16 @@ def _to_array(image: Image.Image, color: str) -> np.ndarray:
         return array if color == "gray" else np.repeat(array, 3, axis=2)
     if image.mode == "F":
         array = np.asarray(image, dtype=np.float32)
+        name = getattr(image, "filename", "")
         if not np.isfinite(array).all():
-            raise IntraError(f"image {getattr(image, 'filename', '')} holds NaN or infinite values")
+            raise IntraError(f"image {name} holds NaN or infinite values")
+        # Floating-point files have no declared range: read as [0, 1] (rounding slack clipped); any other
+        # range (0..255, 0..65535, physical units) would be clipped to white, so it is refused.
+        if array.min() < -1e-3 or array.max() > 1 + 1e-3:
+            raise IntraError(
+                f"image {name} holds floating-point values from {array.min():g} to {array.max():g}: "
+                "intra reads float images as [0, 1]; rescale it or save it as 8- or 16-bit"
+            )
         array = np.clip(array, 0, 1)[..., None]
         return array if color == "gray" else np.repeat(array, 3, axis=2)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
