@@ -92,6 +92,23 @@ def test_compiled_fixed_size_chunks_reconstruct_the_same(overrides, monkeypatch)
     torch.testing.assert_close(compiled.reconstruct(images), plain.reconstruct(images), atol=1e-5, rtol=1e-5)
 
 
+def test_images_the_network_cannot_read_are_refused_by_size():
+    from intra.errors import IntraError
+
+    local, global_ = detector_for({}), detector_for({"position": "global", "head": "covered"})
+    assert local.reconstruct(torch.rand(1, 3, 28, 40)).shape == (1, 3, 28, 40)  # any grid with local positions
+    for detector, shape, needle in [
+        (local, (3, 30, 32), "multiples of 4"),  # 4 px patches
+        (local, (3, 8, 32), "at least 12 px"),  # a 3 x 3 window of them
+        (local, (1, 32, 32), r"reads \(3, H, W\)"),
+        (global_, (3, 28, 40), "training size"),  # global positions: the 32 x 32 of training only
+    ]:
+        with pytest.raises(IntraError, match=needle):
+            detector.reconstruct([torch.rand(shape)])
+    with pytest.raises(IntraError, match="training size"):
+        global_.predict(torch.rand(2, 3, 32, 40))
+
+
 def test_chunks_follow_the_memory_budget_without_changing_the_result():
     cfg = tiny_config()
     detector = Detector(lively_model(cfg), cfg)

@@ -220,6 +220,32 @@ class Detector:
             )
         return self._plans[grid]
 
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        """Refuse an image (C, H, W) the network cannot read whole: IntraError naming what it needs.
+
+        Sides must be multiples of the patch size and hold a window; global positions also need the
+        training grid. `data.images.load_image` with the run's geometry gives such images.
+        """
+        m = self.cfg.model
+        k, side = m.patch_size, m.window * m.patch_size
+        if len(shape) != 3 or shape[0] != m.channels:
+            raise IntraError(f"an image of shape {shape}: this run reads ({m.channels}, H, W) images")
+        h, w = shape[1:]
+        if h % k or w % k or h < side or w < side:
+            raise IntraError(
+                f"an image of {h} x {w} px: this run reads {k} px patches in windows of {m.window} x {m.window}, "
+                f"so both sides must be multiples of {k} and at least {side} px (load_image resizes as trained)"
+            )
+        if m.position != "global":
+            return
+        d = self.cfg.data
+        trained = (m.image_size, m.image_size) if d.resize == "square" else (d.height, d.width)
+        if all(trained) and (h, w) != trained or (h // k) * (w // k) != self.model.pos_embed.shape[0]:
+            raise IntraError(
+                f"an image of {h} x {w} px: this run's global positions hold its training size "
+                f"({trained[0]} x {trained[1]} px); load_image resizes as trained"
+            )
+
     @torch.inference_mode()
     def reconstruct(self, images: Images) -> Images:
         """Inpaint every patch, through the engine on this Detector's backend.
@@ -227,6 +253,8 @@ class Detector:
         (B, C, H, W) -> (B, C, H, W), or a list of (C, h, w) images of any sizes -> a list.
         """
         listed = [x.to(self.device, torch.float32) for x in images]
+        for x in listed:
+            self.check_shape(tuple(x.shape))
         k = self.cfg.model.patch_size
         plans = [self.plan((x.shape[-2] // k, x.shape[-1] // k)) for x in listed]
         out = engine.reconstruct(self.backend, listed, plans, k, self.chunk_windows(), self.backend.compiled)
