@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace the run already in --out (the old run is kept until the new model is complete)",
     )
-    train.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="starting configuration (default: cpu)")
+    train.add_argument("--preset", choices=sorted(PRESETS), help="starting configuration (default: cpu)")
     train.add_argument("--config", help="a .json, .toml or .yaml file overriding the preset")
     train.add_argument(
         "--set",
@@ -95,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="an MVTec-layout root with test/ and ground_truth/")
     evaluate.add_argument("--out", help="output folder (default: RUN/evaluation)")
     evaluate.add_argument(
-        "--eval-size", type=int, help="compute pixel metrics at N x N (default: the model's image size)"
+        "--eval-size",
+        type=int,
+        help="compute pixel metrics with the maps and masks resized to a short side of N px, the aspect kept "
+        "(default: at the size each image is scored at)",
     )
     evaluate.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default: 8)")
     evaluate.add_argument("--no-heatmaps", action="store_true", help="skip writing one overlay PNG per test image")
@@ -186,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--backend", choices=("torch", "onnx"), default="torch", help="run the network with torch or onnxruntime"
     )
-    _add_onnx_file_flag(serve)
+    _add_onnx_file_flag(serve, full_graph=False)
     serve.add_argument("--max-batch", type=int, default=8, help="most images scored together (default: 8)")
     serve.add_argument(
         "--batch-wait-ms", type=float, default=5.0, help="longest wait for more images to batch with (default: 5)"
@@ -256,12 +259,12 @@ def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_onnx_file_flag(parser: argparse.ArgumentParser) -> None:
+def _add_onnx_file_flag(parser: argparse.ArgumentParser, full_graph: bool = True) -> None:
+    default = "RUN/model.onnx; RUN/model_full.onnx for onnx-full and openvino" if full_graph else "RUN/model.onnx"
     parser.add_argument(
         "--onnx-file",
         metavar="FILE",
-        help="the exported graph an ONNX backend runs, where `intra export --out` wrote it "
-        "(default: RUN/model.onnx, or RUN/model_full.onnx for onnx-full and openvino)",
+        help=f"the exported graph an ONNX backend runs, where `intra export --out` wrote it (default: {default})",
     )
 
 
@@ -272,7 +275,7 @@ def _positive(name: str, value: int | None) -> None:
 
 def resolve_train_config(args: argparse.Namespace) -> Config:
     """Preset -> config file -> flags -> --set, merged, then validated once."""
-    cfg = preset(args.preset)
+    cfg = preset(args.preset or "cpu")
     if args.config:
         data = read_config_file(args.config)
         try:
@@ -325,7 +328,8 @@ def resolve_resume(args: argparse.Namespace) -> tuple[Config, str]:
         for flag, (key, _, _) in TRAIN_FLAGS.items()
         if getattr(args, key) is not None and key not in ("train.threads", "train.device")
     ]
-    changed += ["--out"] * bool(args.out) + ["--config"] * bool(args.config) + ["--set"] * bool(args.set)
+    changed += ["--preset"] * bool(args.preset) + ["--out"] * bool(args.out) + ["--config"] * bool(args.config)
+    changed += ["--set"] * bool(args.set)
     changed += ["--overwrite"] * args.overwrite
     if changed:
         raise IntraError(f"--resume continues RUN with its saved config: drop {', '.join(changed)}")

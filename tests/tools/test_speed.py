@@ -111,12 +111,13 @@ def test_bench_command_prints_a_table_then_json(tmp_path):
         "--train-batch",
         "8",
         "--naive-windows",
-        "4",
+        "1000",
         "--set",
         "score.cover_spacing=0",
     )
     one = json.loads(one.stdout.strip().splitlines()[-1])
     assert one["windows_per_image"] == 64 and one["patches_per_window"] == 1
+    assert one["naive_windows"] == 64  # asked for more than an image holds: the rate counts what ran
     assert one["speedup"] == pytest.approx(one["windows_per_s"] / one["naive_windows_per_s"])
     bad = intra("bench", "--preset", "cpu", "--image-size", "60", "--threads", "1", check=False)
     assert bad.returncode == 2 and "model.image_size" in bad.stderr

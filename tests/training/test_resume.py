@@ -53,3 +53,4 @@ def test_killed_training_resumes_to_bit_identical_weights(tmp_path, mvtec_root):
     # A finished run has nothing to resume, and a resumed run keeps its own config.
     user_error(intra("train", "--resume", killed, check=False), "training_state.safetensors")
     user_error(intra("train", "--resume", killed, "--lr", "0.1", check=False), "--lr")
+    user_error(intra("train", "--resume", killed, "--preset", "paper", check=False), "drop --preset")
