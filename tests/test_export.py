@@ -90,6 +90,24 @@ def test_a_graph_exported_elsewhere_runs_with_onnx_file(cli_run, mvtec_root, tmp
         Detector.load(other, backend="onnx", onnx_file=network)
 
 
+def test_a_run_saved_without_hashes_exports_and_runs_its_graph(cli_run, tmp_path):
+    # model.json's hashes are optional (runs load without them); the export then stamps the hash of the
+    # weights file itself, and loading compares with the same, instead of "" against None for ever.
+    run = tmp_path / "run"
+    shutil.copytree(cli_run, run)
+    meta = json.loads((run / "model.json").read_text())
+    del meta["weights_sha256"], meta["config_sha256"]
+    (run / "model.json").write_text(json.dumps(meta))
+    export_onnx(run)
+    images = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(
+        Detector.load(run, backend="onnx", threads=1).predict(images)[1],
+        Detector.load(run, device="cpu").predict(images)[1],
+        atol=1e-4,
+        rtol=1e-4,
+    )
+
+
 def test_onnx_export_of_a_mean_head_inpaints_one_patch_per_window(cli_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(cli_run, run)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, read_metadata
+from .checkpoint import load_checkpoint, run_hashes
 from .core.model import InpaintingTransformer
 from .core.smooth_fill import fill_grid, grid_operators
 from .core.windows import one_patch_plan
@@ -113,7 +113,7 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None) -> Path:
     need("onnxscript")
     run_dir = Path(run_dir)
     cfg, model, _, _ = load_checkpoint(run_dir)
-    sha = read_metadata(run_dir).get("weights_sha256", "")
+    sha = run_hashes(run_dir)["weights_sha256"]
     m = cfg.model
     plan = one_patch_plan((m.grid, m.grid), m.window)
     example = (torch.rand(2, m.window**2, m.patch_dim), plan.covered[:2].clone(), plan.tokens[:2].clone())

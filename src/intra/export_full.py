@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import read_metadata
+from .checkpoint import run_hashes
 from .config import Config
 from .core import anomaly_map
 from .core.similarity import resize_as_matrices
@@ -123,10 +123,10 @@ def export_full_onnx(run_dir: str | Path, out: str | Path | None = None) -> Path
     detector = Detector.load(run_dir, device="cpu")
     graph = FullGraph(detector).eval()
     example = torch.rand(2, detector.cfg.model.channels, *graph.size)
-    meta = read_metadata(run_dir)
+    hashes = run_hashes(run_dir)
     props = {
-        SHA_KEY: meta.get("weights_sha256", ""),
-        CONFIG_KEY: meta.get("config_sha256", ""),
+        SHA_KEY: hashes["weights_sha256"],
+        CONFIG_KEY: hashes["config_sha256"],
         SIZE_KEY: f"{graph.size[0]},{graph.size[1]}",
     }
     path = Path(out) if out else run_dir / FULL_ONNX_FILE

@@ -138,9 +138,9 @@ class Predictions:
             check_not_nested(self.out_dir, inputs, self.paths)
             settings = {"run": None if run_dir is None else str(Path(run_dir).resolve()), **self.thresholds}
             if run_dir is not None:
-                from .checkpoint import read_metadata
+                from .checkpoint import run_hashes
 
-                settings["weights_sha256"] = read_metadata(run_dir).get("weights_sha256")
+                settings["weights_sha256"] = run_hashes(run_dir)["weights_sha256"]
             self.folder = PredictFolder.open(self.out_dir, settings, self.paths)
         self.skipped = 0 if self.folder is None else sum(str(p) in self.folder.done for p in self.paths)
         self.predicted = self.anomalous = self.failed = 0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_checkpoint, read_metadata
+from ..checkpoint import load_checkpoint, run_hashes
 from ..config import Config, ModelConfig, ScoreConfig, scoring
 from ..core import anomaly_map
 from ..core.model import InpaintingTransformer
@@ -155,12 +155,12 @@ class Detector:
         if backend in ("onnx-full", "openvino"):
             from .full_graph import FullGraphDetector, open_graph
 
-            graph = open_graph(Path(run_dir), backend, read_metadata(run_dir), threads, onnx_file)
+            graph = open_graph(Path(run_dir), backend, run_hashes(run_dir), threads, onnx_file)
             return FullGraphDetector(model, cfg, stats, graph)
         if backend == "onnx":
             device = "cpu"
             runtime = OnnxBackend.load(
-                run_dir, read_metadata(run_dir).get("weights_sha256"), cfg.model.head, onnx_file, threads
+                run_dir, run_hashes(run_dir)["weights_sha256"], cfg.model.head, onnx_file, threads
             )
         return cls(
             model,

@@ -90,7 +90,7 @@ class GraphRuntime(Backend):
 
 
 def open_graph(
-    run_dir: Path, backend: str, meta: dict, threads: int = 0, path: str | Path | None = None
+    run_dir: Path, backend: str, hashes: dict, threads: int = 0, path: str | Path | None = None
 ) -> GraphRuntime:
     """The full graph `path` (default RUN/model_full.onnx) on `backend`, refused unless it was exported
     from this run's weights and config."""
@@ -106,7 +106,7 @@ def open_graph(
         raise
     except Exception as exc:  # each runtime raises its own exception types for bad files
         raise IntraError(f"{path} is not a valid ONNX model: {str(exc).splitlines()[0][:200]}") from None
-    if props.get(SHA_KEY) != meta.get("weights_sha256") or props.get(CONFIG_KEY) != meta.get("config_sha256"):
+    if props.get(SHA_KEY) != hashes["weights_sha256"] or props.get(CONFIG_KEY) != hashes["config_sha256"]:
         raise IntraError(f"{path} was exported from other weights or another scoring than {run_dir}: export again")
     size = tuple(int(side) for side in props[SIZE_KEY].split(","))
     return GraphRuntime(run, "onnxruntime" if backend == "onnx-full" else "openvino", path, size)
