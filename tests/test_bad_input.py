@@ -5,6 +5,7 @@ notes.txt is ignored); a file with an image suffix that cannot be decoded is ref
 Unusual but valid images (16-bit, RGBA, CMYK, palette) are converted and used.
 """
 
+import csv
 import os
 import resource
 import signal
@@ -101,6 +102,18 @@ def test_bad_test_sets_for_evaluate(cli_run, tmp_path):
     (missing / "ground_truth" / "spot" / "000_mask.png").unlink()
     user_error(intra("evaluate", "--run", cli_run, "--data", missing, check=False), "000.png", "has no mask")
     user_error(intra("evaluate", "--run", cli_run, "--data", tmp_path / "none", check=False), "none")
+    # Masks without a defect pixel: for every kind a one-line refusal; for one kind, no pixel metrics for it.
+    blank = make_test_set(tmp_path / "blank", (0,))
+    user_error(intra("evaluate", "--run", cli_run, "--data", blank, check=False), "every mask in", "is empty")
+    partly = make_test_set(tmp_path / "partly")
+    (partly / "test" / "stain").mkdir()
+    (partly / "ground_truth" / "stain").mkdir()
+    Image.fromarray(rgb(2)).save(partly / "test" / "stain" / "000.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(partly / "ground_truth" / "stain" / "000_mask.png")
+    result = intra("evaluate", "--run", cli_run, "--data", partly, "--out", tmp_path / "e2", "--threads", "1")
+    assert "test/stain: its masks hold no defect pixel" in result.stderr
+    rows = {row["kind"]: row for row in csv.DictReader(open(tmp_path / "e2" / "per_kind.csv"))}
+    assert rows["stain"]["pixel_auroc"] == "" and rows["spot"]["pixel_auroc"] != ""
 
 
 def test_unwritable_outputs(cli_run, mvtec_root, tmp_path):

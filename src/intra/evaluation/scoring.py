@@ -12,6 +12,7 @@ resized bilinearly, masks read from their files with nearest-neighbour resizing.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +27,13 @@ from ..core.anomaly_map import filter_sizes
 from ..data.datasets import GOOD, Sample, test_samples
 from ..data.geometry import Geometry
 from ..data.images import image_size, load_image, load_mask
+from ..errors import IntraError
 from ..inference.detector import Detector
 from ..pictures import to_rgb_uint8
 from . import metrics
 from .inpainting import best_fill, fill_errors, squared_error
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,6 +69,11 @@ def evaluate(
         np.zeros(shape, bool) if s.mask_path is None else load_mask(s.mask_path, shape).numpy()
         for s, shape in zip(samples, shapes)
     ]
+    if not labels_only and not any(mask.any() for mask in masks):
+        raise IntraError(
+            f"every mask in {root / 'ground_truth'} is empty{' at --eval-size ' + str(eval_size) if eval_size else ''}: "
+            "pixel metrics need defect pixels"
+        )
     maps, pictures, scores = [], [], np.zeros(len(samples))
     good_error, good_fills, good_count = 0.0, dict.fromkeys(("ring", "smooth", "flat"), 0.0), 0
     start = time.perf_counter()
@@ -180,7 +189,9 @@ def per_kind_rows(
         if kind != GOOD:
             both = np.flatnonzero(chosen | good)
             row["image_auroc"] = metrics.auroc(scores[both], labels[both])
-            if masks is not None:
+            if masks is not None and not any(masks[i].any() for i in np.flatnonzero(chosen)):
+                log.warning("test/%s: its masks hold no defect pixel, so it has no pixel metrics", kind)
+            elif masks is not None:
                 pick_maps, pick_masks = [maps[i] for i in both], [masks[i] for i in both]
                 row.update(
                     pixel_auroc=metrics.pixel_auroc(pick_maps, pick_masks), aupro=metrics.aupro(pick_maps, pick_masks)
