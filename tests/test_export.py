@@ -61,6 +61,13 @@ def test_onnx_backend_refuses_a_missing_or_stale_export(cli_run, mvtec_root, tmp
         intra("predict", "--run", run, mvtec_root / "test" / "spot", "--backend", "onnx", check=False), "intra export"
     )
     export_onnx(run)
+    # An export of an older intra took one covered index per window: a lattice plan is refused, not
+    # fed its first covered patch alone (the others would be read back as visible copies of the input).
+    older = Detector.load(run, backend="onnx", threads=1)
+    older.cfg.score.cover_spacing = 2  # 4 patches per pass in the tiny run's 3 x 3 windows
+    older.backend.takes_mask = False
+    with pytest.raises(IntraError, match="one covered patch per window.*export again"):
+        older.predict(torch.rand(1, 3, 64, 64))
     meta = json.loads((run / "model.json").read_text())
     meta["weights_sha256"] = "0" * 64  # as if the weights had been retrained since the export
     (run / "model.json").write_text(json.dumps(meta))

@@ -170,6 +170,11 @@ class OnnxBackend(Backend):
         read: torch.Tensor,
         pixels: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if not self.takes_mask and int(covered.sum(dim=1).max()) > 1:
+            raise IntraError(
+                f"{self.path} takes one covered patch per window (an export of an older intra), and this "
+                "scoring covers several (score.cover_spacing): export again"
+            )
         given = {
             "patches": windows.float(),
             "covered": covered if self.takes_mask else covered.long().argmax(dim=1),
