@@ -341,3 +341,15 @@ def test_a_full_queue_is_answered_503_with_retry_after(monkeypatch):
         assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
         assert answer.json() == {"error": "the server is busy (64 images queued): retry shortly"}
         assert client.get("/health").status_code == 200
+
+
+def test_model_info_of_a_run_whose_name_is_not_utf8_is_json(cli_run, tmp_path):
+    # Starlette encodes JSON strictly as UTF-8: a folder name with a Latin-1 byte made every GET /model a 500.
+    from intra.inference.detector import Detector
+    from intra.serve.app import model_info
+
+    run = tmp_path / os.fsdecode(b"mod\xe8le")
+    shutil.copytree(cli_run, run)
+    info = model_info(Detector.load(run, device="cpu"), run, "torch")
+    assert info["run"] == "mod\ufffdle"
+    json.dumps(info, ensure_ascii=False).encode("utf-8")

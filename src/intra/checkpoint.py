@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
 
 from .config import Config
 from .core.model import InpaintingTransformer
@@ -54,9 +55,7 @@ def save_checkpoint(
     run_dir = Path(run_dir)
     state = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     state.update({f"stats.{k}": v.detach().cpu().float().contiguous() for k, v in (tensors or {}).items()})
-    atomic_write(
-        run_dir / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format_version": str(FORMAT_VERSION)})
-    )
+    write_tensors(run_dir / WEIGHTS, state, {"format_version": str(FORMAT_VERSION)})
     meta = {
         "format_version": FORMAT_VERSION,
         "config": cfg.to_dict(),
@@ -108,13 +107,36 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """A safetensors file, atomically. Through bytes: safetensors' own file functions refuse paths that
+    are not UTF-8, which Linux folders can be."""
+    data = save_bytes(tensors, metadata=metadata)
+    atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
+
+
+def tensor_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file, from its JSON header alone (8 bytes of length, then JSON)."""
+    try:
+        with open(path, "rb") as file:
+            size = int.from_bytes(file.read(8), "little")
+            header = json.loads(file.read(size)) if 0 < size < 100_000_000 else None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IntraError(f"{path} is corrupted or not a safetensors file: {exc}") from None
+    if not isinstance(header, dict):
+        raise IntraError(f"{path} is corrupted or not a safetensors file")
+    return header.get("__metadata__") or {}
+
+
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file; a pickle or a damaged file is refused, never unpickled."""
     try:
-        return load_file(str(path))  # parses a JSON header and raw arrays: cannot run code
-    except (SafetensorError, OSError, ValueError) as exc:
-        with open(path, "rb") as file:
-            head = file.read(2)
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise IntraError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return load_bytes(data)  # parses a JSON header and raw arrays: cannot run code
+    except (SafetensorError, ValueError) as exc:
+        head = data[:2]
         if (head[:1] == b"\x80" and head[1:] in (b"\x02", b"\x03", b"\x04", b"\x05")) or head == b"PK":
             raise IntraError(
                 f"{path} is a pickle file (torch.save), not safetensors: intra never unpickles files, they can run code"

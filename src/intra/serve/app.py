@@ -131,7 +131,7 @@ def model_info(detector: Detector, run_dir: str | Path | None, backend: str) -> 
     geometry = Geometry.of(cfg)
     return {
         "version": __version__,
-        "run": None if run_dir is None else Path(run_dir).resolve().name,  # its name: the server's paths stay private
+        "run": None if run_dir is None else _text(Path(run_dir).resolve().name),  # its name, not the server's paths
         "preset": preset_of(cfg),
         "config_sha256": meta.get("config_sha256"),
         "weights_sha256": meta.get("weights_sha256"),
@@ -149,6 +149,11 @@ def model_info(detector: Detector, run_dir: str | Path | None, backend: str) -> 
         "backend": backend,
         "device": str(detector.device),
     }
+
+
+def _text(name: str) -> str:
+    """A file name as JSON can carry it: bytes that are not UTF-8 (kept by Python as surrogates) become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def preset_of(cfg: Config) -> str | None:

@@ -13,10 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from ..checkpoint import FORMAT_VERSION, read_tensors
+from ..checkpoint import FORMAT_VERSION, read_tensors, tensor_metadata, write_tensors
 from ..errors import IntraError
 from ..files import atomic_write
 from .trainer import Trainer
@@ -101,7 +99,7 @@ def save(run_dir: str | Path, tensors: dict[str, torch.Tensor], state: dict[str,
     """One atomic file: tensors (weights, optimizer moments, RNG states) + `state` as JSON metadata."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     metadata = {"format_version": str(FORMAT_VERSION), "state": json.dumps(state)}
-    atomic_write(Path(run_dir) / TRAINING_STATE, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    write_tensors(Path(run_dir) / TRAINING_STATE, tensors, metadata)
 
 
 def load(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -112,8 +110,7 @@ def load(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             f"{run_dir} has no {TRAINING_STATE} to resume from (its training finished, or never saved an epoch)"
         )
     tensors = read_tensors(path)
-    with safe_open(str(path), framework="pt") as file:
-        metadata = file.metadata() or {}
+    metadata = tensor_metadata(path)
     if metadata.get("format_version") != str(FORMAT_VERSION):
         raise IntraError(
             f"{path} has format version {metadata.get('format_version')!r}; this intra reads version {FORMAT_VERSION}"
