@@ -98,6 +98,8 @@ def test_rescoring_with_choose_auto_chooses_again(tmp_path, mvtec_root):
     assert (
         chosen.cfg.score.choose == "auto" and chosen.cfg.score.mean_filter == SCORINGS[choice["chosen"]]["mean_filter"]
     )
+    # Scored by hand afterwards: the record of the choice goes with the scoring it chose.
+    assert "scoring_choice" not in rescore(chosen, {"score.mean_filter": 3}, mvtec_root).stats
 
 
 @pytest.mark.parametrize("count, wanted", [(209, 100), (10, 3), (5, 5), (5, 9)])

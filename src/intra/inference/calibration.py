@@ -181,6 +181,7 @@ def calibrate(
     raw = detector.like(cfg, None, None, {})
     size = max(1, cfg.score.chunk_windows // raw.plan((cfg.model.grid, cfg.model.grid)).passes)
     stats = dict(detector.stats)
+    stats.pop("scoring_choice", None)  # the record of an earlier choice describes a scoring no longer in use
     if choose and cfg.score.choose == "auto":
         cfg, stats["scoring_choice"] = choose_scoring(raw, train_images, val_images, size)
         raw = detector.like(cfg, None, None, {})
