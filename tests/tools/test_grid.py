@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from intra.config import read_config_file
+from intra.errors import IntraError
 from intra.tools.grid import read_grid
 
 from conftest import intra, user_error
@@ -95,6 +96,18 @@ def test_benchmark_grid_mistakes_are_one_line_errors(tmp_path, mvtec_root):
         f'[datasets]\nsyn = "{mvtec_root}"\n[configs.scales-1-.5]\nscore = {{ "score.scales" = [1.0, 0.5] }}\n'
     )
     user_error(intra("benchmark", "--grid", toml, "--out", tmp_path / "o", check=False), "'scales-1-'", "quote")
+    # Values of the wrong type are refused as the file is read, naming the key, not after a cell trains.
+    for extra, named in [
+        ({"seeds": ["x"]}, "the grid: seeds must be a list of seeds"),
+        ({"seeds": 0}, "seeds must be a list"),
+        ({"eval_size": "256"}, "eval_size must be a whole number of pixels"),
+        ({"threads": -1}, "threads must be"),
+        ({"configs": {"x": {"preset": "fast"}}}, "configuration 'x': preset must be one of cpu, paper"),
+        ({"datasets": {"syn": {"path": 3}}}, "dataset 'syn': path must be a folder path"),
+    ]:
+        grid.write_text(json.dumps({"datasets": {"syn": str(mvtec_root)}, "configs": {"x": {}}, **extra}))
+        with pytest.raises(IntraError, match=named):
+            read_grid(grid)
 
 
 @pytest.mark.parametrize("grid", sorted(BENCHMARKS.glob("*.toml")), ids=lambda p: p.name)

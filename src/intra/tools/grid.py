@@ -4,7 +4,7 @@ A grid file (.toml or .json) names datasets (MVTec-layout roots), configurations
 config overrides) and seeds; every (dataset, configuration, seed) is a *cell*:
 
     seeds = [0, 1]
-    eval_size = 256                        # pixel metrics at 256 x 256 (default: the model's size)
+    eval_size = 256                        # pixel metrics at a short side of 256 px (default: as scored)
     threads = 1                            # torch threads per process
     set = { "train.max_minutes" = 4 }      # overrides for every configuration
 
@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import METADATA
-from ..config import Config, apply_overrides, preset, read_config_file, with_score_overrides
+from ..config import PRESETS, Config, apply_overrides, preset, read_config_file, with_score_overrides
 from ..errors import IntraError
 from ..files import write_json, write_text
 
@@ -86,7 +86,11 @@ def read_grid(path: str | Path) -> list[Cell]:
     for name in [*grid["datasets"], *grid["configs"]]:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
             raise IntraError(f"{path}: name {name!r} must be letters, digits, '_', '-' or '.' (it names files)")
+    _check_values(path, "the grid", grid)
     for name, conf in grid["configs"].items():
+        if not isinstance(conf, dict):
+            raise IntraError(f"{path}: configuration {name!r} must be a table, not {conf!r}")
+        _check_values(path, f"configuration {name!r}", conf)
         unknown = sorted(set(conf) - {"preset", "set", "score", "seeds"})
         if unknown:  # e.g. [configs.a.b] in TOML: the dot nests a table instead of naming one
             raise IntraError(
@@ -95,6 +99,7 @@ def read_grid(path: str | Path) -> list[Cell]:
     cells = []
     for dataset, spec in grid["datasets"].items():
         spec = spec if isinstance(spec, dict) else {"path": spec}
+        _check_values(path, f"dataset {dataset!r}", spec)
         unknown = sorted(set(spec) - {"path", "set", "seeds"})
         if unknown:
             raise IntraError(
@@ -107,6 +112,30 @@ def read_grid(path: str | Path) -> list[Cell]:
             for seed in conf.get("seeds", spec.get("seeds", grid.get("seeds", [0]))):
                 cells.append(_cell(path, grid, dataset, data, spec, name, conf, int(seed)))
     return cells
+
+
+def _is_count(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+# What each key of a grid, a dataset or a configuration holds, checked as the file is read (a wrong
+# type found later would fail a benchmark after hours of training).
+_VALUES = {
+    "seeds": (lambda v: isinstance(v, list) and v and all(_is_count(s, 0) for s in v), "a list of seeds >= 0"),
+    "set": (lambda v: isinstance(v, dict), "a table of KEY = VALUE overrides"),
+    "score": (lambda v: isinstance(v, dict), "a table of score.KEY = VALUE overrides"),
+    "path": (lambda v: isinstance(v, str), "a folder path (text)"),
+    "preset": (lambda v: v in PRESETS, f"one of {', '.join(sorted(PRESETS))}"),
+    "threads": (lambda v: _is_count(v, 0), "a whole number >= 0"),
+    "eval_size": (lambda v: _is_count(v, 1), "a whole number of pixels >= 1"),
+}
+
+
+def _check_values(path: Path, where: str, table: dict) -> None:
+    for key, value in table.items():
+        ok, wanted = _VALUES.get(key, (None, ""))
+        if ok is not None and not ok(value):
+            raise IntraError(f"{path}: {where}: {key} must be {wanted}, not {value!r}")
 
 
 def _cell(path: Path, grid: dict, dataset: str, data: Path, spec: dict, name: str, conf: dict, seed: int) -> Cell:
