@@ -133,3 +133,23 @@ def test_zscore_divides_by_the_training_std_and_survives_save_load(tmp_path, mvt
         0.01 * float(detector.std_map.mean())
     )
     torch.testing.assert_close(detector.predict(images)[0], expected)
+
+
+def test_texture_statistics_cover_a_test_image_larger_than_every_training_image():
+    # Border bins count distances up to half a window and a patch (8 px here): training maps of 12 px
+    # reach 5. A 40 px test map's interior was scored against a mean and std of 0 (z-scores in the 1e4s).
+    from intra.core.anomaly_map import expand_statistic, statistics_depth
+    from intra.inference.calibration import Moments
+
+    cfg = tiny_config()
+    cfg.data.kind = "texture"
+    depth = statistics_depth(cfg.model)
+    moments = Moments(cfg)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        moments.add(0.5 + 0.1 * torch.rand(12, 12, generator=generator))
+    mean, std = moments.result()
+    big_mean, big_std = (expand_statistic(stat, (40, 40), "texture", depth) for stat in (mean, std))
+    assert float(big_mean.min()) > 0.4 and float(big_std.min()) > 0.01
+    # The centre of the large map takes the deepest bin the training maps reached (5 px from each border).
+    assert float(big_mean[20, 20]) == pytest.approx(float(mean[5, 5]))

@@ -98,7 +98,24 @@ class Moments:
             shape = (self.depth + 1, self.depth + 1)
             total, squares, count = total.view(shape), squares.view(shape), count.view(shape)
         mean = total / count.clamp_min(1)
-        return mean.float(), (squares / count.clamp_min(1) - mean**2).clamp_min(0).sqrt().float()
+        std = (squares / count.clamp_min(1) - mean**2).clamp_min(0).sqrt()
+        if not self.object:
+            mean, std = _fill_unseen_bins(mean, std, count)
+        return mean.float(), std.float()
+
+
+def _fill_unseen_bins(mean: torch.Tensor, std: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Border bins no training pixel fell in (training images too small to reach those distances from the
+    border) take the statistics of the nearest bin that was seen (the deepest of equally near ones): a
+    larger test image is then scored against the deepest interior seen, not against a mean and std of 0."""
+    seen = count > 0
+    if seen.all() or not seen.any():
+        return mean, std
+    cells = torch.stack(torch.meshgrid(*(torch.arange(n) for n in mean.shape), indexing="ij"), -1).view(-1, 2)
+    known = cells[seen.flatten().cpu()]
+    distance = (cells[:, None, :] - known[None, :, :]).abs().amax(-1).double()  # (bins, seen bins), Chebyshev
+    nearest = known[(distance - 1e-3 * known.sum(-1)).argmin(dim=1)]  # ties: the deeper bin
+    return mean[nearest[:, 0], nearest[:, 1]].view_as(mean), std[nearest[:, 0], nearest[:, 1]].view_as(std)
 
 
 def statistics_of(cfg: Config, diffs: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
