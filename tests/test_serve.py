@@ -353,3 +353,34 @@ def test_model_info_of_a_run_whose_name_is_not_utf8_is_json(cli_run, tmp_path):
     info = model_info(Detector.load(run, device="cpu"), run, "torch")
     assert info["run"] == "mod\ufffdle"
     json.dumps(info, ensure_ascii=False).encode("utf-8")
+
+
+def test_uploads_are_decoded_a_few_at_a_time(monkeypatch):
+    # A few KB of PNG can decode to 50 megapixels: many clients at once must not decode all at once.
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from intra.inference.detector import Detector
+    from intra.serve import app as service
+
+    cfg = tiny_config()
+    detector = Detector(lively_model(cfg), cfg, stats={"image_threshold": 0.5, "pixel_threshold": 0.5})
+    lock, active, most = threading.Lock(), [0], [0]
+
+    def slow_decode(*args):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.2)
+        with lock:
+            active[0] -= 1
+        raise service.ApiError(400, "decoded")
+
+    monkeypatch.setattr(service, "_decode", slow_decode)
+    with TestClient(service.create_app(detector)) as client:
+        post = lambda _: client.post("/predict", content=png(32, 32), headers={"Content-Type": "image/png"})  # noqa: E731
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(post, range(8)))
+    assert [a.status_code for a in answers] == [400] * 8
+    assert most[0] == service.DECODE_SLOTS

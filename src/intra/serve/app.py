@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 # A multipart upload carries its part headers and boundaries besides the file: allowed on top of the limit.
 MULTIPART_OVERHEAD = 64 * 1024
 MAX_QUEUE = 64  # images waiting for the engine; more are answered 503 (memory stays bounded under overload)
+# Uploads decoded at once. Decoding is CPU work (more at once is not faster), and a small compressed
+# upload can decode to a 50-megapixel image (about 1.5 GB at its peak): the queue bounds decoded
+# images, this bounds the ones being decoded.
+DECODE_SLOTS = 2
 
 
 class ApiError(Exception):
@@ -76,6 +80,7 @@ def create_app(
         "max_upload_mb": max_upload_mb,
     }
     page = files("intra.serve").joinpath("page.html").read_text(encoding="utf-8")
+    decoding = asyncio.Semaphore(DECODE_SLOTS)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -108,7 +113,8 @@ def create_app(
     @app.post("/predict", dependencies=[authorized])
     async def predict(request: Request) -> JSONResponse:
         data, name = await _upload(request, limit)
-        image, size = await run_in_threadpool(_decode, data, name, detector, request.app.state.uploads)
+        async with decoding:
+            image, size = await run_in_threadpool(_decode, data, name, detector, request.app.state.uploads)
         try:
             scored: Scored = await asyncio.wrap_future(batcher.submit(image, size))
         except Busy as exc:
