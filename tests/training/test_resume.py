@@ -54,3 +54,27 @@ def test_killed_training_resumes_to_bit_identical_weights(tmp_path, mvtec_root):
     user_error(intra("train", "--resume", killed, check=False), "training_state.safetensors")
     user_error(intra("train", "--resume", killed, "--lr", "0.1", check=False), "--lr")
     user_error(intra("train", "--resume", killed, "--preset", "paper", check=False), "drop --preset")
+
+
+def test_a_resume_that_cannot_continue_as_it_was_is_refused(tmp_path, mvtec_root):
+    import pytest
+    import torch
+
+    from intra.errors import IntraError
+    from intra.training import state
+    from intra.training.fit import fit, image_fingerprint
+
+    from conftest import tiny_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = tiny_config()
+    # Other images in the folder now: the validation split would change under the resumed training.
+    state.save(run, {"x": torch.zeros(1)}, {"images": "3 images, sha256 0123456789abcdef", "processes": 1})
+    with pytest.raises(IntraError, match=r"other images \(3 images.*than .* holds now \(\d+ images"):
+        fit(cfg, mvtec_root, run, resume=True)
+    # A state saved by rank 0 of a torchrun run holds only its own sampling streams.
+    state.save(run, {"x": torch.zeros(1)}, {"processes": 2})
+    with pytest.raises(IntraError, match="trained by 2 processes"):
+        fit(cfg, mvtec_root, run, resume=True)
+    assert image_fingerprint(mvtec_root, [mvtec_root / "a.png"], [(4, 3)]).startswith("1 images, sha256 ")

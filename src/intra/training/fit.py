@@ -16,7 +16,9 @@ bit-identical weights to an uninterrupted run.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +46,26 @@ class FitResult:
     detector: Detector
     stats: dict
     main: bool = True  # False in the processes of a distributed run other than rank 0 (they write nothing)
+
+
+def image_fingerprint(data: str | Path, paths: list[Path], sizes: list[tuple[int, int]]) -> str:
+    """What a training state remembers of its images: their names below `data` and sizes, hashed."""
+    text = "\n".join(f"{os.fsencode(os.path.relpath(p, data))!r}\t{w}x{h}" for p, (w, h) in zip(paths, sizes))
+    return f"{len(paths)} images, sha256 {hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def check_resumable(run_dir: Path, data: str | Path, saved: dict, images_seen: str) -> None:
+    """Refuse a resume that could not continue the interrupted training as it was."""
+    if saved.get("processes", 1) > 1:
+        raise IntraError(
+            f"{run_dir} was trained by {saved['processes']} processes (torchrun), whose training state holds only "
+            "the first one's sampling: it cannot be resumed; train it anew"
+        )
+    if saved.get("images", images_seen) != images_seen:  # states of older versions did not record them
+        raise IntraError(
+            f"{run_dir} was training on other images ({saved['images']}) than {data} holds now ({images_seen}): "
+            "the validation split would change; resume with the same images, or train anew"
+        )
 
 
 def fit(
@@ -82,6 +104,10 @@ def fit(
 
     if resume and world.active:
         raise IntraError("--resume continues single-process runs only: resume without torchrun")
+    images_seen = image_fingerprint(data, paths, sizes)
+    saved = state.load(run_dir) if resume else None
+    if saved is not None:
+        check_resumable(run_dir, data, saved[1], images_seen)
     # Read every image before creating anything: a bad file must not leave a half-made run folder.
     images = load_images(paths, Geometry.of(cfg), color, threads=cfg.train.threads)  # each (C, h, w)
     if cfg.data.standardize:
@@ -104,14 +130,18 @@ def fit(
     model = model.to(device)
     trainer = Trainer(model, train, val, cfg, generator, world)
     log_path = run_dir / "train_log.jsonl"
-    if resume:
-        state.restore(trainer, *state.load(run_dir))
+    if saved is not None:
+        state.restore(trainer, *saved)
         state.truncate_log(log_path, trainer.epoch)
         log.info("resuming %s after epoch %d", run_dir, trainer.epoch)
     data_path = str(Path(data).resolve())
     if world.main:
         stats = trainer.run(
-            log_path, progress, on_epoch=lambda t: state.save(run_dir, *state.capture(t, data=data_path))
+            log_path,
+            progress,
+            on_epoch=lambda t: state.save(
+                run_dir, *state.capture(t, data=data_path, images=images_seen, processes=world.size)
+            ),
         )
     else:
         stats = trainer.run(None)  # only rank 0 writes the log and the training state
