@@ -333,7 +333,7 @@ def resolve_resume(args: argparse.Namespace) -> tuple[Config, str]:
     changed += ["--overwrite"] * args.overwrite
     if changed:
         raise IntraError(f"--resume continues RUN with its saved config: drop {', '.join(changed)}")
-    run = Path(args.resume)
+    run = training_state.resumable_folder(args.resume)  # RUN, or where an interrupted --overwrite of it trained
     _, state = training_state.load(run)
     try:
         cfg = Config.from_dict(json.loads((run / "config.json").read_text(encoding="utf-8")))

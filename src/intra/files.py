@@ -12,10 +12,11 @@ from __future__ import annotations
 import functools
 import glob
 import json
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from typing import Any
 from safetensors import SafetensorError
 
 from .errors import IntraError
+
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -85,28 +88,42 @@ def remove_orphans(folder: Path, subfolders: tuple[str, ...] = ()) -> int:
 
 
 @contextmanager
-def replacing_folder(folder: Path) -> Iterator[Path]:
+def replacing_folder(
+    folder: Path, adopt: Path | None = None, keep: Callable[[Path], str | None] | None = None
+) -> Iterator[Path]:
     """A new temporary sibling of `folder` to fill; on success it replaces folder, on failure it is removed.
 
     The swap is two renames on one file system (folder -> a hidden old name, new -> folder), then the
     old folder is deleted: nothing is lost if the process dies at any point (the old content is
     complete until the new one is), and readers see either the old or the new folder, never a mix.
+    `adopt`: an earlier call's sibling whose process died (`stale_stagings`), filled on instead of a
+    new one. `keep(staging)`: on failure, a message when the half-filled sibling is worth keeping
+    (an interrupted training that `--resume` continues); it is then left in place and the message logged.
     """
     folder = Path(folder)
-    _remove_stale_siblings(folder)
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-{os.getpid()}-", dir=folder.parent))
-        os.chmod(staging, 0o777 & ~_umask())
+        if adopt is None:
+            _remove_stale_siblings(folder)
+            staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-{os.getpid()}-", dir=folder.parent))
+            os.chmod(staging, 0o777 & ~_umask())
+        else:  # renamed to this process's pid: while it lives, no other call takes the folder for stale
+            staging = adopt.with_name(f".{folder.name}.new-{os.getpid()}-{adopt.name.rsplit('-', 1)[-1]}")
+            os.replace(adopt, staging)
     except OSError as exc:
         raise IntraError(f"cannot write next to {folder}: {exc.strerror or exc}") from None
     try:
         yield staging
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        message = keep(staging) if keep is not None else None
+        if message:
+            log.warning("%s", message)
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
     old = staging.with_name(staging.name.replace(".new-", ".old-", 1))
     try:
-        os.replace(folder, old)
+        if folder.exists():
+            os.replace(folder, old)
         os.replace(staging, folder)
     except OSError as exc:
         if old.exists() and not folder.exists():
@@ -115,13 +132,20 @@ def replacing_folder(folder: Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def stale_stagings(folder: Path, kind: str = "new") -> list[Path]:
+    """The .<name>.<kind>-<pid>-* siblings that replacing_folder calls left when their process died, newest first."""
+    found = []
+    for sibling in Path(folder).parent.glob(f".{glob.escape(Path(folder).name)}.{kind}-*-*"):
+        pid = sibling.name[len(Path(folder).name) + len(kind) + 3 :].partition("-")[0]
+        if pid.isdigit() and sibling.is_dir() and not _alive(int(pid)):
+            found.append(sibling)
+    return sorted(found, key=lambda path: path.stat().st_mtime, reverse=True)
+
+
 def _remove_stale_siblings(folder: Path) -> None:
     """Delete the .<name>.new-<pid>-* and .<name>.old-<pid>-* folders of replacing_folder calls whose process died."""
-    for sibling in folder.parent.glob(f".{glob.escape(folder.name)}.[no][el][wd]-*-*"):
-        kind, _, rest = sibling.name[len(folder.name) + 2 :].partition("-")
-        pid = rest.partition("-")[0]
-        if kind in ("new", "old") and pid.isdigit() and sibling.is_dir() and not _alive(int(pid)):
-            shutil.rmtree(sibling, ignore_errors=True)
+    for sibling in [*stale_stagings(folder, "new"), *stale_stagings(folder, "old")]:
+        shutil.rmtree(sibling, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:

@@ -78,3 +78,33 @@ def test_a_resume_that_cannot_continue_as_it_was_is_refused(tmp_path, mvtec_root
     with pytest.raises(IntraError, match="trained by 2 processes"):
         fit(cfg, mvtec_root, run, resume=True)
     assert image_fingerprint(mvtec_root, [mvtec_root / "a.png"], [(4, 3)]).startswith("1 images, sha256 ")
+
+
+def test_an_interrupted_overwrite_is_resumed_and_then_replaces_the_old_run(tmp_path, mvtec_root):
+    # --overwrite trains the new run beside the old one, swapped in once complete. Ctrl-C deleted that
+    # folder with every epoch in it, and --resume RUN could not see it.
+    reference = tmp_path / "reference"
+    intra("train", "--data", mvtec_root, "--out", reference, *RESUMABLE)
+    run = tmp_path / "run"
+    intra("train", "--data", mvtec_root, "--out", run, *TINY)  # the run to be replaced
+    old_weights = (run / "model.safetensors").read_bytes()
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "intra.cli", "train", "--data", str(mvtec_root), "--out", str(run), "--overwrite"]
+    process = subprocess.Popen(
+        [*cmd, *RESUMABLE], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 120
+    staged = lambda: [f for f in tmp_path.glob(".run.new-*") if saved_epoch(f) >= 1]  # noqa: E731
+    while not staged() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "intra train --resume" in stderr, stderr
+    assert len(staged()) == 1 and (run / "model.safetensors").read_bytes() == old_weights  # the old run stands
+
+    result = intra("train", "--resume", run, "--threads", "1")
+    assert "trained 4 epochs" in result.stdout
+    a, b = load_file(str(reference / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), "resumed weights differ"
+    assert not list(tmp_path.glob(".run.*")) and not (run / "training_state.safetensors").exists()

@@ -80,12 +80,18 @@ def fit(
 
     With `resume`, continue the interrupted training saved in run_dir (cfg must be its config). A
     run_dir that already holds a run is refused unless `overwrite`: then the new run is trained in
-    a temporary sibling folder that replaces the old run only once the new model is saved.
+    a temporary sibling folder that replaces the old run only once the new model is saved; if that
+    training is stopped after an epoch, the sibling is kept and `resume` finishes it there.
     """
     run_dir = Path(run_dir)
-    if not resume and distributed.world_from_env().main and check_new_run(run_dir, overwrite):
-        with replacing_folder(run_dir) as staging:
+    main = distributed.world_from_env().main
+    if not resume and main and check_new_run(run_dir, overwrite):
+        with replacing_folder(run_dir, keep=state.kept_if_resumable(run_dir)) as staging:
             return fit(cfg, data, staging, progress)
+    staged = state.resumable_folder(run_dir) if resume and main else run_dir
+    if staged != run_dir:  # an interrupted --overwrite: finish the new run where it was training, then swap
+        with replacing_folder(run_dir, adopt=staged, keep=state.kept_if_resumable(run_dir)) as staging:
+            return fit(cfg, data, staging, progress, resume=True)
     paths = training_images(data)
     color = resolve_color(cfg.data.color, paths)
     cfg = copy.deepcopy(cfg)

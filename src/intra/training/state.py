@@ -9,6 +9,7 @@ atomically after every epoch and deletes it once the model is saved.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 
 from ..checkpoint import FORMAT_VERSION, read_tensors, tensor_metadata, write_tensors
 from ..errors import IntraError
-from ..files import atomic_write
+from ..files import atomic_write, stale_stagings
 from .trainer import Trainer
 
 TRAINING_STATE = "training_state.safetensors"
@@ -100,6 +101,27 @@ def save(run_dir: str | Path, tensors: dict[str, torch.Tensor], state: dict[str,
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     metadata = {"format_version": str(FORMAT_VERSION), "state": json.dumps(state)}
     write_tensors(Path(run_dir) / TRAINING_STATE, tensors, metadata)
+
+
+def resumable_folder(run_dir: str | Path) -> Path:
+    """Where the interrupted training of RUN lies: RUN itself, or the hidden folder beside it in which an
+    `intra train --overwrite RUN` was training the run that was to replace it when it was stopped."""
+    run_dir = Path(run_dir)
+    if (run_dir / TRAINING_STATE).is_file():
+        return run_dir
+    staged = [folder for folder in stale_stagings(run_dir) if (folder / TRAINING_STATE).is_file()]
+    return staged[0] if staged else run_dir
+
+
+def kept_if_resumable(run_dir: Path) -> Callable[[Path], str | None]:
+    """For `files.replacing_folder(keep=...)`: an interrupted staging folder with a training state is kept."""
+
+    def keep(staging: Path) -> str | None:
+        if (staging / TRAINING_STATE).is_file():
+            return f"the interrupted training is kept beside {run_dir} ({staging.name}): intra train --resume {run_dir}"
+        return None
+
+    return keep
 
 
 def load(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
