@@ -60,7 +60,7 @@ class ModelConfig:
 class DataConfig:
     """How images are read."""
 
-    color: str = "auto"  # "auto" (gray if every training image is gray), "gray" or "rgb"
+    color: str = "auto"  # "auto" (gray if 50 training images spread over the set are all gray), "gray" or "rgb"
     # [choice] image geometry. "square" (the paper): every image resized to model.image_size squared.
     # "scale" (beyond the paper): every image keeps its aspect ratio and is resized by one factor,
     # `scale`, the same for all images, so that a texture keeps one scale in pixels; each side is
