@@ -20,11 +20,9 @@ import json
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from intra.config import scoring
 from intra.core import anomaly_map
-from intra.core.similarity import downscale, gaussian_filter, gms_map, mean_filter
 from intra.data.datasets import GOOD, test_samples
 from intra.data.geometry import Geometry
 from intra.data.images import load_image, load_mask
@@ -33,23 +31,15 @@ from intra.inference.calibration import statistics_of, statistics_subset, traini
 from intra.inference.detector import Detector
 
 DIFFERENCES = {
-    "gms": lambda x, r: 1 - gms_map(x, r).mean(dim=1, keepdim=True),
+    "gms": anomaly_map.gms_difference,
     "l1": lambda x, r: (x - r).abs().mean(dim=1, keepdim=True),
     "l2": lambda x, r: ((x - r) ** 2).mean(dim=1, keepdim=True),
 }
 
 
 def difference_map(x: torch.Tensor, r: torch.Tensor, score, kind: str) -> torch.Tensor:
-    """`core.anomaly_map.difference_map` with another per-pixel difference: (C, H, W) x 2 -> (H, W)."""
-    x, r = x[None], r[None]
-    h, w = x.shape[-2:]
-    total = 0
-    for scale, sizes in zip(score.scales, anomaly_map.filter_sizes(score)):
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        d = DIFFERENCES[kind](downscale(x, size), downscale(r, size))
-        d = gaussian_filter(mean_filter(d, sizes["mean_filter"]), sizes["gaussian_sigma"])
-        total = total + F.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)
-    return (total / len(score.scales))[0, 0]
+    """`core.anomaly_map.difference_map` with the per-pixel difference `kind`: (C, H, W) x 2 -> (H, W)."""
+    return anomaly_map.difference_map(x[None], r[None], score, DIFFERENCES[kind])[0]
 
 
 def reconstructed(detector: Detector, images: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -144,10 +144,10 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise IntraError(f"{path} is corrupted or not a safetensors file: {exc}") from None
 
 
-def run_hashes(run_dir: str | Path, meta: dict[str, Any] | None = None) -> dict[str, str]:
+def run_hashes(run_dir: str | Path) -> dict[str, str]:
     """{"weights_sha256", "config_sha256"} of a run, as model.json records them, or computed from its files
     for a run saved without them: what an export is stamped with and checked against."""
-    meta = read_metadata(run_dir) if meta is None else meta
+    meta = read_metadata(run_dir)
     return {
         "weights_sha256": meta.get("weights_sha256") or sha256(Path(run_dir) / WEIGHTS),
         "config_sha256": meta.get("config_sha256") or _config_hash(meta.get("config")) or "",

@@ -14,6 +14,7 @@ All functions are pure: tensors in, tensors out.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -35,14 +36,26 @@ def filter_sizes(cfg: ScoreConfig) -> list[dict[str, float]]:
     ]
 
 
-def difference_map(image: torch.Tensor, reconstruction: torch.Tensor, cfg: ScoreConfig) -> torch.Tensor:
-    """Multi-scale GMS difference map: (B, C, H, W) x 2 -> (B, H, W)."""
+def gms_difference(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """1 - GMS averaged over channels: (B, C, H, W) x 2 -> (B, 1, H, W)."""
+    return 1 - gms_map(x, y).mean(dim=1, keepdim=True)
+
+
+def difference_map(
+    image: torch.Tensor,
+    reconstruction: torch.Tensor,
+    cfg: ScoreConfig,
+    pixel_difference: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = gms_difference,
+) -> torch.Tensor:
+    """Multi-scale GMS difference map: (B, C, H, W) x 2 -> (B, H, W).
+
+    `pixel_difference` (B, C, h, w) x 2 -> (B, 1, h, w) is what is compared at each scale: the paper's
+    1 - GMS, or another for experiments (benchmarks/difference_kinds.py)."""
     h, w = image.shape[-2:]
     total = image.new_zeros(image.shape[0], 1, h, w)
     for scale, sizes in zip(cfg.scales, filter_sizes(cfg)):
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        x, y = downscale(image, size), downscale(reconstruction, size)
-        d = 1 - gms_map(x, y).mean(dim=1, keepdim=True)  # (B, 1, lH, lW)
+        d = pixel_difference(downscale(image, size), downscale(reconstruction, size))  # (B, 1, lH, lW)
         d = gaussian_filter(mean_filter(d, sizes["mean_filter"]), sizes["gaussian_sigma"])
         total = total + F.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)
     return (total / len(cfg.scales))[:, 0]
