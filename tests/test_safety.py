@@ -75,6 +75,20 @@ def test_a_full_disk_leaves_the_previous_file_intact(tmp_path):
     assert target.read_text() == "the previous, complete file" and os.listdir(tmp_path) == ["model.json"]
 
 
+def test_a_written_file_is_flushed_to_the_disk_before_it_takes_its_name(tmp_path, monkeypatch):
+    from intra.files import atomic_write
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or real_fsync(fd)
+    )
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(a))) or real_replace(a, b))
+    atomic_write(tmp_path / "model.json", lambda tmp: tmp.write_text("{}"))
+    assert [kind for kind, _ in events] == ["fsync", "replace"] and events[0][1] == events[1][1]
+    assert (tmp_path / "model.json").read_text() == "{}"
+
+
 def test_train_never_overwrites_a_run_implicitly(cli_run, mvtec_root, tmp_path):
     """Issue 13, case 3: --out on an existing run is refused naming --resume and --overwrite; with
     --overwrite the old run stays whole until the new model is complete (a killed or failed

@@ -37,9 +37,11 @@ def _umask() -> int:
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then rename tmp_path to path (same folder, so the rename is atomic).
+    """Call write(tmp_path), flush it to the disk, then rename tmp_path to path (same folder, so the
+    rename is atomic).
 
-    Any OS failure (no space, no permission) becomes an IntraError naming the file; the temporary
+    Without the flush a power cut soon after the rename can leave `path` empty on file systems that
+    write data later than names. Any OS failure (no space, no permission) becomes an IntraError naming the file; the temporary
     file is removed, and an existing file at `path` is left as it was.
     """
     path = Path(path)
@@ -51,6 +53,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        _flush_to_disk(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except (OSError, SafetensorError) as exc:  # a full disk, a read-only folder...
@@ -59,6 +62,15 @@ def atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _flush_to_disk(path: Path) -> None:
+    """fsync a written file, so that its data is on the disk before a rename gives it its name."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json(path: Path, data: Any) -> None:
