@@ -463,37 +463,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
-    import subprocess
-
-    from .tools.grid import finished_rows, read_grid, run_cells, write_tables
+    from .tools.grid import run_grid
 
     _positive("--jobs", args.jobs)
     if args.limit < 0:
         raise IntraError(f"--limit must not be negative, not {args.limit}")
-    cells = read_grid(args.grid)
-    command = f"intra benchmark --grid {args.grid} --out {args.out}"
-    again = [
-        sys.executable,
-        "-m",
-        "intra.cli",
-        "benchmark",
-        "--grid",
-        args.grid,
-        "--out",
-        args.out,
-        "--limit",
-        str(args.limit),
-    ]
-    helpers = [
-        subprocess.Popen(again, stdout=subprocess.DEVNULL) for _ in range(args.jobs - 1)
-    ]  # cells are shared out through file locks
-    failed = 0
-    for number, (cell, row, status) in enumerate(run_cells(cells, args.out, args.jobs == 1, args.limit), start=1):
-        failed += status == "failed"
+
+    def report(number: int, total: int, cell, row: dict, status: str) -> None:
         detail = row["error"] if status == "failed" else _summary(row)
-        print(f"[{number}/{len(cells)}] {cell.name}: {status}: {detail}", flush=True)
-    failed += sum(helper.wait() != 0 for helper in helpers)
-    paths = write_tables(finished_rows(cells, args.out), args.out, command)
+        print(f"[{number}/{total}] {cell.name}: {status}: {detail}", flush=True)
+
+    paths, failed = run_grid(args.grid, args.out, args.jobs, args.limit, report)
     print(f"results written to {paths['md']}, {paths['csv'].name} and {paths['json'].name}")
     if failed:
         raise IntraError(f"{failed} cell(s) or worker(s) failed; rerun the same command to retry them")

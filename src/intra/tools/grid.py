@@ -40,8 +40,10 @@ import json
 import logging
 import re
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +173,38 @@ def claimed(lock_path: Path) -> Iterator[bool]:
 
 def cell_path(out: Path, cell: Cell) -> Path:
     return out / "cells" / f"{cell.name}.json"
+
+
+def run_grid(
+    grid: str | Path,
+    out: str | Path,
+    jobs: int = 1,
+    limit: int = 0,
+    report: Callable[[int, int, Cell, dict, str], None] | None = None,
+) -> tuple[dict[str, Path], int]:
+    """Compute every unfinished cell of a grid file with `jobs` processes, then write the tables.
+
+    This process works through the cells itself while `jobs - 1` helper processes (the same grid,
+    one process each) take the cells it has not claimed: cells and runs are shared out through file
+    locks. `report(number, total, cell, row, status)` hears of every cell as this process meets it.
+    Returns the tables' paths (`write_tables`, over the finished cells) and how many cells or helper
+    processes failed (a rerun of the same grid retries them).
+    """
+    if jobs < 1:
+        raise IntraError(f"jobs must be at least 1, not {jobs}")
+    if limit < 0:
+        raise IntraError(f"limit must not be negative, not {limit}")
+    cells = read_grid(grid)
+    again = [sys.executable, "-m", "intra.cli", "benchmark", "--grid", str(grid), "--out", str(out)]
+    helpers = [subprocess.Popen([*again, "--limit", str(limit)], stdout=subprocess.DEVNULL) for _ in range(jobs - 1)]
+    failed = 0
+    for number, (cell, row, status) in enumerate(run_cells(cells, out, jobs == 1, limit), start=1):
+        failed += status == "failed"
+        if report:
+            report(number, len(cells), cell, row, status)
+    failed += sum(helper.wait() != 0 for helper in helpers)
+    paths = write_tables(finished_rows(cells, out), out, f"intra benchmark --grid {grid} --out {out}")
+    return paths, failed
 
 
 def run_cells(
