@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 import torch
 
@@ -32,36 +31,6 @@ from intra.inference.detector import Detector
 from intra.runtime import configure_threads
 
 
-def finer_lattice_plan(grid: tuple[int, int], window: int, spacing: int, extra: int) -> windows.Plan:
-    """`windows.lattice_plan` on a tiling of ceil(size / L) + extra windows per axis (corners spread
-    evenly; each patch read by the window whose centre is nearest)."""
-
-    def tiling(size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        count = min(math.ceil(size / window) + extra, size - window + 1)
-        if count == 1:
-            return torch.zeros(1, dtype=torch.long), torch.zeros(size, dtype=torch.long)
-        corners = torch.tensor([round(k * (size - window) / (count - 1)) for k in range(count)])
-        centres = corners.float() + (window - 1) / 2
-        return corners, (torch.arange(size).float()[:, None] - centres[None, :]).abs().argmin(dim=1)
-
-    m, n = grid
-    (row_corners, row_owner), (col_corners, col_owner) = tiling(m), tiling(n)
-    w_rows, w_cols, a, b = (
-        t.reshape(-1)
-        for t in torch.meshgrid(
-            torch.arange(len(row_corners)),
-            torch.arange(len(col_corners)),
-            torch.arange(spacing),
-            torch.arange(spacing),
-            indexing="ij",
-        )
-    )
-    tokens = windows.window_tokens(row_corners[w_rows], col_corners[w_cols], n, window)
-    covered = windows.lattice_masks(a, b, window, spacing)
-    owned = (row_owner[tokens // n] == w_rows[:, None]) & (col_owner[tokens % n] == w_cols[:, None])
-    return windows.Plan(grid, tokens, covered, covered & owned)
-
-
 def read_twice(extra: int) -> None:
     """Make every Detector of this process average its plan's reconstruction with the finer tiling's."""
     once = Detector.reconstruct
@@ -72,7 +41,7 @@ def read_twice(extra: int) -> None:
         listed = [x.to(self.device, torch.float32) for x in images]
         k, m = self.cfg.model.patch_size, self.cfg.model
         plans = [
-            finer_lattice_plan((x.shape[-2] // k, x.shape[-1] // k), m.window, self.cfg.score.cover_spacing, extra)
+            windows.lattice_plan((x.shape[-2] // k, x.shape[-1] // k), m.window, self.cfg.score.cover_spacing, extra)
             for x in listed
         ]
         plans = [plan.to(self.device) for plan in plans]

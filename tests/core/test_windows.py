@@ -8,6 +8,7 @@ from intra.core.windows import (
     inference_plan,
     inference_windows,
     lattice_masks,
+    lattice_plan,
     one_patch_plan,
     patchify,
     random_windows,
@@ -90,6 +91,16 @@ def test_lattice_plan_reads_every_patch_once(grid, window, spacing):
     cells = grid[0] * grid[1]
     assert torch.equal(torch.bincount(plan.tokens[plan.read], minlength=cells), torch.ones(cells, dtype=torch.long))
     assert plan.passes < cells or grid == (window, window)  # fewer passes than one per patch
+
+
+@pytest.mark.parametrize("grid, window", [((16, 16), 7), ((9, 30), 7), ((8, 8), 7)])
+def test_a_finer_tiling_still_reads_every_patch_once(grid, window):
+    plain, finer = lattice_plan(grid, window, 3), lattice_plan(grid, window, 3, extra_windows=1)
+    cells = grid[0] * grid[1]
+    assert torch.equal(torch.bincount(finer.tokens[finer.read], minlength=cells), torch.ones(cells, dtype=torch.long))
+    windows_per_axis = [min(-(-side // window) + 1, side - window + 1) for side in grid]  # capped: one per position
+    assert finer.passes == windows_per_axis[0] * windows_per_axis[1] * 9
+    assert finer.passes > plain.passes or grid == (8, 8)  # 8 patches hold only 2 windows of 7
 
 
 @pytest.mark.parametrize("grid", [(6, 9), (3, 3), (11, 4)])

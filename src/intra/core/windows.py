@@ -149,10 +149,11 @@ def random_lattice_masks(count: int, window: int, spacing: int, generator: torch
     return lattice_masks(phases[0], phases[1], window, spacing)
 
 
-def tiling_corners(size: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Along one axis of `size` patches: ceil(size / L) window corners spread evenly over 0..size-L,
-    and for every patch (size,) the window whose centre is nearest (the first on ties)."""
-    count = math.ceil(size / window)
+def tiling_corners(size: int, window: int, extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Along one axis of `size` patches: ceil(size / L) window corners (and `extra` more, up to one per
+    position) spread evenly over 0..size-L, and for every patch (size,) the window whose centre is
+    nearest (the first on ties)."""
+    count = min(math.ceil(size / window) + extra, size - window + 1)
     if count == 1:
         corners = torch.zeros(1, dtype=torch.long)
     else:
@@ -162,18 +163,19 @@ def tiling_corners(size: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
     return corners, owner
 
 
-def lattice_plan(grid: tuple[int, int], window: int, spacing: int) -> Plan:
+def lattice_plan(grid: tuple[int, int], window: int, spacing: int, extra_windows: int = 0) -> Plan:
     """Several patches per pass (beyond the paper; `score.cover_spacing` = s >= 2).
 
-    The grid is tiled with ceil(M / L) x ceil(N / L) windows; each window is read in s*s passes,
+    The grid is tiled with ceil(M / L) x ceil(N / L) windows (`extra_windows` more per axis give a
+    finer tiling, for benchmarks); each window is read in s*s passes,
     one per lattice phase, every pass covering the whole lattice of its phase (as in training)
     while only the covered patches the window *owns* (it is the window whose centre is nearest)
     are read. Passes per image: ceil(M / L) * ceil(N / L) * s^2 (81 for a 16 x 16 grid, L = 7,
     s = 3) instead of M * N.
     """
     m, n = grid
-    row_corners, row_owner = tiling_corners(m, window)
-    col_corners, col_owner = tiling_corners(n, window)
+    row_corners, row_owner = tiling_corners(m, window, extra_windows)
+    col_corners, col_owner = tiling_corners(n, window, extra_windows)
     w_rows, w_cols, a, b = (
         t.reshape(-1)
         for t in torch.meshgrid(
