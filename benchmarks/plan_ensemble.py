@@ -39,12 +39,11 @@ def read_twice(extra: int) -> None:
     def twice(self: Detector, images):
         first = once(self, images)
         listed = [x.to(self.device, torch.float32) for x in images]
-        k, m = self.cfg.model.patch_size, self.cfg.model
+        k, window, spacing = self.cfg.model.patch_size, self.cfg.model.window, self.cfg.score.cover_spacing
         plans = [
-            windows.lattice_plan((x.shape[-2] // k, x.shape[-1] // k), m.window, self.cfg.score.cover_spacing, extra)
+            windows.lattice_plan((x.shape[-2] // k, x.shape[-1] // k), window, spacing, extra).to(self.device)
             for x in listed
         ]
-        plans = [plan.to(self.device) for plan in plans]
         second = engine.reconstruct(self.backend, listed, plans, k, self.chunk_windows(), self.backend.compiled)
         if isinstance(first, torch.Tensor):
             return (first + torch.stack(second)) / 2

@@ -41,8 +41,8 @@ def atomic_write(path: Path, write) -> None:
     rename is atomic).
 
     Without the flush a power cut soon after the rename can leave `path` empty on file systems that
-    write data later than names. Any OS failure (no space, no permission) becomes an IntraError naming the file; the temporary
-    file is removed, and an existing file at `path` is left as it was.
+    write data later than names. Any OS failure (no space, no permission) becomes an IntraError
+    naming the file; the temporary file is removed, and an existing file at `path` is left as it was.
     """
     path = Path(path)
     try:
