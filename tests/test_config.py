@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from intra.cli import main
-from intra.config import apply_overrides, read_config_file, validate
+from intra.config import apply_overrides, read_config_file, reading_mismatch, validate
 from intra.errors import IntraError
 
 from conftest import tiny_config
@@ -24,6 +24,17 @@ def test_training_options_are_checked():
     with pytest.raises(IntraError, match=r"train.cover_spacing must be 0 or 2 to model.window \(3\)"):
         apply_overrides(tiny_config(head="covered"), {"train.cover_spacing": 4})
     apply_overrides(tiny_config(head="covered"), {"train.cover_spacing": 3})
+
+
+def test_reading_with_another_lattice_than_was_learned_is_named():
+    cfg = apply_overrides(tiny_config(head="covered"), {"train.cover_spacing": 2, "score.cover_spacing": 2})
+    assert reading_mismatch(cfg) == ""
+    cfg.score.cover_spacing = 3
+    assert "score.cover_spacing 3" in reading_mismatch(cfg) and "train.cover_spacing 2" in reading_mismatch(cfg)
+    cfg.score.cover_spacing = 0  # one patch per pass, from a network that learned a lattice
+    assert "score.cover_spacing 0" in reading_mismatch(cfg)
+    cfg.train.cover_spacing = 0  # trained on one covered patch per window: any reading is its own choice
+    assert reading_mismatch(cfg) == ""
 
 
 def test_every_number_is_finite_and_in_range_at_parse_time():

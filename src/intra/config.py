@@ -272,6 +272,23 @@ def with_score_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     return apply_overrides(copy.deepcopy(cfg), overrides)
 
 
+def reading_mismatch(cfg: Config) -> str:
+    """Why reading the network with score.cover_spacing may go wrong ('' when it reads as it learned).
+
+    A network trained on a lattice of covered patches (train.cover_spacing) learned that pattern of
+    inpaint tokens; read with another, it meets windows it never saw. On the synthetic objects a
+    network trained 2 apart and read 3 apart inpainted worse than the smooth fill (docs/benchmarks.md).
+    """
+    learned, read = cfg.train.cover_spacing, cfg.score.cover_spacing
+    if not learned or read == learned:
+        return ""
+    return (
+        f"score.cover_spacing {read} reads the network with another pattern of covered patches than the one "
+        f"it learned (train.cover_spacing {learned}): expect worse reconstructions; the metrics' inpainting "
+        "ratio tells"
+    )
+
+
 def _coerce(key: str, current: Any, value: Any) -> Any:
     """Convert value to the type of the field's current value (str from the CLI, lists from JSON/YAML).
 

@@ -12,7 +12,7 @@ from intra.inference.calibration import calibrate, rescore, statistics_subset, t
 from intra.inference.detector import Detector
 from intra.training.fit import fit
 
-from conftest import tiny_config
+from conftest import lively_model, tiny_config
 
 
 def test_rescoring_calibrates_again_like_a_fresh_calibration(tmp_path, mvtec_root):
@@ -42,6 +42,15 @@ def test_rescoring_calibrates_again_like_a_fresh_calibration(tmp_path, mvtec_roo
     torch.testing.assert_close(raw.predict(images)[0], detector.difference_maps(images))
     with pytest.raises(IntraError, match="model.dim"):
         rescore(detector, {"model.dim": 8}, None)
+
+
+def test_rescoring_with_another_lattice_than_was_learned_warns(caplog):
+    cfg = tiny_config(head="covered")
+    cfg.train.cover_spacing = cfg.score.cover_spacing = 2
+    detector = Detector(lively_model(cfg), cfg)
+    with caplog.at_level(logging.WARNING, logger="intra"), pytest.raises(IntraError, match="--data"):
+        rescore(detector, {"score.cover_spacing": "3"}, None)
+    assert "train.cover_spacing 2" in caplog.text
 
 
 def test_an_image_scoring_of_its_own_scores_images_and_leaves_the_maps(tmp_path, mvtec_root, caplog):

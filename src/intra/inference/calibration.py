@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import Config, ScoreConfig, with_score_overrides
+from ..config import Config, ScoreConfig, reading_mismatch, with_score_overrides
 from ..core import anomaly_map
 from ..data.datasets import training_images, validation_split
 from ..data.defects import paste_defects
@@ -240,6 +240,8 @@ def rescore(detector: Detector, overrides: dict[str, Any], data: str | Path | No
     setting and backend.
     """
     cfg = with_score_overrides(detector.cfg, overrides)
+    if reading_mismatch(cfg):
+        log.warning("%s", reading_mismatch(cfg))
     choose = overrides.get("score.choose") == "auto"
     changed = [name for name in vars(cfg.score) if getattr(cfg.score, name) != getattr(detector.cfg.score, name)]
     if not choose and all(name in RUNTIME_KEYS for name in changed):

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import check_new_run, save_checkpoint
-from ..config import Config, validate
+from ..config import Config, reading_mismatch, validate
 from ..core.model import InpaintingTransformer
 from ..data.datasets import training_images, validation_split
 from ..data.geometry import Geometry, resolve_fixed_size, resolve_kind, resolve_position, resolve_scale
@@ -103,6 +103,8 @@ def fit(
     cfg.data.height, cfg.data.width = resolve_fixed_size(cfg, sizes)
     cfg.model.position, cfg.model.position_table = resolve_position(cfg)
     validate(cfg)
+    if reading_mismatch(cfg):
+        log.warning("%s", reading_mismatch(cfg))
     configure_threads(cfg.train.threads)
     world, device = distributed.setup(resolve_device(cfg.train.device))
     torch.manual_seed(cfg.train.seed)
