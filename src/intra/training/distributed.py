@@ -9,9 +9,11 @@ nothing here runs and nothing of torch.distributed is initialised.
   (0: one per process). Shard j is drawn from its own generator, seeded from (seed, j); process r of
   W draws shards r*S/W ... (r+1)*S/W - 1. So the windows of a run depend on (seed, S), not on how
   many processes share them: one process with sample_shards = S draws exactly what S processes draw.
-- Gradients: each process's loss is the mean over its B/W windows and DDP averages the gradients,
-  which is the gradient of the mean loss over the global batch, as in one process (up to the
-  order of floating-point sums). The learning rate and batch size mean the same as in one process.
+- Gradients: each process's loss is the mean over its covered patches, weighted by its share of
+  the global batch's patches (`World.share`: with a lattice, processes hold different numbers), and
+  DDP averages the gradients: the gradient of the mean loss over the global batch, as in one
+  process (up to the order of floating-point sums). The learning rate and batch size mean the same
+  as in one process.
 - Validation: each process scores a slice of the fixed validation batches; sums are all-reduced,
   so every process sees the same validation loss and stops at the same epoch.
 - Time: with a budget (`train.max_minutes`) the elapsed time drives the lr schedule and the stop;
@@ -58,6 +60,20 @@ class World:
         tensor = torch.tensor(values, dtype=torch.float64, device=device)
         torch.distributed.all_reduce(tensor)
         return tensor.tolist()
+
+    def share(self, count: int, device: torch.device) -> torch.Tensor | float:
+        """This process's `count` of the global batch's items over their mean per process (1 for a single process).
+
+        A per-process mean loss times this is the process's sum over the global mean count, so DDP's
+        gradient average is the gradient of the mean over every item of the global batch even when
+        processes hold different numbers of items (covered patches of a lattice). A device tensor: no
+        host sync.
+        """
+        if not self.active:
+            return 1.0
+        total = torch.tensor([float(count)], device=device)
+        torch.distributed.all_reduce(total)
+        return count * self.size / total
 
     def max(self, value: float, device: torch.device) -> float:
         """The largest of the processes' values, on every process (the value itself for a single process)."""

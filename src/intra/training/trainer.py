@@ -105,7 +105,7 @@ class Trainer:
         pred = pred.float()  # the loss in fp32 also under bf16
         loss, parts = self.loss(pred, batch.target, t.alpha, t.beta)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * self.world.share(len(pred), self.device)).backward()
         if t.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
         self.optimizer.step()
