@@ -122,7 +122,7 @@ def run_bench(opts: BenchOptions) -> dict:
 
 def inference_throughput(detector: Detector, images: torch.Tensor, repeat: int) -> dict:
     """Batched `Detector.reconstruct` of `images`: rate, time per image, FLOP rate, peak memory."""
-    m, spacing = detector.cfg.model, detector.cfg.score.cover_spacing
+    m = detector.cfg.model
     plan = detector.plan((m.grid, m.grid))
     per_image = plan.passes
     reads = float(plan.read.sum()) / per_image  # patches each pass returns, on average
@@ -137,7 +137,7 @@ def inference_throughput(detector: Detector, images: torch.Tensor, repeat: int) 
     return {
         "batch_images": len(images),
         "windows_per_image": per_image,
-        "patches_per_window": spacing**2 if spacing else 1,  # the lattice's most covered patches
+        "patches_per_window": int(plan.covered.sum(dim=1).max()),  # the most patches a pass covers
         "covered_per_window": float(plan.covered.sum()) / per_image,
         "chunk_windows": detector.chunk_windows(),
         "warmup_s": warmup,
