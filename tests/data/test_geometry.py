@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from intra.config import Config, apply_overrides
+from intra.config import Config, apply_overrides, preset
 from intra.core.anomaly_map import border_bins, expand_statistic
-from intra.data.geometry import Geometry, resolve_kind, resolve_position, resolve_scale
+from intra.data.geometry import Geometry, resolve_cover_spacing, resolve_kind, resolve_position, resolve_scale
 from intra.errors import IntraError
 
 
@@ -57,6 +57,20 @@ def test_automatic_positions_are_global_for_objects_and_local_for_textures():
     assert resolve_position(cfg) == ("global", 16 * 16)
     cfg.train.rotation = "any"  # windows turned by any angle: no grid positions to follow
     assert resolve_position(cfg) == ("local", 0)
+
+
+def test_textures_take_their_own_lattice_in_training_and_scoring():
+    cfg = apply_overrides(preset("cpu"), {"score.cover_spacing": 3})  # objects may be read otherwise by hand
+    cfg.data.kind = "object"
+    assert resolve_cover_spacing(cfg) == (2, 3)
+    cfg.data.kind = "texture"
+    assert resolve_cover_spacing(cfg) == (3, 3)  # both: a network is read with the lattice it learned
+    cfg.train.texture_cover_spacing = 0  # no lattice of their own: as objects
+    assert resolve_cover_spacing(cfg) == (2, 3)
+    cfg.train.texture_cover_spacing, cfg.train.cover_spacing, cfg.score.cover_spacing = 3, 0, 0
+    assert resolve_cover_spacing(cfg) == (0, 0)  # one covered patch per window (the paper): no lattice to replace
+    with pytest.raises(IntraError, match="train.texture_cover_spacing must be 0 or 2 to model.window"):
+        apply_overrides(preset("cpu"), {"train.texture_cover_spacing": 8})
 
 
 def test_border_bins_make_statistics_position_free():

@@ -117,12 +117,15 @@ def test_images_of_several_sizes_train_score_and_evaluate_at_their_own_geometry(
     from intra.data.images import image_size, load_image
     from intra.evaluation.scoring import evaluate
 
-    cfg = tiny_config()
+    cfg = tiny_config(head="covered")
     cfg.model.image_size = 64
     cfg.data.resize = "scale"
+    cfg.train.cover_spacing = cfg.score.cover_spacing = 2
+    cfg.train.texture_cover_spacing = 3
     result = fit(cfg, mixed_root, tmp_path / "run")
     detector = result.detector
     assert detector.cfg.data.kind == "texture" and detector.cfg.data.scale > 0
+    assert detector.cfg.train.cover_spacing == detector.cfg.score.cover_spacing == 3  # the texture lattice
     depth = (cfg.model.window // 2 + 1) * cfg.model.patch_size
     assert detector.mean_map.shape == (depth + 1, depth + 1)  # statistics by distance to the border
     paths = sorted((mixed_root / "test" / "spot").iterdir())

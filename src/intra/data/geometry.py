@@ -98,3 +98,13 @@ def resolve_position(cfg: Config) -> tuple[str, int]:
             "(use model.position = local, or data.resize = square)"
         )
     return position, (d.height // m.patch_size) * (d.width // m.patch_size)
+
+
+def resolve_cover_spacing(cfg: Config) -> tuple[int, int]:
+    """(train.cover_spacing, score.cover_spacing) once data.kind is known: for textures trained on a lattice,
+    both become train.texture_cover_spacing (when set), so that the network is read with the lattice it learned."""
+    t, s = cfg.train, cfg.score
+    if cfg.data.kind != "texture" or not (t.texture_cover_spacing and t.cover_spacing):
+        return t.cover_spacing, s.cover_spacing
+    log.info("train.cover_spacing = score.cover_spacing = %d: the lattice for textures", t.texture_cover_spacing)
+    return t.texture_cover_spacing, t.texture_cover_spacing

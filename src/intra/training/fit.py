@@ -28,7 +28,14 @@ from ..checkpoint import check_new_run, save_checkpoint
 from ..config import Config, reading_mismatch, validate
 from ..core.model import InpaintingTransformer
 from ..data.datasets import training_images, validation_split
-from ..data.geometry import Geometry, resolve_fixed_size, resolve_kind, resolve_position, resolve_scale
+from ..data.geometry import (
+    Geometry,
+    resolve_cover_spacing,
+    resolve_fixed_size,
+    resolve_kind,
+    resolve_position,
+    resolve_scale,
+)
 from ..data.images import image_size, load_images, resolve_color, standardize
 from ..errors import IntraError
 from ..files import replacing_folder, write_json
@@ -102,6 +109,7 @@ def fit(
     cfg.data.kind = resolve_kind(cfg, sizes)
     cfg.data.height, cfg.data.width = resolve_fixed_size(cfg, sizes)
     cfg.model.position, cfg.model.position_table = resolve_position(cfg)
+    cfg.train.cover_spacing, cfg.score.cover_spacing = resolve_cover_spacing(cfg)
     validate(cfg)
     if reading_mismatch(cfg):
         log.warning("%s", reading_mismatch(cfg))
