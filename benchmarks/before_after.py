@@ -10,7 +10,8 @@ the best of the rounds is kept. Each version runs its own `cpu` preset, as `intr
 and random 128 px images:
 
 - inference: milliseconds per image of `Detector.reconstruct` (the network's share of `predict`);
-- training: windows per second of `Trainer.train_step` (sample, forward, loss, backward, step).
+- training: windows per second of `Trainer.train_step` (sample, forward, loss, backward, step), and
+  covered patches per second: the targets those windows hold, each version's own lattice.
 
 Prints a markdown table with the ratios, and one JSON line per measurement with --json.
 """
@@ -64,7 +65,10 @@ else:
     step = (lambda: trainer.train_step(1)) if "batch_number" in params else trainer.train_step
     steps = 30
     seconds = best(lambda: [step() for _ in range(steps)], 2)
-    print(json.dumps({"windows_per_s": steps * cfg.train.batch_size / seconds, "batch": cfg.train.batch_size}))
+    spacing = getattr(cfg.train, "cover_spacing", 0)  # each position is covered with probability 1/s
+    covered = (cfg.model.window / spacing) ** 2 if spacing else 1.0
+    rate = steps * cfg.train.batch_size / seconds
+    print(json.dumps({"windows_per_s": rate, "batch": cfg.train.batch_size, "covered_per_window": covered}))
 """
 
 
@@ -109,6 +113,12 @@ def main() -> None:
     print(
         f"| training, windows per s (batch {tr_old['batch']} / {tr_new['batch']}) | {old_w:.0f} | {new_w:.0f} "
         f"| {new_w / old_w:.2f}x |"
+    )
+    # What a training step teaches: the covered patches it predicts (each version's own lattice).
+    old_p, new_p = old_w * tr_old["covered_per_window"], new_w * tr_new["covered_per_window"]
+    print(
+        f"| training, covered patches per s ({tr_old['covered_per_window']:.2f} / {tr_new['covered_per_window']:.2f} "
+        f"per window) | {old_p:.0f} | {new_p:.0f} | {new_p / old_p:.2f}x |"
     )
 
 
