@@ -9,7 +9,8 @@ Prints, on random weights and random 128 px images (the `cpu` preset's network):
   zero-padded to v's width (what `core.model.attend` does);
 - where reconstruction time goes (torch profiler, self time by operator group);
 - ms per image of `Detector.reconstruct` by chunk size, with torch.compile, and with bf16;
-- training windows per second of `Trainer.train_step` by batch size, in fp32 and under bf16 autocast.
+- training windows per second of `Trainer.train_step` by batch size, in fp32, under bf16 autocast
+  and under torch.compile.
 
 Best of 3 repetitions after a warm-up; an experiment script for docs/benchmarks.md.
 """
@@ -79,15 +80,21 @@ def reconstruction_options(model: InpaintingTransformer, cfg, images: torch.Tens
 
 
 def training_batches() -> None:
-    for dtype, batch in [*(("fp32", b) for b in (32, 64, 128, 256)), ("bf16", 32), ("bf16", 256)]:
+    runs = [*(("fp32", b, False) for b in (32, 64, 128, 256)), ("bf16", 32, False), ("bf16", 256, False)]
+    for dtype, batch, compiled in [*runs, ("fp32", 32, True), ("fp32", 64, True)]:
         cfg = preset("cpu")
         cfg.model.channels, cfg.train.batch_size, cfg.train.dtype = 3, batch, dtype
+        cfg.train.compile = compiled
         torch.manual_seed(0)
         images = torch.rand(16, 3, 128, 128)
         trainer = Trainer(InpaintingTransformer(cfg.model), images, images[:2], cfg, torch.Generator().manual_seed(0))
         steps = max(6, 2048 // batch)
+        if compiled:  # compile (and recompile for the lattice's varying covered counts) before timing
+            for _ in range(steps):
+                trainer.train_step()
         ms = best_ms(lambda t=trainer, n=steps: [t.train_step() for _ in range(n)], 2)
-        print(f"training, batch {batch}, {dtype}: {steps * batch / ms * 1000:.0f} windows/s")
+        label = f"{dtype}, compiled" if compiled else dtype
+        print(f"training, batch {batch}, {label}: {steps * batch / ms * 1000:.0f} windows/s")
 
 
 def main() -> None:
