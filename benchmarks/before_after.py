@@ -65,6 +65,7 @@ else:
     step = (lambda: trainer.train_step(1)) if "batch_number" in params else trainer.train_step
     steps = 30
     seconds = best(lambda: [step() for _ in range(steps)], 2)
+    # tools.speed.covered_per_window's formula, written out: the old code has no such function.
     spacing = getattr(cfg.train, "cover_spacing", 0)  # each position is covered with probability 1/s
     covered = (cfg.model.window / spacing) ** 2 if spacing else 1.0
     rate = steps * cfg.train.batch_size / seconds
