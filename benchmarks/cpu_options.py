@@ -5,8 +5,9 @@
 Prints, on random weights and random 128 px images (the `cpu` preset's network):
 
 - attention over one chunk's windows (533 windows of 49 tokens, 4 heads): the fused kernel with
-  MFSA's unequal q/k and v widths (what PyTorch falls back from), the manual softmax path, and q/k
-  zero-padded to v's width (what `core.model.attend` does);
+  MFSA's unequal q/k and v widths (what PyTorch falls back from), explicit products over the whole
+  chunk, the fused kernel with q/k zero-padded to v's width (`attend`'s "sdpa"), and explicit
+  products in cache-sized slices of windows (`attend`'s "matmul", its choice on a CPU);
 - where reconstruction time goes (torch profiler, self time by operator group);
 - ms per image of `Detector.reconstruct` by chunk size, with torch.compile, and with bf16;
 - training windows per second of `Trainer.train_step` by batch size, in fp32, under bf16 autocast
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch.profiler import profile
 
 from intra.config import preset
-from intra.core.model import InpaintingTransformer
+from intra.core.model import CPU_SLICE_WINDOWS, InpaintingTransformer, attend
 from intra.inference.detector import Detector
 from intra.training.trainer import Trainer
 
@@ -41,11 +42,18 @@ def best_ms(fn, repeat: int = 3) -> float:
 
 
 def attention_kernels() -> None:
-    q, k, v = torch.rand(533, 4, 49, 8), torch.rand(533, 4, 49, 8), torch.rand(533, 4, 49, 16)
-    unequal = best_ms(lambda: F.scaled_dot_product_attention(q, k, v))
-    manual = best_ms(lambda: ((q @ k.transpose(-2, -1)) * 8**-0.5).softmax(-1) @ v)
-    padded = best_ms(lambda: F.scaled_dot_product_attention(F.pad(q, (0, 8)), F.pad(k, (0, 8)), v, scale=8**-0.5))
-    print(f"attention, 533 windows: unequal widths {unequal:.1f} ms, manual {manual:.1f} ms, padded {padded:.1f} ms")
+    """The cpu preset's attention over one chunk, as the blocks call it: (533, 49, 32) q and k, (533, 49, 64) v."""
+    q, k, v = torch.rand(533, 49, 32), torch.rand(533, 49, 32), torch.rand(533, 49, 64)
+    heads = [t.unflatten(-1, (4, -1)).transpose(1, 2) for t in (q, k, v)]
+    unequal = best_ms(lambda: F.scaled_dot_product_attention(*heads))
+    whole = best_ms(lambda: ((heads[0] @ heads[1].transpose(-2, -1)) * 8**-0.5).softmax(-1) @ heads[2])
+    padded = best_ms(lambda: attend(q, k, v, 4, kernel="sdpa"))
+    sliced = best_ms(lambda: attend(q, k, v, 4, kernel="matmul"))
+    print(
+        f"attention, 533 windows: sdpa with unequal widths {unequal:.1f} ms, explicit products over the whole chunk"
+        f" {whole:.1f} ms, sdpa with q, k padded {padded:.1f} ms, explicit products in slices of"
+        f" {CPU_SLICE_WINDOWS} windows {sliced:.1f} ms"
+    )
 
 
 def reconstruction_profile(model: InpaintingTransformer, cfg, images: torch.Tensor) -> None:
@@ -56,7 +64,7 @@ def reconstruction_profile(model: InpaintingTransformer, cfg, images: torch.Tens
     times = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
     total = sum(times.values())
     linear = sum(t for name, t in times.items() if "linear" in name or name in ("aten::addmm", "aten::mm"))
-    attention = sum(t for name, t in times.items() if "attention" in name or "softmax" in name)
+    attention = sum(t for name, t in times.items() if any(op in name for op in ("attention", "softmax", "bmm")))
     print(
         f"reconstruction profile: linear layers {100 * linear / total:.0f} %, attention {100 * attention / total:.0f} %,"
         f" the rest {100 * (total - linear - attention) / total:.0f} %"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from intra.config import ModelConfig
-from intra.core.model import Attention, InpaintingTransformer, skip_pairs
+from intra.core.model import CPU_SLICE_WINDOWS, Attention, InpaintingTransformer, attend, skip_pairs
 from intra.data.sampling import WindowSampler
 from intra.export import WindowGraph
 
@@ -105,21 +105,46 @@ def test_global_position_table_is_grid_sized():
     assert model.pos_embed.shape == (64, 32)  # M*N = 8*8 entries, not (M*N)^2
 
 
-def test_fused_and_manual_attention_agree():
+@pytest.mark.parametrize("windows", [5, CPU_SLICE_WINDOWS + 7])  # one slice, and several with a short last one
+def test_the_attention_kernels_agree(windows):
+    """The fused kernel (MFSA's q/k padded to v's width) and the sliced explicit products compute one function."""
+    q, k, v = torch.randn(windows, 9, 16), torch.randn(windows, 9, 16), torch.randn(windows, 9, 32)
+    with torch.no_grad():
+        fused = attend(q, k, v, heads=4, kernel="sdpa")
+        sliced = attend(q, k, v, heads=4, kernel="matmul")
+    reference = torch.stack([attention_by_loops(q[i], k[i], v[i], heads=4) for i in range(windows)])
+    torch.testing.assert_close(sliced, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused, reference, atol=1e-5, rtol=1e-5)
+
+
+def attention_by_loops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """One window's multi-head attention, head by head and query by query: (T, Dqk), (T, Dqk), (T, D) -> (T, D)."""
+    out = []
+    for query in range(len(q)):
+        row = []
+        for qh, kh, vh in zip(q[query].chunk(heads), k.chunk(heads, dim=1), v.chunk(heads, dim=1)):
+            weights = torch.softmax(kh @ qh / len(qh) ** 0.5, dim=0)  # (T,)
+            row.append(weights @ vh)
+        out.append(torch.cat(row))
+    return torch.stack(out)
+
+
+def test_the_attention_kernels_agree_in_the_network():
     model = make().eval()
     batch = window_batch(model)
     with torch.no_grad():
+        model.set_attention_kernel("sdpa")
         fused = model(*batch)
-        model.set_fused_attention(False)
-        manual = model(*batch)
-    torch.testing.assert_close(fused, manual, atol=1e-5, rtol=1e-5)
+        model.set_attention_kernel("matmul")
+        sliced = model(*batch)
+    torch.testing.assert_close(fused, sliced, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("attention, fused", [("mfsa", True), ("mfsa", False), ("msa", True)])
-def test_selected_outputs_of_the_last_block_equal_the_whole_blocks(attention, fused):
+@pytest.mark.parametrize("attention, kernel", [("mfsa", "sdpa"), ("mfsa", "matmul"), ("msa", "sdpa")])
+def test_selected_outputs_of_the_last_block_equal_the_whole_blocks(attention, kernel):
     """Pruning the last block to the read tokens is exact, also when rows select different counts."""
     model = make(depth=4, attention=attention).eval()
-    model.set_fused_attention(fused)
+    model.set_attention_kernel(kernel)
     x = torch.randn(5, 9, 32)
     select = torch.rand(5, 9) < 0.4
     select[0] = False  # a row that reads nothing

@@ -30,7 +30,7 @@ def test_flop_formula_matches_the_flop_counter(overrides, per_window):
         **{**dict(image_size=48, channels=3, patch_size=8, window=3, dim=64, depth=3, heads=4), **overrides}
     )
     model = InpaintingTransformer(cfg)
-    model.set_fused_attention(False)  # explicit matmuls: the counter does not see every fused kernel
+    model.set_attention_kernel("matmul")  # explicit matmuls: the counter does not see every fused kernel
     patches = torch.rand(5, 9, cfg.patch_dim)
     covered = torch.rand(5, 9).argsort(dim=1) < per_window  # `per_window` covered patches in each window
     with FlopCounterMode(display=False) as forward:

@@ -52,40 +52,57 @@ class Attention(nn.Module):
             self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
-        self.fused = True  # F.scaled_dot_product_attention; the manual path is kept for tests
+        self.kernel = "auto"  # see `attend`
 
     def forward(self, x: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, D) -> (B, T, D); with `queries` (B, R, D), only those rows attend: -> (B, R, D)."""
         q = self.q(x if queries is None else queries)
-        return self.proj(attend(q, self.k(x), self.v(x), self.heads, self.fused))
+        return self.proj(attend(q, self.k(x), self.v(x), self.heads, self.kernel))
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, fused: bool = True) -> torch.Tensor:
+# Windows whose attention weights are computed together on a CPU: 32 windows x 4 heads x 49 x 49
+# weights are 1.2 MB, so the scores, the softmax and the weighted sum stay in the core's cache.
+CPU_SLICE_WINDOWS = 32
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, kernel: str = "auto") -> torch.Tensor:
     """Multi-head attention of projected queries (B, R, Dqk), keys (B, T, Dqk) and values (B, T, D) -> (B, R, D).
 
-    Logits are scaled by 1/sqrt(Dqk/h). `fused` uses F.scaled_dot_product_attention; the manual
-    path is kept for tests.
+    Logits are scaled by 1/sqrt(Dqk/h). kernel: "sdpa" = F.scaled_dot_product_attention (fused,
+    flash); "matmul" = explicit products and softmax, CPU_SLICE_WINDOWS windows at a time; "auto" =
+    matmul on a CPU, sdpa elsewhere. On a CPU the flash kernel runs its tiny 49 x 49 tiles far below
+    the machine's rate and needs MFSA's narrower q/k padded to v's width; the sliced products are
+    about twice as fast there (docs/benchmarks.md, "Attention in cache-sized slices").
     """
+    if kernel == "auto":
+        kernel = "matmul" if q.device.type == "cpu" else "sdpa"
     b, r, _ = q.shape
     t = k.shape[1]
+    scale = (q.shape[-1] // heads) ** -0.5
     q = q.reshape(b, r, heads, -1).transpose(1, 2)  # (B, h, R, Dqk/h)
     k = k.reshape(b, t, heads, -1).transpose(1, 2)  # (B, h, T, Dqk/h)
     v = v.reshape(b, t, heads, -1).transpose(1, 2)  # (B, h, T, D/h)
-    if fused:
+    if kernel == "sdpa":
         pad = v.shape[-1] - q.shape[-1]
-        if pad > 0:
-            # MFSA's q/k heads are half v's width; the fused (flash) kernels need one width. Zeros
-            # appended to q and k leave every q.k unchanged, and the scale stays the true width's:
-            # about 4x faster than the fallback on a CPU (benchmarks/cpu_options.py).
-            scale = q.shape[-1] ** -0.5
-            q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
-            y = F.scaled_dot_product_attention(q, k, v, scale=scale)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v)
+        # MFSA's q/k heads are half v's width; the fused kernels need one width. Zeros appended
+        # to q and k leave every q.k unchanged, and the scale stays the true width's.
+        q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
+        y = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    elif kernel != "matmul":
+        raise ValueError(f"unknown attention kernel {kernel!r}: auto, sdpa or matmul")
+    elif b <= CPU_SLICE_WINDOWS or torch.compiler.is_compiling():  # one slice; traced graphs keep B dynamic
+        y = _weighted_values(q, k, v, scale)
     else:
-        weights = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, h, R, T)
-        y = weights.softmax(dim=-1) @ v
+        step = CPU_SLICE_WINDOWS
+        y = torch.cat(
+            [_weighted_values(q[i : i + step], k[i : i + step], v[i : i + step], scale) for i in range(0, b, step)]
+        )
     return y.transpose(1, 2).reshape(b, r, -1)  # (B, R, D)
+
+
+def _weighted_values(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) v over the last two dimensions."""
+    return torch.matmul(torch.matmul(q, k.transpose(-2, -1)).mul_(scale).softmax(dim=-1), v)
 
 
 class Block(nn.Module):
@@ -289,6 +306,7 @@ class InpaintingTransformer(nn.Module):
         x = self.encode(self.embed_patches(patches), covered, positions, select=covered)
         return self.decode(x, covered, self.base_pixels(patches, covered))
 
-    def set_fused_attention(self, fused: bool) -> None:
+    def set_attention_kernel(self, kernel: str) -> None:
+        """ "auto", "sdpa" or "matmul" (see `attend`), for every block."""
         for block in self.blocks:
-            block.attn.fused = fused
+            block.attn.kernel = kernel
