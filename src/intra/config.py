@@ -134,7 +134,7 @@ class ScoreConfig:
     normalize: bool = True  # subtract the training mean difference map, then square
     # [choice] "off": score as configured here; "auto" (beyond the paper): after training, keep the
     # named scorings (SCORINGS, below) that best find defects pasted into the validation images: one
-    # for the anomaly map, one for the image score (inference/choice.py).
+    # for the anomaly map (from MAP_SCORINGS), one for the image score (inference/choice.py).
     choose: str = "off"
     zscore: bool = False  # beyond the paper: divide by the training per-pixel std instead of squaring
     # Beyond the paper: "" = the image score is the maximum of the anomaly map (the paper); a name of
@@ -228,6 +228,14 @@ SCORINGS: dict[str, dict[str, Any]] = {
         "-raw": {"normalize": False, "zscore": False},
     }.items()
 }
+
+
+# The scorings the anomaly map is chosen from (score.choose = auto): the raw ones. Subtracting the
+# training mean map weakens defects where normal images already reconstruct worse (edges, borders,
+# a part's outline): missing or misplaced parts, breaks and frays lie there, defects pasted at random
+# places seldom do, so on pasted defects the normalised maps win and on real ones they outline worse
+# (docs/benchmarks.md, "Raw anomaly maps"). The image score is chosen from all of SCORINGS.
+MAP_SCORINGS: tuple[str, ...] = tuple(name for name, settings in SCORINGS.items() if not settings["normalize"])
 
 
 def scoring(score: ScoreConfig, name: str) -> ScoreConfig:

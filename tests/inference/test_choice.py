@@ -2,7 +2,8 @@
 
 import torch
 
-from intra.config import SCORINGS
+from intra.config import MAP_SCORINGS, SCORINGS, Config
+from intra.inference import choice
 from intra.data.defects import KINDS, paste_defects
 from intra.training.fit import fit
 
@@ -23,6 +24,26 @@ def test_pasted_defects_change_their_mask_and_nothing_else():
     assert all(torch.equal(a, b) for a, b in zip(defective, again))  # seeded
 
 
+def test_the_map_is_chosen_among_the_raw_scorings_and_the_image_score_among_all(monkeypatch):
+    """A normalised scoring that wins on the pasted defects may score images, but not draw the map."""
+    assert set(MAP_SCORINGS) == {"paper-raw", "middle-raw", "fine-raw"}
+    assert all(not SCORINGS[name]["normalize"] for name in MAP_SCORINGS)
+    results = iter(range(len(SCORINGS)))  # each scoring's rank: the last listed (fine-raw) best, then fine-z
+
+    def ranked(normal, defective, masks):
+        rank = next(results)
+        return {"map": 1.0 if rank == 1 else rank / 100, "image": rank / 100}  # paper-z best at the map
+
+    monkeypatch.setattr(choice, "synthetic_metrics", ranked)
+    monkeypatch.setattr(choice, "_differences", lambda cfg, pairs: [])
+    names = list(SCORINGS)
+    assert names[1] == "paper-z"
+    best_map, best_image, report = choice.choose(Config(), lambda cfg, diffs: (None, None), [], [], [], [])
+    assert set(report) == set(SCORINGS) and report["paper-z"]["map"] == 1.0
+    assert best_map == max(MAP_SCORINGS, key=names.index) == "fine-raw"  # the best raw one, not paper-z
+    assert best_image == names[-1]
+
+
 def test_fit_chooses_a_scoring_for_the_map_and_one_for_the_image_score_and_saves_them(tmp_path, mvtec_root):
     from intra.inference.detector import Detector
 
@@ -33,7 +54,8 @@ def test_fit_chooses_a_scoring_for_the_map_and_one_for_the_image_score_and_saves
     choice = detector.stats["scoring_choice"]
     candidates = choice["candidates"]
     assert set(candidates) == set(SCORINGS) and {"paper-raw", "fine-z"} <= set(SCORINGS)
-    assert candidates[choice["chosen"]]["map"] == max(c["map"] for c in candidates.values())
+    assert choice["chosen"] in MAP_SCORINGS
+    assert candidates[choice["chosen"]]["map"] == max(candidates[name]["map"] for name in MAP_SCORINGS)
     assert candidates[choice["image_chosen"]]["image"] == max(c["image"] for c in candidates.values())
     for result in candidates.values():
         assert result["map"] == (result["pixel_auroc"] + result["aupro"]) / 2

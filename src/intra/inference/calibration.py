@@ -142,7 +142,7 @@ def difference_statistics(
     return [moment.result() for moment in moments]
 
 
-def _pairs(detector: Detector, images: Images, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def reconstruction_pairs(detector: Detector, images: Images, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(image as the network saw it, reconstruction) for every image, reconstructed `size` at a time."""
     pairs = []
     for batch in batches(images, size):
@@ -155,11 +155,11 @@ def choose_scoring(detector: Detector, train_images: Images, val_images: Images,
     """The candidate scoring that finds defects pasted into the validation images best (see `choice`)."""
     cfg = detector.cfg
     generator = torch.Generator().manual_seed(cfg.train.seed + 2)
-    normal = _pairs(detector, val_images, size)
+    normal = reconstruction_pairs(detector, val_images, size)
     defective, masks = paste_defects([x for x, _ in normal], generator)
     map_name, image_name, report = choice.choose(
-        cfg, statistics_of, _pairs(detector, statistics_subset(train_images, cfg), size), normal,
-        _pairs(detector, defective, size), masks,
+        cfg, statistics_of, reconstruction_pairs(detector, statistics_subset(train_images, cfg), size), normal,
+        reconstruction_pairs(detector, defective, size), masks,
     )  # fmt: skip
     log.info("scoring chosen on synthetic defects: map %s (%s)", map_name, report[map_name])
     log.info("scoring chosen on synthetic defects: image score %s (%s)", image_name, report[image_name])

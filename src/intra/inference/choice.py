@@ -11,9 +11,10 @@ and one for the image score (`score.image_scoring`).
 Test labels are never used to choose. Instead, after training, defects are pasted into the held-out
 normal images (`data.defects`: patches from elsewhere, scratches, low-contrast stains, washed-out
 regions, each with an exact mask), every named scoring (`config.SCORINGS`) is calibrated on the same
-training reconstructions, and the map keeps the scoring with the best mean of pixel AUROC and AUPRO
-on those synthetic defects, the image score the one with the best image AUROC. The network's
-reconstructions are computed once: scorings differ only in the pure map functions.
+training reconstructions, and the map keeps the raw scoring (`config.MAP_SCORINGS`: no training mean
+map subtracted, see there why) with the best mean of pixel AUROC and AUPRO on those synthetic
+defects, the image score the scoring with the best image AUROC. The network's reconstructions are
+computed once: scorings differ only in the pure map functions.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import logging
 import numpy as np
 import torch
 
-from ..config import SCORINGS, Config, scoring
+from ..config import MAP_SCORINGS, SCORINGS, Config, scoring
 from ..core import anomaly_map
 from ..evaluation import metrics
 
@@ -66,8 +67,8 @@ def choose(
     defect_pairs: list[tuple[torch.Tensor, torch.Tensor]],
     masks: list[torch.Tensor],
 ) -> tuple[str, str, dict[str, dict]]:
-    """The best scoring for the map and the best for the image score on the synthetic defects, and every
-    scoring's metrics.
+    """The best scoring of MAP_SCORINGS for the map and the best of SCORINGS for the image score on the
+    synthetic defects, and every scoring's metrics.
 
     Pairs are (image (C, H, W), reconstruction (C, H, W)); `statistics(cfg, diffs)` returns the
     (mean, std) statistics of training difference maps (see `calibration.statistics_of`).
@@ -81,7 +82,7 @@ def choose(
         report[name] = synthetic_metrics(normal, defects, masks)
         log.info("scoring %s on synthetic defects: %s", name, report[name])
     # The first listed wins ties: the paper's scoring before the others.
-    best_map = max(report, key=lambda name: report[name]["map"])
+    best_map = max(MAP_SCORINGS, key=lambda name: report[name]["map"])
     best_image = max(report, key=lambda name: report[name]["image"])
     return best_map, best_image, report
 
