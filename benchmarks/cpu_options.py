@@ -8,6 +8,7 @@ Prints, on random weights and random 128 px images (the `cpu` preset's network):
   MFSA's unequal q/k and v widths (what PyTorch falls back from), explicit products over the whole
   chunk, the fused kernel with q/k zero-padded to v's width (`attend`'s "sdpa"), and explicit
   products in cache-sized slices of windows (`attend`'s "matmul", its choice on a CPU);
+- the preset's linear layer shapes through oneDNN, with and without a fused GELU (GFLOP/s);
 - where reconstruction time goes (torch profiler, self time by operator group);
 - ms per image of `Detector.reconstruct` by chunk size, with torch.compile, and with bf16;
 - training windows per second of `Trainer.train_step` by batch size, in fp32, under bf16 autocast
@@ -54,6 +55,24 @@ def attention_kernels() -> None:
         f" {whole:.1f} ms, sdpa with q, k padded {padded:.1f} ms, explicit products in slices of"
         f" {CPU_SLICE_WINDOWS} windows {sliced:.1f} ms"
     )
+
+
+def linear_layers() -> None:
+    """The cpu preset's linear layers through oneDNN on a chunk of 128 windows (6272 rows), with and without
+    the fused exact GELU that q, k and the feed-forward's first layer carry: GFLOP/s by shape."""
+    rows = 128 * 49
+    for inputs, outputs in ((64, 128), (64, 256), (128, 32), (64, 64), (256, 64)):
+        x, weight = torch.rand(rows, inputs), torch.rand(outputs, inputs)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+        rates = []
+        for act, algorithm in (("none", ""), ("gelu", "none")):
+
+            def linear(x=x, packed=packed, act=act, algorithm=algorithm):
+                return torch.ops.mkldnn._linear_pointwise(x, packed, None, act, [], algorithm)
+
+            ms = best_ms(linear, repeat=10)
+            rates.append(f"{2 * rows * inputs * outputs / ms / 1e6:.0f}")
+        print(f"linear {inputs} -> {outputs}, 128 windows: {rates[0]} GFLOP/s, with the fused GELU {rates[1]} GFLOP/s")
 
 
 def reconstruction_profile(model: InpaintingTransformer, cfg, images: torch.Tensor) -> None:
@@ -116,6 +135,7 @@ def main() -> None:
     model = InpaintingTransformer(cfg.model).eval()
     images = torch.rand(8, 3, 128, 128)
     attention_kernels()
+    linear_layers()
     reconstruction_profile(model, cfg, images)
     reconstruction_options(model, cfg, images)
     training_batches()

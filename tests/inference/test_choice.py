@@ -3,8 +3,8 @@
 import torch
 
 from intra.config import MAP_SCORINGS, SCORINGS, Config
-from intra.inference import choice
 from intra.data.defects import KINDS, paste_defects
+from intra.inference import choice
 from intra.training.fit import fit
 
 from conftest import tiny_config
