@@ -1,5 +1,7 @@
 """Choosing the scoring on synthetic defects pasted into normal images (score.choose = auto)."""
 
+import numpy as np
+import pytest
 import torch
 
 from intra.config import MAP_SCORINGS, SCORINGS, Config
@@ -32,7 +34,8 @@ def test_the_map_is_chosen_among_the_raw_scorings_and_the_image_score_among_all(
 
     def ranked(normal, defective, masks):
         rank = next(results)
-        return {"map": 1.0 if rank == 1 else rank / 100, "image": rank / 100}  # paper-z best at the map
+        # paper-z best at the map
+        return {"map": 1.0 if rank == 1 else rank / 100, "image": rank / 100, "image_margin": 0.0}
 
     monkeypatch.setattr(choice, "synthetic_metrics", ranked)
     monkeypatch.setattr(choice, "_differences", lambda cfg, pairs: [])
@@ -42,6 +45,33 @@ def test_the_map_is_chosen_among_the_raw_scorings_and_the_image_score_among_all(
     assert set(report) == set(SCORINGS) and report["paper-z"]["map"] == 1.0
     assert best_map == max(MAP_SCORINGS, key=names.index) == "fine-raw"  # the best raw one, not paper-z
     assert best_image == names[-1]
+
+
+def test_tied_image_aurocs_go_to_the_wider_margin(monkeypatch):
+    """Every pasted defect found by several scorings (image AUROC 1.0): the one that clears the normal images most wins."""
+    margins = iter([0.5, 3.0, 1.0, 2.0, 4.0, 0.0, 9.0, 8.0, 7.0])  # in SCORINGS order
+    names = list(SCORINGS)
+
+    def tied(normal, defective, masks):
+        margin = next(margins)
+        perfect = margin in (3.0, 2.0, 4.0)  # paper-z, middle, middle-z find every pasted defect
+        return {"map": 0.5, "image": 1.0 if perfect else 0.9, "image_margin": margin}
+
+    monkeypatch.setattr(choice, "synthetic_metrics", tied)
+    monkeypatch.setattr(choice, "_differences", lambda cfg, pairs: [])
+    _, best_image, _ = choice.choose(Config(), lambda cfg, diffs: (None, None), [], [], [], [])
+    assert best_image == "middle-z" == names[4]  # not fine (margin 9.0, image AUROC 0.9)
+
+
+def test_the_image_margin_is_the_median_defect_over_the_highest_normal_in_normal_stds():
+    normal, defective = np.array([1.0, 2.0, 3.0]), np.array([2.5, 7.0, 100.0])
+    assert choice.image_margin(normal, defective) == pytest.approx((7.0 - 3.0) / np.std(normal))
+    metrics = choice.synthetic_metrics(
+        [torch.full((4, 4), v) for v in normal],
+        [torch.full((4, 4), v) for v in defective],
+        [torch.ones(4, 4, dtype=torch.bool)] * 3,
+    )
+    assert metrics["image_margin"] == pytest.approx((7.0 - 3.0) / np.std(normal))
 
 
 def test_fit_chooses_a_scoring_for_the_map_and_one_for_the_image_score_and_saves_them(tmp_path, mvtec_root):
@@ -57,6 +87,8 @@ def test_fit_chooses_a_scoring_for_the_map_and_one_for_the_image_score_and_saves
     assert choice["chosen"] in MAP_SCORINGS
     assert candidates[choice["chosen"]]["map"] == max(candidates[name]["map"] for name in MAP_SCORINGS)
     assert candidates[choice["image_chosen"]]["image"] == max(c["image"] for c in candidates.values())
+    tied = [c["image_margin"] for c in candidates.values() if c["image"] == candidates[choice["image_chosen"]]["image"]]
+    assert candidates[choice["image_chosen"]]["image_margin"] == max(tied)
     for result in candidates.values():
         assert result["map"] == (result["pixel_auroc"] + result["aupro"]) / 2
     loaded = Detector.load(tmp_path / "run", device="cpu")
