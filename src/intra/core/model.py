@@ -307,6 +307,6 @@ class InpaintingTransformer(nn.Module):
         return self.decode(x, covered, self.base_pixels(patches, covered))
 
     def set_attention_kernel(self, kernel: str) -> None:
-        """ "auto", "sdpa" or "matmul" (see `attend`), for every block."""
+        """Run every block's attention with `kernel`: "auto", "sdpa" or "matmul" (see `attend`)."""
         for block in self.blocks:
             block.attn.kernel = kernel
