@@ -206,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", required=True, help="folder for the dataset, the run and the evaluation")
     demo.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     demo.add_argument("--seed", type=int, default=0, help="seed for the data and the training (default: 0)")
+    demo.add_argument("--minutes", type=float, default=None, help="training budget in minutes (default: 2.5)")
 
     bench = commands.add_parser(
         "bench",
@@ -452,10 +453,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from .tools.demo import run_demo
+    from .tools.demo import DEMO_MINUTES, run_demo
 
+    _positive("--minutes", args.minutes)
+    minutes = DEMO_MINUTES if args.minutes is None else args.minutes
     start = time.perf_counter()
-    m = run_demo(args.out, threads=args.threads, seed=args.seed, progress=True)
+    m = run_demo(args.out, threads=args.threads, seed=args.seed, progress=True, minutes=minutes)
     print(_summary(m))
     print(
         f"demo finished in {time.perf_counter() - start:.0f}s; metrics in {Path(args.out) / 'evaluation' / 'metrics.json'}"
