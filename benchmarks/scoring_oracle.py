@@ -20,7 +20,6 @@ import torch
 
 from intra.config import MAP_SCORINGS
 from intra.data.datasets import test_samples
-from intra.data.defects import paste_defects
 from intra.data.geometry import Geometry
 from intra.data.images import load_image, load_mask, standardize
 from intra.inference import calibration, choice
@@ -39,11 +38,11 @@ def main() -> None:
     detector = Detector.load(args.run, device="cpu")
     cfg = detector.cfg
     raw = detector.like(cfg, None, None, {})
-    size = max(1, cfg.score.chunk_windows // raw.plan((cfg.model.grid, cfg.model.grid)).passes)
+    size = calibration.images_per_batch(raw)
     train, val = calibration.training_split(args.data, cfg)
     train_pairs = calibration.reconstruction_pairs(raw, calibration.statistics_subset(train, cfg), size)
     normal = calibration.reconstruction_pairs(raw, val, size)
-    pasted, pasted_masks = paste_defects([x for x, _ in normal], torch.Generator().manual_seed(cfg.train.seed + 2))
+    pasted, pasted_masks = calibration.pasted_validation(cfg, [x for x, _ in normal])
     pasted_pairs = calibration.reconstruction_pairs(raw, pasted, size)
     _, _, on_pasted = choice.choose(cfg, calibration.statistics_of, train_pairs, normal, pasted_pairs, pasted_masks)
 

@@ -151,12 +151,23 @@ def reconstruction_pairs(detector: Detector, images: Images, size: int) -> list[
     return pairs
 
 
+def images_per_batch(detector: Detector) -> int:
+    """Images reconstructed together while calibrating: as many as fill one chunk of `score.chunk_windows`."""
+    cfg = detector.cfg
+    return max(1, cfg.score.chunk_windows // detector.plan((cfg.model.grid, cfg.model.grid)).passes)
+
+
+def pasted_validation(cfg: Config, normal: Images) -> tuple[Images, list[torch.Tensor]]:
+    """The defects the scoring is chosen on, pasted into the validation images as the network saw them,
+    drawn from the run's seed: (defective images, masks)."""
+    return paste_defects(list(normal), torch.Generator().manual_seed(cfg.train.seed + 2))
+
+
 def choose_scoring(detector: Detector, train_images: Images, val_images: Images, size: int) -> tuple[Config, dict]:
     """The candidate scoring that finds defects pasted into the validation images best (see `choice`)."""
     cfg = detector.cfg
-    generator = torch.Generator().manual_seed(cfg.train.seed + 2)
     normal = reconstruction_pairs(detector, val_images, size)
-    defective, masks = paste_defects([x for x, _ in normal], generator)
+    defective, masks = pasted_validation(cfg, [x for x, _ in normal])
     map_name, image_name, report = choice.choose(
         cfg, statistics_of, reconstruction_pairs(detector, statistics_subset(train_images, cfg), size), normal,
         reconstruction_pairs(detector, defective, size), masks,
@@ -196,7 +207,7 @@ def calibrate(
     if len(val_images) < 10:
         log.warning("thresholds calibrated on only %d validation image(s): expect them to be rough", len(val_images))
     raw = detector.like(cfg, None, None, {})
-    size = max(1, cfg.score.chunk_windows // raw.plan((cfg.model.grid, cfg.model.grid)).passes)
+    size = images_per_batch(raw)
     stats = dict(detector.stats)
     stats.pop("scoring_choice", None)  # the record of an earlier choice describes a scoring no longer in use
     if choose and cfg.score.choose == "auto":
