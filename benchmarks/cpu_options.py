@@ -14,12 +14,14 @@ Prints, on random weights and random 128 px images (the `cpu` preset's network):
 - training windows per second of `Trainer.train_step` by batch size, in fp32, under bf16 autocast
   and under torch.compile.
 
-Best of 3 repetitions after a warm-up; an experiment script for docs/benchmarks.md.
+Best of 3 repetitions after a warm-up (attention: the median of alternating rounds); an experiment
+script for docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -42,19 +44,28 @@ def best_ms(fn, repeat: int = 3) -> float:
     return 1000 * min(times)
 
 
-def attention_kernels() -> None:
-    """The cpu preset's attention over one chunk, as the blocks call it: (533, 49, 32) q and k, (533, 49, 64) v."""
+def attention_kernels(rounds: int = 15) -> None:
+    """The cpu preset's attention over one chunk, as the blocks call it: (533, 49, 32) q and k, (533, 49, 64) v.
+
+    The four ways are timed in turn, `rounds` times each, and the median kept: one timing swings by a
+    fifth on a shared 2-core host, alternating puts that swing on every way alike.
+    """
     q, k, v = torch.rand(533, 49, 32), torch.rand(533, 49, 32), torch.rand(533, 49, 64)
     heads = [t.unflatten(-1, (4, -1)).transpose(1, 2) for t in (q, k, v)]
-    unequal = best_ms(lambda: F.scaled_dot_product_attention(*heads))
-    whole = best_ms(lambda: ((heads[0] @ heads[1].transpose(-2, -1)) * 8**-0.5).softmax(-1) @ heads[2])
-    padded = best_ms(lambda: attend(q, k, v, 4, kernel="sdpa"))
-    sliced = best_ms(lambda: attend(q, k, v, 4, kernel="matmul"))
-    print(
-        f"attention, 533 windows: sdpa with unequal widths {unequal:.1f} ms, explicit products over the whole chunk"
-        f" {whole:.1f} ms, sdpa with q, k padded {padded:.1f} ms, explicit products in slices of"
-        f" {CPU_SLICE_WINDOWS} windows {sliced:.1f} ms"
-    )
+    ways = {
+        "sdpa with unequal widths": lambda: F.scaled_dot_product_attention(*heads),
+        "explicit products over the whole chunk": lambda: (
+            ((heads[0] @ heads[1].transpose(-2, -1)) * 8**-0.5).softmax(-1) @ heads[2]
+        ),
+        "sdpa with q, k padded": lambda: attend(q, k, v, 4, kernel="sdpa"),
+        f"explicit products in slices of {CPU_SLICE_WINDOWS} windows": lambda: attend(q, k, v, 4, kernel="matmul"),
+    }
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(rounds):
+        for name, way in ways.items():
+            times[name].append(best_ms(way, repeat=1))
+    medians = ", ".join(f"{name} {statistics.median(ms):.1f} ms" for name, ms in times.items())
+    print(f"attention, 533 windows, median of {rounds} alternating rounds: {medians}")
 
 
 def linear_layers() -> None:
