@@ -72,7 +72,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, kernel
     flash); "matmul" = explicit products and softmax, CPU_SLICE_WINDOWS windows at a time; "auto" =
     matmul on a CPU, sdpa elsewhere. On a CPU the flash kernel runs its tiny 49 x 49 tiles far below
     the machine's rate and needs MFSA's narrower q/k padded to v's width; the sliced products are
-    about twice as fast there (docs/benchmarks.md, "Attention in cache-sized slices").
+    about 1.7x as fast there (docs/benchmarks.md, "Attention in cache-sized slices").
     """
     if kernel == "auto":
         kernel = "matmul" if q.device.type == "cpu" else "sdpa"
