@@ -9,7 +9,8 @@ the best of the rounds is kept. Each version runs its own `cpu` preset, as `intr
 `intra predict` would (its own placement plan, batch size and training task), on random weights
 and random 128 px images:
 
-- inference: milliseconds per image of `Detector.reconstruct` (the network's share of `predict`);
+- inference: milliseconds per image of `Detector.reconstruct` (the network's share of `predict`),
+  with the C allocator set up as the version's `intra` command sets it;
 - training: windows per second of `Trainer.train_step` (sample, forward, loss, backward, step), and
   covered patches per second: the targets those windows hold, each version's own lattice.
 
@@ -39,6 +40,11 @@ except ImportError:  # the flat layout before the restructure
     from intra.model import InpaintingTransformer
     from intra.inference import Detector
     from intra.train import Trainer
+try:  # as the `intra` command does at start-up, in the versions that have it
+    from intra.runtime import reuse_freed_memory
+    reuse_freed_memory()
+except ImportError:
+    pass
 cfg = preset("cpu")
 cfg.model.channels = 3
 torch.manual_seed(0)
