@@ -42,9 +42,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16], help="images per call")
     args = parser.parse_args()
     print(
-        "| cpu preset, 128 px, images per call | freed memory | ms per image | share of the fp32 ceiling | training windows/s |"
+        "| cpu preset, 128 px, images per call | freed memory | page faults per call | ms per image | share of the fp32 ceiling | training windows/s |"
     )
-    print("|---|---|--:|--:|--:|")
+    print("|---|---|--:|--:|--:|--:|")
     for batch in args.batch:
         flags = ["--preset", "cpu", "--image-size", "128", "--threads", str(args.threads)]
         flags += ["--batch", str(batch), "--repeat", str(args.repeat)]
@@ -56,8 +56,9 @@ def main() -> None:
             ms = statistics.median(r["ms_per_image"] for r in results)
             share = statistics.median(r["fraction_of_matmul"] for r in results)
             train = statistics.median(r["train_windows_per_s"] for r in results)
+            faults = statistics.median(r["page_faults_per_call"] for r in results)
             shares = ", ".join(f"{100 * r['fraction_of_matmul']:.0f}" for r in results)
-            print(f"| {batch} | {mode} | {ms:.1f} | {100 * share:.0f} % ({shares}) | {train:.0f} |")
+            print(f"| {batch} | {mode} | {faults:.0f} | {ms:.1f} | {100 * share:.0f} % ({shares}) | {train:.0f} |")
 
 
 if __name__ == "__main__":

@@ -94,6 +94,7 @@ def test_bench_command_prints_a_table_then_json(tmp_path):
         "peak_mem_mb",
     )
     assert all(record[k] > 0 for k in keys)
+    assert record["page_faults_per_call"] is None or record["page_faults_per_call"] >= 0
     # The cpu preset reads a lattice 2 apart, up to 16 patches per pass: 2 x 2 windows x 4 phases for an 8 x 8 grid.
     assert record["windows_per_image"] == 16 and record["patches_per_window"] == 16 and record["train_batch"] == 8
     assert record["ms_per_image"] == pytest.approx(1000 * 16 / record["windows_per_s"])

@@ -132,7 +132,9 @@ def inference_throughput(detector: Detector, images: torch.Tensor, repeat: int) 
     synchronize(detector.device)
     warmup = time.perf_counter() - start
     reset_peak_memory(detector.device)
+    faults = page_faults()
     seconds = timed(lambda: detector.reconstruct(images), repeat, detector.device)
+    faults = None if faults is None else (page_faults() - faults) / repeat
     windows_per_s = len(images) * per_image / seconds
     return {
         "batch_images": len(images),
@@ -142,6 +144,7 @@ def inference_throughput(detector: Detector, images: torch.Tensor, repeat: int) 
         "chunk_windows": detector.chunk_windows(),
         "warmup_s": warmup,
         "peak_mem_mb": peak_memory_mb(detector.device),
+        "page_faults_per_call": faults,
         "windows_per_s": windows_per_s,
         "ms_per_image": 1000 * seconds / len(images),
         "reads_per_window": reads,
@@ -275,6 +278,19 @@ def reset_peak_memory(device: torch.device) -> None:
         log.info("cannot reset the peak RSS: peak_mem_mb is the process's peak so far")
 
 
+def page_faults() -> int | None:
+    """This process's minor page faults so far (pages the OS handed it, zeroed); None where unknown (Windows).
+
+    A forward pass whose freed activations went back to the OS faults them in again on the next
+    call; `runtime.reuse_freed_memory` stops that, and this count shows whether it did.
+    """
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def peak_memory_mb(device: torch.device) -> float | None:
     """Peak GPU memory allocated, or the process's peak resident set (VmHWM) on the CPU."""
     if device.type == "cuda":
@@ -303,6 +319,7 @@ def format_table(r: dict) -> str:
     ceiling = f"{r['matmul_gflops']:.0f} GFLOP/s ({r['matmul_size']}^3, aten {r['matmul_aten_gflops']:.0f}"
     ceiling += f", oneDNN {r['matmul_onednn_gflops']:.0f})" if "matmul_onednn_gflops" in r else ")"
     peak = "n/a" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f} MB"
+    faults = "n/a" if r["page_faults_per_call"] is None else f"{r['page_faults_per_call']:.0f}"
     rows = [
         (
             "setup",
@@ -324,7 +341,7 @@ def format_table(r: dict) -> str:
         (
             "",
             f"ran on {r['ran_backend']} ({r['ran_dtype']}), batch {r['batch_images']} images, "
-            f"chunks of {r['chunk_windows']} windows, peak memory {peak}",
+            f"chunks of {r['chunk_windows']} windows, peak memory {peak}, {faults} page faults per call",
         ),
         (
             "naive loop",
