@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..config import preset
 from ..data.synthetic import make_dataset
+from ..errors import IntraError
 from ..evaluation.outputs import write_evaluation
 from ..evaluation.scoring import evaluate
 from ..training.fit import fit
@@ -18,13 +19,15 @@ DEMO_MINUTES = 2.5  # training budget; the whole demo stays well under 5 minutes
 # 10 of the 80 generated training images held out: the thresholds want at least 10 (fewer draw a
 # warning, which a newcomer would read as a fault of the demo).
 DEMO_VAL_FRACTION = 0.125
+# Written into OUT first, so that a rerun may replace what an earlier demo wrote there, and nothing else.
+DEMO_MARK = ".intra-demo"
 
 
 def run_demo(
     out: str | Path, threads: int = 0, seed: int = 0, progress: bool = False, minutes: float = DEMO_MINUTES
 ) -> dict:
     """Run the whole pipeline on synthetic data, training for `minutes`; returns the evaluation metrics."""
-    out = Path(out)
+    out = claim_demo_folder(Path(out))
     data = make_dataset(out / "data", seed=seed)
     cfg = preset("cpu")
     cfg.train.max_minutes = minutes
@@ -35,3 +38,23 @@ def run_demo(
     evaluation = evaluate(result.detector, data, progress=progress)
     write_evaluation(evaluation, out / "evaluation", progress=progress)
     return evaluation.metrics
+
+
+def claim_demo_folder(out: Path) -> Path:
+    """Make `out` the demo's folder: new, empty or an earlier demo's (which the demo then overwrites).
+
+    A folder holding anything else is refused, so a mistyped --out cannot mix generated images into
+    a real dataset or replace a real run at OUT/run.
+    """
+    if out.exists() and not out.is_dir():
+        raise IntraError(f"--out {out} is a file; the demo needs a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / DEMO_MARK).is_file():
+        raise IntraError(
+            f"--out {out} already holds files that an earlier `intra demo` did not write; "
+            "choose a new or empty folder (the demo writes OUT/data, OUT/run and OUT/evaluation)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARK).write_text(
+        "written by intra demo; a rerun with this --out replaces the folder's data, run and evaluation\n"
+    )
+    return out
