@@ -108,3 +108,14 @@ def test_an_interrupted_overwrite_is_resumed_and_then_replaces_the_old_run(tmp_p
     a, b = load_file(str(reference / "model.safetensors")), load_file(str(run / "model.safetensors"))
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), "resumed weights differ"
     assert not list(tmp_path.glob(".run.*")) and not (run / "training_state.safetensors").exists()
+
+
+def test_gpu_generator_states_are_restored_in_device_order_and_only_for_gpus_present():
+    import torch
+
+    from intra.training.state import cuda_rng_states
+
+    tensors = {f"rng.cuda.{i}": torch.tensor([i]) for i in range(12)} | {"rng.torch": torch.tensor([99])}
+    assert [int(t) for t in cuda_rng_states(tensors, 12)] == list(range(12))  # 10 and 11 after 9, not after 1
+    assert [int(t) for t in cuda_rng_states(tensors, 2)] == [0, 1]  # resumed on 2 GPUs
+    assert cuda_rng_states(tensors, 0) == []  # resumed on a CPU

@@ -85,15 +85,25 @@ def restore(trainer: Trainer, tensors: dict[str, torch.Tensor], state: dict) -> 
         for j, g in enumerate(trainer.generators):
             if g is not trainer.generator:
                 g.set_state(tensors[f"rng.shard.{j}"])
-        cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-        if cuda:
-            torch.cuda.set_rng_state_all(cuda)
+        devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        for index, rng_state in enumerate(cuda_rng_states(tensors, devices)):
+            torch.cuda.set_rng_state(rng_state, index)
         trainer.epoch, trainer.best_epoch, trainer.step = state["epoch"], state["best_epoch"], state["step"]
         trainer.best_metric, trainer.elapsed = state["best_metric"], state["elapsed"]
     except (KeyError, RuntimeError, ValueError) as exc:
         raise IntraError(
             f"the training state does not fit this run's config: {str(exc).splitlines()[0][:200]}"
         ) from None
+
+
+def cuda_rng_states(tensors: dict[str, torch.Tensor], devices: int) -> list[torch.Tensor]:
+    """The saved GPU generator states for the first `devices` GPUs, in device order (cuda.10 after cuda.9).
+
+    A run resumed on fewer GPUs (or on a CPU) restores only the GPUs it has: the others' states
+    have nowhere to go, and setting them would fail when CUDA initialises.
+    """
+    saved = sorted((int(key.rsplit(".", 1)[1]), value) for key, value in tensors.items() if key.startswith("rng.cuda."))
+    return [value for _, value in saved[:devices]]
 
 
 def save(run_dir: str | Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
