@@ -22,6 +22,28 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def resolve_train_dtype(name: str, device: torch.device) -> str:
+    """train.dtype -> "fp32" or "bf16"; "auto" = bf16 where `device` computes it natively, else fp32."""
+    if name != "auto":
+        return name
+    return "bf16" if native_bf16(device.type) else "fp32"
+
+
+@functools.cache
+def native_bf16(device_type: str) -> bool:
+    """True if products in bfloat16 run on the device's own instructions, not emulated in fp32.
+
+    CPU: AVX-512 BF16 or AMX, where oneDNN runs bf16 products at up to twice the fp32 rate; on
+    other CPUs autocast to bf16 only adds conversions. CUDA: a GPU with bf16 arithmetic (Ampere on).
+    """
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device_type != "cpu":
+        return False
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' -> cuda if available, else cpu; a named device is checked to exist here."""
     if name == "auto":

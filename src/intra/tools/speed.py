@@ -350,7 +350,7 @@ def format_table(r: dict) -> str:
         (
             "training",
             f"{r['train_windows_per_s']:.1f} windows/s, {r['train_gflops']:.0f} GFLOP/s "
-            f"= {100 * r['train_fraction_of_matmul']:.0f}% of the ceiling (batch {r['train_batch']})",
+            f"= {100 * r['train_fraction_of_matmul']:.0f}% of the ceiling (batch {r['train_batch']}, {r['dtype']})",
         ),
     ]
     width = max(len(name) for name, _ in rows)

@@ -23,6 +23,7 @@ from ..data.sampling import Batch, WindowSampler, concat_batches
 from ..errors import IntraError
 from ..evaluation.inpainting import best_fill, fill_errors, squared_error
 from ..inference.detector import Detector
+from ..runtime import resolve_train_dtype
 from . import distributed
 from .optim import WeightEMA, build_optimizer, lr_factor, set_lr
 
@@ -56,7 +57,8 @@ class Trainer:
         self.loss = inpainting_loss  # not compiled: inductor miscompiles the replicate-padding backward
         if t.compile:
             self.network = torch.compile(self.network)
-        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.dtype == "bf16")
+        bf16 = resolve_train_dtype(t.dtype, self.device) == "bf16"
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
         self.val_batches = _validation_batches(val_images, cfg)[self.world.rank :: self.world.size]
         # Inpainting quality on the held-out images as scoring reads them, beside trivial fills (once).
         self.val_images = val_images[self.world.rank :: self.world.size]
