@@ -184,9 +184,10 @@ def _cpu_preset() -> Config:
     cfg.model.head = "covered"  # read the covered token itself: needed for several covered patches per window (below)
     cfg.train.windows_per_image = 100
     # 64 windows a step (lr scaled by sqrt 2 from 32 at 1e-3), in bf16 where the CPU computes it
-    # natively: on an AVX-512 BF16 CPU 1.4x the windows per second of fp32 at 32, and in the same
-    # 10 minutes the synthetic objects inpaint better (0.24 against 0.28 of the fill) and magnetic
-    # tile the same; in fp32, 64 at this lr matched 32 (docs/benchmarks.md, "bf16 training").
+    # natively: on an AVX-512 BF16 CPU 1.91x f766024's windows per second against 1.41x in fp32, and
+    # in the same 10 minutes the synthetic objects inpaint better (0.24 against 0.28 of the fill) and
+    # magnetic tile about the same; in fp32, 64 at this lr trained like 32 (docs/benchmarks.md,
+    # "bf16 training").
     cfg.train.batch_size = 64
     cfg.train.lr = 1.4e-3
     cfg.train.dtype = "auto"
