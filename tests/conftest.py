@@ -71,6 +71,10 @@ TINY = [
     "1",
     "--device",
     "cpu",
+    # fp32 on every machine: the cpu preset's dtype "auto" would train in bf16 only where the CPU has
+    # it, and the tests' exact comparisons (two processes against one) and epoch timings assume fp32.
+    "--set",
+    "train.dtype=fp32",
 ]
 
 
