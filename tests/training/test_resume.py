@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 
 from conftest import TINY, intra, user_error
 
-# Long enough epochs (about a second each) for the test to kill the run between two of them.
-RESUMABLE = [*TINY, "--epochs", "4", "--windows-per-image", "150", "--patience", "50", "--seed", "3"]
+# Long enough epochs (about a second each on 2 EPYC cores) for the test to interrupt the run between two of them.
+RESUMABLE = [*TINY, "--epochs", "4", "--windows-per-image", "450", "--patience", "50", "--seed", "3"]
 
 
 def saved_epoch(run) -> int:
@@ -98,6 +98,7 @@ def test_an_interrupted_overwrite_is_resumed_and_then_replaces_the_old_run(tmp_p
     staged = lambda: [f for f in tmp_path.glob(".run.new-*") if saved_epoch(f) >= 1]  # noqa: E731
     while not staged() and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
+    assert process.poll() is None, "the training ended before the test could interrupt it: lengthen its epochs"
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130 and "intra train --resume" in stderr, stderr
