@@ -35,10 +35,14 @@ def faults(mode: str) -> dict:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
 def test_reuse_freed_memory_stops_page_faults_between_forward_passes():
-    default, reuse = faults("default"), faults("reuse")
+    reuse = faults("reuse")
     assert reuse["enabled"] is True
-    # By default the activations' pages go back to the OS and fault in again on every call.
-    assert reuse["faults"] * 5 < default["faults"], (default, reuse)
+    # Without it a call faults in its activations again: usually thousands of pages per call, though
+    # glibc's adaptive thresholds sometimes keep them (so the default is not compared here, it is not
+    # steady). With it, a call faults in less than its largest activation, 4 images x 36 windows x
+    # 49 tokens x 256 features in fp32: 7.2 MB, 1764 pages.
+    largest_activation_pages = 4 * 36 * 49 * 256 * 4 // 4096
+    assert reuse["faults"] / 8 < largest_activation_pages, reuse
 
 
 def test_reuse_freed_memory_is_idempotent():
