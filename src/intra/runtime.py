@@ -37,7 +37,12 @@ def native_bf16(device_type: str) -> bool:
     other CPUs autocast to bf16 only adds conversions. CUDA: a GPU with bf16 arithmetic (Ampere on).
     """
     if device_type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+        if not torch.cuda.is_available():
+            return False
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch before 2.4 has no such argument and never counts emulation
+            return torch.cuda.is_bf16_supported()
     if device_type != "cpu":
         return False
     checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
