@@ -14,6 +14,7 @@ from . import __version__
 from .config import PRESETS, Config, apply_overrides, flatten, preset, read_config_file
 from .errors import IntraError
 from .runtime import reuse_freed_memory
+from .tools.demo import DEMO_MINUTES
 
 # Flags that set one config key each: flag -> (key, type, help).
 TRAIN_FLAGS = {
@@ -207,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", required=True, help="folder for the dataset, the run and the evaluation")
     demo.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     demo.add_argument("--seed", type=int, default=0, help="seed for the data and the training (default: 0)")
-    demo.add_argument("--minutes", type=float, default=None, help="training budget in minutes (default: 2.5)")
+    demo.add_argument(
+        "--minutes", type=float, default=DEMO_MINUTES, help=f"training budget in minutes (default: {DEMO_MINUTES})"
+    )
 
     bench = commands.add_parser(
         "bench",
@@ -454,12 +457,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from .tools.demo import DEMO_MINUTES, run_demo
+    from .tools.demo import run_demo
 
     _positive("--minutes", args.minutes)
-    minutes = DEMO_MINUTES if args.minutes is None else args.minutes
     start = time.perf_counter()
-    m = run_demo(args.out, threads=args.threads, seed=args.seed, progress=True, minutes=minutes)
+    m = run_demo(args.out, threads=args.threads, seed=args.seed, progress=True, minutes=args.minutes)
     print(_summary(m))
     print(
         f"demo finished in {time.perf_counter() - start:.0f}s; metrics in {Path(args.out) / 'evaluation' / 'metrics.json'}"
