@@ -157,6 +157,17 @@ def test_predict_reads_camera_images_upright(cli_run, tmp_path):
     assert Image.open(tmp_path / "out" / record["pred_mask"]).size == (40, 64)
 
 
+def test_an_image_stretched_to_the_runs_size_is_scored_with_a_warning(cli_run, tmp_path):
+    """The tiny run's training images share one square size: a wide image is stretched to it, and says so."""
+    Image.fromarray(np.full((32, 64, 3), 128, np.uint8)).save(tmp_path / "wide.png")
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(tmp_path / "square.png")
+    with Predictions(Detector.load(cli_run, device="cpu"), [tmp_path / "wide.png", tmp_path / "square.png"]) as job:
+        wide, square = list(job)
+    assert "stretched 2.00x" in wide["warning"] and "pred_score" in wide
+    assert "warning" not in square
+    assert job.warned == 1 and "1 resized unlike the training images" in job.summary()
+
+
 def test_out_inside_the_inputs_is_refused(cli_run, tmp_path):
     """Issue 13, case 2: --out equal to the input folder overwrote a user's masks/000.png and every rerun
     read the previous outputs as inputs. Refused now, and the other way round too; nothing is written."""

@@ -143,7 +143,7 @@ class Predictions:
                 settings["weights_sha256"] = run_hashes(run_dir)["weights_sha256"]
             self.folder = PredictFolder.open(self.out_dir, settings, self.paths)
         self.skipped = 0 if self.folder is None else sum(str(p) in self.folder.done for p in self.paths)
-        self.predicted = self.anomalous = self.failed = 0
+        self.predicted = self.anomalous = self.failed = self.warned = 0
         self.first_error: str | None = None
         self.seconds = 0.0
 
@@ -170,6 +170,7 @@ class Predictions:
                 else:
                     self.predicted += 1
                     self.anomalous += bool(record["pred_label"])
+                    self.warned += "warning" in record
                 yield record
         finally:
             self.seconds = time.perf_counter() - start
@@ -182,6 +183,8 @@ class Predictions:
         )
         if self.failed:
             text += f'; {self.failed} could not be read (their records hold "error")'
+        if self.warned:
+            text += f'; {self.warned} resized unlike the training images, less reliable (their records hold "warning")'
         if self.skipped:
             text += f"; {self.skipped} already done in {self.out_dir}"
         if self.out_dir is not None:
@@ -225,6 +228,7 @@ def predict_paths(
     todo = [p for p in paths if str(p) not in skip]
     names = folder.names if folder is not None else {}
     cfg = detector.cfg
+    geometry = Geometry.of(cfg)
     image_threshold, pixel_threshold = thresholds.get("image_threshold"), thresholds.get("pixel_threshold")
     vmax = float(detector.stats.get("overlay_vmax", 0.0))
     bar = tqdm(total=len(todo), desc="predict", unit="img", disable=None if progress else True)
@@ -232,7 +236,7 @@ def predict_paths(
         for first in range(0, len(todo), batch_size):
             start = time.perf_counter()
             chunk = todo[first : first + batch_size]
-            loaded = try_load_images(chunk, Geometry.of(cfg), cfg.data.color, threads)  # (C, h, w) or errors
+            loaded = try_load_images(chunk, geometry, cfg.data.color, threads)  # (C, h, w) or errors
             readable = [image for image in loaded if not isinstance(image, IntraError)]
             scored = iter(zip(readable, *detector.predict(readable))) if readable else iter(())
             for path, image in zip(chunk, loaded):
@@ -240,7 +244,9 @@ def predict_paths(
                 if record is None:
                     image, amap, score = next(scored)
                     try:
-                        prediction = predicted(amap, float(score), image_size(path), image_threshold, pixel_threshold)
+                        prediction = predicted(
+                            amap, float(score), image_size(path), image_threshold, pixel_threshold, geometry
+                        )
                         record, mask = {"path": str(path), **prediction.to_record()}, prediction.pred_mask
                     except IntraError as exc:  # the file changed or vanished since it was read
                         record, mask = {"path": str(path), "error": str(exc)}, None

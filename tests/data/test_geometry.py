@@ -20,6 +20,24 @@ def test_square_and_scaled_targets():
     assert geometry.target(60, 400) == (200, 56)  # never narrower than a window (7 x 8 px)
 
 
+def test_distortion_names_stretched_objects_and_enlarged_small_images():
+    cfg = Config()
+    cfg.model.image_size, cfg.model.patch_size, cfg.model.window = 128, 8, 7
+    assert Geometry.of(cfg).distortion(640, 200) is None  # square (the paper): every image is squashed alike
+    cfg.data.resize, cfg.data.scale = "scale", 0.5
+    textures = Geometry.of(cfg)
+    assert textures.distortion(640, 480) is None and textures.distortion(301, 205) is None
+    assert textures.distortion(120, 120) is None  # 60 -> 56 px: rounded to a window, not enlarged
+    message = textures.distortion(40, 400)  # 20 px wide at the scale, enlarged to a window of 56
+    assert message is not None and "enlarged 2.80x" in message
+    cfg.data.height, cfg.data.width = 96, 136  # objects: one size for every image
+    objects = Geometry.of(cfg)
+    assert objects.distortion(140, 96) is None and objects.distortion(280, 192) is None  # the same aspect
+    assert objects.distortion(150, 96) is None  # within the tolerance
+    message = objects.distortion(100, 100)
+    assert message is not None and "stretched 1.42x" in message and "136x96" in message
+
+
 def test_automatic_scale_and_kind():
     cfg = Config()
     cfg.model.image_size = 128

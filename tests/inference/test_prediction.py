@@ -43,6 +43,9 @@ def test_predict_image_takes_arrays_pil_images_and_paths(cli_run, mvtec_root):
     assert many[0].pred_score == pytest.approx(by_path.pred_score, rel=1e-5)
     record = many[0].to_record()
     assert set(record) >= {"pred_score", "pred_label", "regions", "defect_area", "image_size"}
+    # The run's images share one size (an object run): the wider copy is stretched to it and says so.
+    assert "warning" not in record and many[1].warning is None
+    assert "stretched" in many[2].warning and many[2].to_record()["warning"] == many[2].warning
     with pytest.raises(IntraError, match="numpy array"):
         detector.predict_image(b"not an image")
     with pytest.raises(IntraError, match="float image array"):

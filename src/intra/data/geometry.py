@@ -19,6 +19,10 @@ from ..errors import IntraError
 
 log = logging.getLogger(__name__)
 
+# How far an image's resizing may depart from the training images' before its prediction says so:
+# beyond rounding to whole patches (at most a few percent for images of a window or more).
+DISTORTION_TOLERANCE = 1.25
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -45,6 +49,32 @@ class Geometry:
         smallest = self.window * self.patch
         sides = (max(smallest, self.patch * round(side * self.scale / self.patch)) for side in (height, width))
         return tuple(sides)
+
+    def distortion(self, width: int, height: int) -> str | None:
+        """Why an image of (width, height) is scored less like the training images than usual, or None.
+
+        Objects (one size for every image) are resized to that size, so an image of another aspect
+        ratio is stretched along one axis; with the scale kept (textures), an image under a window
+        is enlarged beyond the scale. Either way the network sees structure at sizes it never
+        trained on. Square resizing (the paper) squashes every image alike, so it says nothing.
+        """
+        if self.resize == "square":
+            return None
+        target_height, target_width = self.target(width, height)
+        fx, fy = target_width / width, target_height / height
+        if all(self.fixed):
+            stretch = max(fx, fy) / min(fx, fy)
+            if stretch > DISTORTION_TOLERANCE:
+                return (
+                    f"stretched {stretch:.2f}x along one axis to the run's {target_width}x{target_height} px:"
+                    " its aspect ratio is not the training images'"
+                )
+        elif max(fx, fy) > DISTORTION_TOLERANCE * self.scale:
+            return (
+                f"enlarged {max(fx, fy) / self.scale:.2f}x beyond the run's scale to {target_width}x{target_height} px,"
+                " the smallest it scores: the image is smaller than one window"
+            )
+        return None
 
 
 def resolve_scale(cfg: Config, sizes: list[tuple[int, int]]) -> float:

@@ -355,7 +355,7 @@ class Detector:
             if batch:
                 maps, scores = self.predict([tensor for tensor, _ in batch])
                 for amap, score, (_, size) in zip(maps, scores, batch):
-                    yield predicted(amap, float(score), size, *thresholds)
+                    yield predicted(amap, float(score), size, *thresholds, geometry)
                 batch = []
 
     def predict(self, images: Images) -> tuple[Images, torch.Tensor]:

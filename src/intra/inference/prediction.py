@@ -4,7 +4,8 @@
 threshold), `anomaly_map` and `pred_mask` (map >= the pixel threshold) upsampled bilinearly from the
 resolution the image was scored at to its own, and `regions`: one entry per connected region of
 the mask (8-connected), largest first, each with its bounding box [x0, y0, x1, y1) in pixels, area,
-peak score and centroid (x, y). `Detector.predict_image`, `intra predict` and `intra serve` build
+peak score and centroid (x, y); and `warning`, set when the image had to be resized unlike the
+training images (`Geometry.distortion`), so that its score is less reliable. `Detector.predict_image`, `intra predict` and `intra serve` build
 their results with `predicted`.
 """
 
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+
+from ..data.geometry import Geometry
 
 
 @dataclass
@@ -48,10 +51,11 @@ class ImagePrediction:
     anomaly_map: np.ndarray  # (height, width) float32 at the image's own resolution
     pred_mask: np.ndarray | None  # (height, width) bool; None without a pixel threshold
     regions: list[Region] = field(default_factory=list)
+    warning: str | None = None  # why the score is less reliable than the training images' (see the module doc)
 
     def to_record(self) -> dict:
-        """The JSON-able part (no arrays): what `intra predict` writes per image."""
-        return {
+        """The JSON-able part (no arrays): what `intra predict` writes per image; "warning" only when set."""
+        record = {
             "pred_score": self.pred_score,
             "pred_label": self.pred_label,
             "threshold": self.threshold,
@@ -60,6 +64,9 @@ class ImagePrediction:
             "image_size": list(self.image_size),
             "regions": [region.to_dict() for region in self.regions],
         }
+        if self.warning:
+            record["warning"] = self.warning
+        return record
 
 
 def regions(mask: np.ndarray, anomaly_map: np.ndarray) -> list[Region]:
@@ -86,8 +93,12 @@ def predicted(
     size: tuple[int, int],
     image_threshold: float | None,
     pixel_threshold: float | None,
+    geometry: Geometry | None = None,
 ) -> ImagePrediction:
-    """An ImagePrediction from the anomaly map (h, w) as scored, the image score and the image's own (width, height)."""
+    """An ImagePrediction from the anomaly map (h, w) as scored, the image score and the image's own (width, height).
+
+    geometry: the run's, to say when the image was resized unlike the training images (None: say nothing).
+    """
     width, height = size
     full = F.interpolate(scored_map.float()[None, None], size=(height, width), mode="bilinear", align_corners=False)
     anomaly_map = full[0, 0].cpu().numpy()
@@ -101,4 +112,5 @@ def predicted(
         anomaly_map=anomaly_map,
         pred_mask=mask,
         regions=[] if mask is None else regions(mask, anomaly_map),
+        warning=None if geometry is None else geometry.distortion(width, height),
     )

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data.geometry import Geometry
 from ..inference.detector import Detector
 from ..inference.prediction import ImagePrediction, predicted
 
@@ -55,6 +56,7 @@ class Batcher:
         self.detector, self.max_batch, self.wait = detector, max(1, max_batch), max(0.0, wait_ms) / 1000
         self.threads = threads
         self.thresholds = detector.thresholds()
+        self.geometry = Geometry.of(detector.cfg)
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._loop, name="intra-batcher", daemon=True)
 
@@ -107,7 +109,7 @@ class Batcher:
             maps, scores = self.detector.predict([job.image for job in jobs])
             seconds = (time.perf_counter() - start) / len(jobs)
             for job, amap, score in zip(jobs, maps, scores):
-                prediction = predicted(amap, float(score), job.size, *self.thresholds)
+                prediction = predicted(amap, float(score), job.size, *self.thresholds, self.geometry)
                 job.future.set_result(Scored(prediction, amap, len(jobs), round(seconds, 4)))
         except Exception as exc:  # noqa: BLE001 - the requests get the error; the worker keeps serving
             log.exception("scoring a batch of %d images failed", len(jobs))
