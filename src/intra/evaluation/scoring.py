@@ -64,7 +64,16 @@ def evaluate(
     samples = test_samples(root)
     labels_only = all(s.mask_path is None for s in samples)
     # Every image's metric resolution, and its mask, first: a bad mask fails before the long inference.
-    shapes = [metric_shape(geometry.target(*image_size(s.path)), eval_size) for s in samples]
+    sizes = [image_size(s.path) for s in samples]
+    shapes = [metric_shape(geometry.target(*size), eval_size) for size in sizes]
+    distorted = [(s.path, note) for s, size in zip(samples, sizes) if (note := geometry.distortion(*size))]
+    if distorted:
+        log.warning(
+            "%d of %d test images are resized unlike the training images (the first: %s, %s): their scores are less reliable",
+            len(distorted),
+            len(samples),
+            *distorted[0],
+        )
     masks = [
         np.zeros(shape, bool) if s.mask_path is None else load_mask(s.mask_path, shape).numpy()
         for s, shape in zip(samples, shapes)
