@@ -12,7 +12,7 @@ Prints, on random weights and random 128 px images (the `cpu` preset's network):
 - where reconstruction time goes (torch profiler, self time by operator group);
 - ms per image of `Detector.reconstruct` by chunk size, with torch.compile, and with bf16;
 - training windows per second of `Trainer.train_step` by batch size, in fp32, under bf16 autocast
-  and under torch.compile.
+  and under torch.compile (fp32 and bf16); `--training-only` prints only these.
 
 Best of 3 repetitions after a warm-up (attention: the median of alternating rounds); an experiment
 script for docs/benchmarks.md.
@@ -31,6 +31,7 @@ from torch.profiler import profile
 from intra.config import preset
 from intra.core.model import CPU_SLICE_WINDOWS, InpaintingTransformer, attend
 from intra.inference.detector import Detector
+from intra.runtime import reuse_freed_memory
 from intra.training.trainer import Trainer
 
 
@@ -118,8 +119,8 @@ def reconstruction_options(model: InpaintingTransformer, cfg, images: torch.Tens
 
 
 def training_batches() -> None:
-    runs = [*(("fp32", b, False) for b in (32, 64, 128, 256)), ("bf16", 32, False), ("bf16", 256, False)]
-    for dtype, batch, compiled in [*runs, ("fp32", 32, True), ("fp32", 64, True)]:
+    runs = [*(("fp32", b, False) for b in (32, 64, 128, 256)), *(("bf16", b, False) for b in (32, 64, 256))]
+    for dtype, batch, compiled in [*runs, ("fp32", 32, True), ("fp32", 64, True), ("bf16", 64, True)]:
         cfg = preset("cpu")
         cfg.model.channels, cfg.train.batch_size, cfg.train.dtype = 3, batch, dtype
         cfg.train.compile = compiled
@@ -138,8 +139,13 @@ def training_batches() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--training-only", action="store_true", help="time only the training steps")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    reuse_freed_memory()  # as the intra command does
+    if args.training_only:
+        training_batches()
+        return
     cfg = preset("cpu")
     cfg.model.channels = 3
     torch.manual_seed(0)
