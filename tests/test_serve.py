@@ -230,6 +230,7 @@ def test_the_page_scores_an_upload_in_chromium(server, tmp_path):
         )
         verdict = page.text_content("#verdict")
         score = page.text_content("#score")
+        warning = page.text_content("#warning") if page.is_visible("#warning") else None
         overlay = page.evaluate(
             "[document.getElementById('overlay').naturalWidth, document.getElementById('overlay').naturalHeight]"
         )
@@ -238,6 +239,8 @@ def test_the_page_scores_an_upload_in_chromium(server, tmp_path):
     assert problems == []
     assert verdict in ("Anomalous", "Normal")
     assert "vs threshold" in score and "96x64 px" in score
+    # The run's training images are 64 px squares: the wide upload is stretched to one, and the page says so.
+    assert warning is not None and warning.startswith("Less reliable: this image was stretched 1.50x")
     assert overlay[0] == 3 * overlay[1] > 0
 
 
