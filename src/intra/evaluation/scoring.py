@@ -118,6 +118,7 @@ def evaluate(
         result["inpainting"] = {"images": good_count, "network": network, **fills, "ratio": network / best_fill(fills)}
     result.update(
         images=len(samples),
+        resized_unlike_training=len(distorted),  # test images stretched or enlarged (Geometry.distortion)
         eval_size=eval_size or "as scored",
         seconds=round(seconds, 2),
         ms_per_image=round(1000 * seconds / len(samples), 2),
