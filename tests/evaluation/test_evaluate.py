@@ -29,7 +29,8 @@ def test_evaluation_without_masks_reports_image_metrics_only_and_names_stretched
     assert metrics["pixel_auroc"] is None and metrics["aupro"] is None and 0 <= metrics["image_auroc"] <= 1
     assert set(metrics["per_kind"]) == {"scratch", "spot", "smudge"}
     assert (
-        f"1 of 10 test images are resized unlike the training images (the first: {good}, stretched 1.50x" in caplog.text
+        f"1 of 10 test images are resized unlike the training images, so less reliable (the first: {good}, stretched 1.50x"
+        in caplog.text
     )
 
 

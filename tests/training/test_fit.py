@@ -144,6 +144,25 @@ def test_images_of_several_sizes_train_score_and_evaluate_at_their_own_geometry(
     assert 0 <= metrics["pixel_auroc"] <= 1 and metrics["inpainting"]["images"] == 4
 
 
+def test_training_names_images_smaller_than_a_window_at_the_scale(tmp_path, mixed_root, caplog):
+    import logging
+    import shutil
+
+    from PIL import Image
+
+    data = tmp_path / "data"
+    shutil.copytree(mixed_root, data)
+    Image.new("RGB", (16, 20), (90, 90, 90)).save(data / "train" / "good" / "tiny.png")
+    cfg = tiny_config()
+    cfg.model.image_size = 32  # the median short side (about 75 px) becomes 32: the tiny image is 7 px at that scale
+    cfg.data.resize = "scale"
+    cfg.train.max_epochs = 1
+    with caplog.at_level(logging.WARNING, logger="intra"):
+        fit(cfg, data, tmp_path / "run")
+    assert "1 of 13 training images are resized out of the ordinary" in caplog.text
+    assert f"(the first: {data / 'train' / 'good' / 'tiny.png'}, enlarged " in caplog.text
+
+
 def test_per_pixel_statistics_refuse_images_of_several_sizes(tmp_path, mixed_root):
     from intra.errors import IntraError
 

@@ -77,6 +77,22 @@ class Geometry:
         return None
 
 
+def warn_distorted(geometry: Geometry, paths: list, sizes: list[tuple[int, int]], which: str, consequence: str) -> int:
+    """Log how many images (`which`: "training", "test") `geometry` resizes out of the ordinary, naming the
+    first and what it does to them; returns the count."""
+    distorted = [(path, note) for path, size in zip(paths, sizes) if (note := geometry.distortion(*size))]
+    if distorted:
+        log.warning(
+            "%d of %d %s images are %s (the first: %s, %s)",
+            len(distorted),
+            len(paths),
+            which,
+            consequence,
+            *distorted[0],
+        )
+    return len(distorted)
+
+
 def resolve_scale(cfg: Config, sizes: list[tuple[int, int]]) -> float:
     """data.scale, or for 0 the factor that brings the median short side of `sizes` (width, height) to model.image_size."""
     if cfg.data.resize != "scale" or cfg.data.scale:

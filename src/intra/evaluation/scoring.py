@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..config import ScoreConfig
 from ..core.anomaly_map import filter_sizes
 from ..data.datasets import GOOD, Sample, test_samples
-from ..data.geometry import Geometry
+from ..data.geometry import Geometry, warn_distorted
 from ..data.images import image_size, load_image, load_mask
 from ..errors import IntraError
 from ..inference.detector import Detector
@@ -66,14 +66,9 @@ def evaluate(
     # Every image's metric resolution, and its mask, first: a bad mask fails before the long inference.
     sizes = [image_size(s.path) for s in samples]
     shapes = [metric_shape(geometry.target(*size), eval_size) for size in sizes]
-    distorted = [(s.path, note) for s, size in zip(samples, sizes) if (note := geometry.distortion(*size))]
-    if distorted:
-        log.warning(
-            "%d of %d test images are resized unlike the training images (the first: %s, %s): their scores are less reliable",
-            len(distorted),
-            len(samples),
-            *distorted[0],
-        )
+    distorted = warn_distorted(
+        geometry, [s.path for s in samples], sizes, "test", "resized unlike the training images, so less reliable"
+    )
     masks = [
         np.zeros(shape, bool) if s.mask_path is None else load_mask(s.mask_path, shape).numpy()
         for s, shape in zip(samples, shapes)
@@ -118,7 +113,7 @@ def evaluate(
         result["inpainting"] = {"images": good_count, "network": network, **fills, "ratio": network / best_fill(fills)}
     result.update(
         images=len(samples),
-        resized_unlike_training=len(distorted),  # test images stretched or enlarged (Geometry.distortion)
+        resized_unlike_training=distorted,  # test images stretched or enlarged (Geometry.distortion)
         eval_size=eval_size or "as scored",
         seconds=round(seconds, 2),
         ms_per_image=round(1000 * seconds / len(samples), 2),

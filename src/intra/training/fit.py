@@ -35,6 +35,7 @@ from ..data.geometry import (
     resolve_kind,
     resolve_position,
     resolve_scale,
+    warn_distorted,
 )
 from ..data.images import image_size, load_images, resolve_color, standardize
 from ..errors import IntraError
@@ -111,6 +112,13 @@ def fit(
     cfg.model.position, cfg.model.position_table = resolve_position(cfg)
     cfg.train.cover_spacing, cfg.score.cover_spacing = resolve_cover_spacing(cfg)
     validate(cfg)
+    warn_distorted(
+        Geometry.of(cfg),
+        paths,
+        sizes,
+        "training",
+        "resized out of the ordinary, so the network learns them at another size",
+    )
     if reading_mismatch(cfg):
         log.warning("%s", reading_mismatch(cfg))
     configure_threads(cfg.train.threads)
