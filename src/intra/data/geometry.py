@@ -20,7 +20,7 @@ from ..errors import IntraError
 log = logging.getLogger(__name__)
 
 # How far an image's resizing may depart from the training images' before its prediction says so:
-# beyond rounding to whole patches (at most a few percent for images of a window or more).
+# beyond what rounding to whole patches does (up to about 1.16x for an image near one window wide).
 DISTORTION_TOLERANCE = 1.25
 
 

@@ -5,8 +5,8 @@ threshold), `anomaly_map` and `pred_mask` (map >= the pixel threshold) upsampled
 resolution the image was scored at to its own, and `regions`: one entry per connected region of
 the mask (8-connected), largest first, each with its bounding box [x0, y0, x1, y1) in pixels, area,
 peak score and centroid (x, y); and `warning`, set when the image had to be resized unlike the
-training images (`Geometry.distortion`), so that its score is less reliable. `Detector.predict_image`, `intra predict` and `intra serve` build
-their results with `predicted`.
+training images (`Geometry.distortion`), so that its score is less reliable. `Detector.predict_image`,
+`intra predict` and `intra serve` build their results with `predicted`.
 """
 
 from __future__ import annotations
