@@ -24,7 +24,9 @@ def test_distortion_names_stretched_objects_and_enlarged_small_images():
     cfg = Config()
     cfg.model.image_size, cfg.model.patch_size, cfg.model.window = 128, 8, 7
     assert Geometry.of(cfg).distortion(640, 200) is None  # square (the paper): every image is squashed alike
-    cfg.data.resize, cfg.data.scale = "scale", 0.5
+    cfg.data.resize = "scale"
+    assert Geometry.of(cfg).distortion(40, 400) is None  # scale not resolved yet (0): nothing to compare with
+    cfg.data.scale = 0.5
     textures = Geometry.of(cfg)
     assert textures.distortion(640, 480) is None and textures.distortion(301, 205) is None
     assert textures.distortion(120, 120) is None  # 60 -> 56 px: rounded to a window, not enlarged

@@ -58,7 +58,7 @@ class Geometry:
         is enlarged beyond the scale. Either way the network sees structure at sizes it never
         trained on. Square resizing (the paper) squashes every image alike, so it says nothing.
         """
-        if self.resize == "square":
+        if self.resize == "square" or not self.scale:  # no scale yet (a config not resolved by fit): nothing to compare
             return None
         target_height, target_width = self.target(width, height)
         fx, fy = target_width / width, target_height / height
