@@ -88,7 +88,7 @@ def linear_layers() -> None:
 
 
 def reconstruction_profile(model: InpaintingTransformer, cfg, images: torch.Tensor) -> None:
-    detector = Detector(model, cfg, device="cpu")
+    detector = Detector(model, cfg, device="cpu", dtype="fp32")
     detector.reconstruct(images)
     with profile() as prof:
         detector.reconstruct(images)
@@ -105,11 +105,11 @@ def reconstruction_profile(model: InpaintingTransformer, cfg, images: torch.Tens
 def reconstruction_options(model: InpaintingTransformer, cfg, images: torch.Tensor) -> None:
     for chunk in (64, 128, 256, 533, 1024):
         cfg.score.chunk_windows = chunk
-        detector = Detector(model, cfg, device="cpu")
+        detector = Detector(model, cfg, device="cpu", dtype="fp32")
         ms = best_ms(lambda d=detector: d.reconstruct(images)) / len(images)
         print(f"reconstruct, chunks of {detector.chunk_windows()} windows: {ms:.1f} ms/image")
     cfg.score.chunk_windows = 2048
-    for options in ({"compile": True}, {"dtype": "bf16"}):
+    for options in ({"compile": True, "dtype": "fp32"}, {"dtype": "bf16"}):
         detector = Detector(model, cfg, device="cpu", **options)
         start = time.perf_counter()
         detector.reconstruct(images)

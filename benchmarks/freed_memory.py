@@ -46,7 +46,7 @@ def main() -> None:
     )
     print("|---|---|--:|--:|--:|--:|")
     for batch in args.batch:
-        flags = ["--preset", "cpu", "--image-size", "128", "--threads", str(args.threads)]
+        flags = ["--preset", "cpu", "--image-size", "128", "--threads", str(args.threads), "--dtype", "fp32"]
         flags += ["--batch", str(batch), "--repeat", str(args.repeat)]
         rows: dict[str, list[dict]] = {"returned": [], "kept": []}
         for _ in range(args.rounds):

@@ -56,7 +56,7 @@ def correctness(device: torch.device, quick: bool) -> list[dict]:
         cfg.model.image_size = size
         cfg.model.channels = 3
         model = lively(cfg)
-        fp32 = Detector(model, cfg, device=device)
+        fp32 = Detector(model, cfg, device=device, dtype="fp32")
         bf16 = Detector(model, cfg, device=device, dtype="bf16")
         images = torch.rand(2, 3, size, size, device=device)
         batched = fp32.reconstruct(images)

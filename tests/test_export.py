@@ -25,9 +25,11 @@ def test_onnx_backend_matches_torch(cli_run, mvtec_root, tmp_path):
     result = intra("export", "--run", run, "--format", "onnx")
     assert (run / "model.onnx").is_file() and "dynamic batch" in result.stdout
 
-    torch_detector = Detector.load(run, device="cpu")
+    torch_detector = Detector.load(run, device="cpu", dtype="fp32")
     onnx_detector = Detector.load(run, backend="onnx", threads=1)
-    assert onnx_detector.backend.describe()["backend"] == "onnxruntime"
+    assert onnx_detector.backend.describe() == {"backend": "onnxruntime", "dtype": "fp32", "device": "cpu"}
+    with pytest.raises(IntraError, match="runs fp32"):  # "auto", the default, is fp32 there; bf16 is refused
+        Detector.load(run, backend="onnx", dtype="bf16")
     onnx_detector.cfg.score.chunk_windows = 100  # uneven chunks: the batch dimension really is dynamic
     for detector in (torch_detector, onnx_detector):
         detector.cfg.score.cover_spacing = 0  # first one patch per pass
@@ -109,7 +111,7 @@ def test_a_run_saved_without_hashes_exports_and_runs_its_graph(cli_run, tmp_path
     images = torch.rand(1, 3, 64, 64)
     torch.testing.assert_close(
         Detector.load(run, backend="onnx", threads=1).predict(images)[1],
-        Detector.load(run, device="cpu").predict(images)[1],
+        Detector.load(run, device="cpu", dtype="fp32").predict(images)[1],
         atol=1e-4,
         rtol=1e-4,
     )
@@ -124,7 +126,10 @@ def test_onnx_export_of_a_mean_head_inpaints_one_patch_per_window(cli_run, tmp_p
     meta["config_sha256"] = config_sha256(meta["config"])  # a deliberate edit: re-sealed, or it is refused
     (run / "model.json").write_text(json.dumps(meta))
     export_onnx(run)
-    torch_detector, onnx_detector = Detector.load(run, device="cpu"), Detector.load(run, backend="onnx", threads=1)
+    torch_detector, onnx_detector = (
+        Detector.load(run, device="cpu", dtype="fp32"),
+        Detector.load(run, backend="onnx", threads=1),
+    )
     images = torch.rand(2, 3, 64, 64)
     assert (torch_detector.predict(images)[0] - onnx_detector.predict(images)[0]).abs().max() <= 1e-4
 
@@ -141,7 +146,10 @@ def test_onnx_export_of_a_smooth_base_fill_adds_it_in_the_graph(cli_run, tmp_pat
     meta["config_sha256"] = config_sha256(meta["config"])
     (run / "model.json").write_text(json.dumps(meta))
     export_onnx(run)
-    torch_detector, onnx_detector = Detector.load(run, device="cpu"), Detector.load(run, backend="onnx", threads=1)
+    torch_detector, onnx_detector = (
+        Detector.load(run, device="cpu", dtype="fp32"),
+        Detector.load(run, backend="onnx", threads=1),
+    )
     images = torch.rand(2, 3, 64, 64)
     torch_maps, onnx_maps = torch_detector.predict(images)[0], onnx_detector.predict(images)[0]
     assert (torch_maps - onnx_maps).abs().max() <= 1e-4
@@ -163,7 +171,7 @@ def edited_run(source, target, **sections):
 
 def full_graph_difference(run, backend: str = "onnx-full") -> float:
     """The largest difference between Detector.predict and the full graph, maps and scores, at batch 1 and 3."""
-    torch_detector = Detector.load(run, device="cpu")
+    torch_detector = Detector.load(run, device="cpu", dtype="fp32")
     graph_detector = Detector.load(run, backend=backend, threads=1)
     assert graph_detector.backend.describe()["backend"].endswith("(full graph)")
     generator = torch.Generator().manual_seed(0)
@@ -207,11 +215,10 @@ def test_full_export_of_the_cpu_preset_matches_detector_predict(cpu_full, mvtec_
     by = {
         backend: [
             json.loads(line)
-            for line in intra(
-                "predict", "--run", cpu_full, spot, "--backend", backend, "--threads", "1"
-            ).stdout.splitlines()
+            for line in intra("predict", "--run", cpu_full, spot, *flags, "--threads", "1").stdout.splitlines()
         ]
-        for backend in ("torch", "onnx-full")
+        # onnxruntime runs fp32, and "auto" would run torch in bf16 on a CPU that has it
+        for backend, flags in (("torch", ["--dtype", "fp32"]), ("onnx-full", ["--backend", "onnx-full"]))
     }
     assert len(by["onnx-full"]) == 2
     for a, b in zip(by["torch"], by["onnx-full"]):
@@ -242,7 +249,7 @@ def test_full_export_with_an_image_scoring_of_its_own(paper_full, mvtec_root, tm
     # The image score from another scoring's map, with that scoring's statistics as constants.
     run = tmp_path / "run"
     shutil.copytree(paper_full, run)
-    detector = rescore(Detector.load(run, device="cpu"), {"score.image_scoring": "fine-z"}, mvtec_root)
+    detector = rescore(Detector.load(run, device="cpu", dtype="fp32"), {"score.image_scoring": "fine-z"}, mvtec_root)
     save_checkpoint(run, detector.model, detector.cfg, detector.tensors(), detector.stats)
     export_full_onnx(run)
     assert full_graph_difference(run) <= 1e-4

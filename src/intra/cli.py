@@ -226,7 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch", type=int, default=0, help="images per inference call (default: 1 on the CPU, 8 on a GPU)"
     )
     bench.add_argument(
-        "--dtype", default="fp32", choices=["fp32", "bf16"], help="precision of the matrix products (default: fp32)"
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="precision of the matrix products; auto = bf16 where the device computes it natively (default: auto)",
     )
     bench.add_argument("--compile", action="store_true", help="run the network through torch.compile")
     bench.add_argument(
@@ -258,9 +261,10 @@ def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument(
         "--dtype",
-        default="fp32",
-        choices=["fp32", "bf16"],
-        help="precision of the network's matrix products (default: fp32)",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="precision of the network's matrix products; auto = bf16 where the device computes it natively "
+        "(AVX-512 BF16 or AMX CPUs, Ampere GPUs on), else fp32; ONNX backends run fp32 (default: auto)",
     )
 
 

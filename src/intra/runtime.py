@@ -18,13 +18,17 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 def resolve_dtype(name: str) -> torch.dtype:
     """'fp32' or 'bf16' -> torch dtype."""
     if name not in DTYPES:
-        raise IntraError(f"dtype must be one of {', '.join(DTYPES)}, not {name!r}")
+        raise IntraError(f"dtype must be one of auto, {', '.join(DTYPES)}, not {name!r}")
     return DTYPES[name]
 
 
-def resolve_train_dtype(name: str, device: torch.device) -> str:
-    """train.dtype -> "fp32" or "bf16"; "auto" = bf16 where `device` computes it natively, else fp32."""
+def resolve_dtype_name(name: str, device: torch.device) -> str:
+    """ "fp32", "bf16" or "auto" -> "fp32" or "bf16"; "auto" = bf16 where `device` computes it natively, else fp32.
+
+    One rule for training (`train.dtype`) and inference (`--dtype`, `Detector`'s dtype).
+    """
     if name != "auto":
+        resolve_dtype(name)  # refuse unknown names here, with the allowed ones
         return name
     return "bf16" if native_bf16(device.type) else "fp32"
 

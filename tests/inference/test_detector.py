@@ -7,9 +7,11 @@ import sys
 import pytest
 import torch
 
+from intra.errors import IntraError
 from intra.inference.calibration import difference_statistics
 from intra.inference.detector import Detector, window_bytes
 from intra.inference.packed import available, pack_for_cpu
+from intra.runtime import native_bf16
 from intra.tools.speed import naive_reconstruct
 
 from conftest import lively_model, tiny_config
@@ -30,6 +32,7 @@ def detector_for(overrides: dict, **kwargs) -> Detector:
     cfg = tiny_config(**overrides)
     cfg.score.cover_spacing = spacing
     cfg.score.chunk_windows = 50  # chunks straddle the images' boundaries
+    kwargs.setdefault("dtype", "fp32")  # exact comparisons; bf16 has its own test
     return Detector(lively_model(cfg), cfg, **kwargs)
 
 
@@ -79,6 +82,16 @@ def test_bf16_anomaly_map_is_within_one_percent_of_fp32(overrides):
     assert float((maps16 - maps32).norm() / maps32.norm()) <= 1e-2
 
 
+def test_dtype_auto_by_default_is_bf16_where_the_cpu_computes_it():
+    cfg = tiny_config()
+    detector = Detector(lively_model(cfg), cfg)  # as `intra predict` runs without --dtype
+    expected = "bf16" if native_bf16("cpu") else "fp32"
+    assert detector.backend.describe()["dtype"].startswith(expected)
+    assert Detector(detector.model, cfg, dtype="fp32").backend.describe()["dtype"] == "fp32"
+    with pytest.raises(IntraError, match="dtype must be one of auto, fp32, bf16, not 'fp16'"):
+        Detector(detector.model, cfg, dtype="fp16")
+
+
 @pytest.mark.parametrize("overrides", [{}, {"head": "covered", "spacing": 2}])
 def test_compiled_fixed_size_chunks_reconstruct_the_same(overrides, monkeypatch):
     # Compiled code sees one shape, so the engine pads the last chunk with rows nothing reads; the
@@ -93,8 +106,6 @@ def test_compiled_fixed_size_chunks_reconstruct_the_same(overrides, monkeypatch)
 
 
 def test_images_the_network_cannot_read_are_refused_by_size():
-    from intra.errors import IntraError
-
     local, global_ = detector_for({}), detector_for({"position": "global", "head": "covered"})
     assert local.reconstruct(torch.rand(1, 3, 28, 40)).shape == (1, 3, 28, 40)  # any grid with local positions
     for detector, shape, needle in [
@@ -111,7 +122,7 @@ def test_images_the_network_cannot_read_are_refused_by_size():
 
 def test_chunks_follow_the_memory_budget_without_changing_the_result():
     cfg = tiny_config()
-    detector = Detector(lively_model(cfg), cfg)
+    detector = Detector(lively_model(cfg), cfg, dtype="fp32")
     images = torch.rand(2, 3, 32, 32)
     whole = detector.reconstruct(images)
     cfg.score.memory_mb = 3 * window_bytes(cfg.model) / 2**20
@@ -137,7 +148,7 @@ def test_packed_cpu_network_computes_the_same_function():
 def test_detector_follows_weight_changes():
     cfg = tiny_config()
     model = lively_model(cfg)
-    detector = Detector(model, cfg)
+    detector = Detector(model, cfg, dtype="fp32")
     images = torch.rand(1, 3, 32, 32)
     before = detector.reconstruct(images)
     with torch.no_grad():
@@ -157,7 +168,7 @@ torch.set_num_threads(1)
 cfg = Config()
 cfg.model = ModelConfig(image_size=128, patch_size=16, window=7, dim=256, depth=5, heads=4)
 cfg.score.chunk_windows, cfg.score.memory_mb = int(sys.argv[1]), 1e6
-detector = Detector(InpaintingTransformer(cfg.model), cfg)
+detector = Detector(InpaintingTransformer(cfg.model), cfg, dtype="fp32")
 images = torch.rand(1, 3, 128, 128)
 detector.backend.network()  # the oneDNN copy of the weights is made before the measurement
 def peak():

@@ -10,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from intra.config import ModelConfig, preset
 from intra.core.model import InpaintingTransformer
 from intra.core.windows import random_lattice_masks
+from intra.runtime import native_bf16
 from intra.tools.speed import covered_per_window, train_window_flops, window_flops
 
 from conftest import intra
@@ -94,6 +95,11 @@ def test_bench_command_prints_a_table_then_json(tmp_path):
         "peak_mem_mb",
     )
     assert all(record[k] > 0 for k in keys)
+    # --dtype auto (the default) runs what `intra predict` runs here, and says so; shares of the fp32 ceiling too.
+    expected = "bf16" if native_bf16("cpu") else "fp32"
+    assert record["dtype"] == expected and record["ran_dtype"].startswith(expected)
+    assert record["fraction_of_fp32_matmul"] == pytest.approx(record["achieved_gflops"] / record["matmul_fp32_gflops"])
+    assert ("of the fp32 ceiling" in result.stdout) == (expected != "fp32")
     assert record["page_faults_per_call"] is None or record["page_faults_per_call"] >= 0
     # The cpu preset reads a lattice 2 apart, up to 16 patches per pass: 2 x 2 windows x 4 phases for an 8 x 8 grid.
     assert record["windows_per_image"] == 16 and record["patches_per_window"] == 16 and record["train_batch"] == 8

@@ -174,12 +174,12 @@ def test_per_pixel_statistics_refuse_images_of_several_sizes(tmp_path, mixed_roo
 
 
 def test_dtype_auto_is_resolved_for_the_device_and_written_into_the_run(tmp_path, mvtec_root, tiny_cfg):
-    from intra.runtime import native_bf16, resolve_train_dtype
+    from intra.runtime import native_bf16, resolve_dtype_name
 
     cpu = torch.device("cpu")
-    assert resolve_train_dtype("fp32", cpu) == "fp32" and resolve_train_dtype("bf16", cpu) == "bf16"
+    assert resolve_dtype_name("fp32", cpu) == "fp32" and resolve_dtype_name("bf16", cpu) == "bf16"
     expected = "bf16" if native_bf16("cpu") else "fp32"
-    assert resolve_train_dtype("auto", cpu) == expected
+    assert resolve_dtype_name("auto", cpu) == expected
     tiny_cfg.model.image_size = 64
     tiny_cfg.train.max_epochs, tiny_cfg.train.dtype = 1, "auto"
     result = fit(tiny_cfg, mvtec_root, tmp_path / "run")

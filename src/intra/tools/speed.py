@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ from ..core.model import InpaintingTransformer
 from ..core.windows import Plan, one_patch_plan, patchify, unpatchify
 from ..inference import packed
 from ..inference.detector import Detector
-from ..runtime import resolve_device, resolve_dtype
+from ..runtime import resolve_device, resolve_dtype, resolve_dtype_name
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class BenchOptions:
     image_size: int = 256
     device: str = "cpu"
     batch: int = 0  # images per inference call; 0 = 1 on the CPU, 8 on a GPU
-    dtype: str = "fp32"
+    dtype: str = "auto"  # auto = bf16 where the device computes it natively, as `intra` runs by default
     compile: bool = False
     repeat: int = 3  # timed repetitions of each measurement, after one warm-up
     naive_windows: int = 0  # windows timed in the naive loop; 0 = 16 on the CPU, 64 on a GPU
@@ -95,6 +95,7 @@ def run_bench(opts: BenchOptions) -> dict:
     """All measurements of `intra bench`; returns one flat dict (see `docs/benchmarks.md`)."""
     device = resolve_device(opts.device)
     cpu = device.type == "cpu"
+    opts = replace(opts, dtype=resolve_dtype_name(opts.dtype, device))
     cfg = bench_config(opts)
     torch.manual_seed(0)
     detector = Detector(InpaintingTransformer(cfg.model), cfg, device=device, dtype=opts.dtype, compile=opts.compile)
@@ -115,8 +116,12 @@ def run_bench(opts: BenchOptions) -> dict:
     result["speedup"] = naive_ms_per_image / result["ms_per_image"]
     result.update(train_throughput(cfg, opts, device))
     result.update(matmul_ceiling(device, resolve_dtype(opts.dtype)))
-    result["fraction_of_matmul"] = result["achieved_gflops"] / result["matmul_gflops"]
-    result["train_fraction_of_matmul"] = result["train_gflops"] / result["matmul_gflops"]
+    # The fp32 ceiling too, whatever ran: bf16 halves the products' cost, and the targets are set in fp32.
+    fp32 = result if opts.dtype == "fp32" else matmul_ceiling(device, torch.float32)
+    result["matmul_fp32_gflops"] = fp32["matmul_gflops"]
+    for prefix, gflops in (("", result["achieved_gflops"]), ("train_", result["train_gflops"])):
+        result[f"{prefix}fraction_of_matmul"] = gflops / result["matmul_gflops"]
+        result[f"{prefix}fraction_of_fp32_matmul"] = gflops / result["matmul_fp32_gflops"]
     return result
 
 
@@ -314,10 +319,19 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()})"
 
 
+def _fp32_share(r: dict, key: str) -> str:
+    """ ", 53% of the fp32 ceiling" where the run's ceiling was not fp32's, else nothing."""
+    return "" if r["dtype"] == "fp32" else f", {100 * r[key]:.0f}% of the fp32 ceiling"
+
+
 def format_table(r: dict) -> str:
     """The human-readable summary of a `run_bench` result."""
-    ceiling = f"{r['matmul_gflops']:.0f} GFLOP/s ({r['matmul_size']}^3, aten {r['matmul_aten_gflops']:.0f}"
+    ceiling = (
+        f"{r['matmul_gflops']:.0f} GFLOP/s ({r['matmul_size']}^3 in {r['dtype']}, aten {r['matmul_aten_gflops']:.0f}"
+    )
     ceiling += f", oneDNN {r['matmul_onednn_gflops']:.0f})" if "matmul_onednn_gflops" in r else ")"
+    if r["dtype"] != "fp32":
+        ceiling += f"; fp32 {r['matmul_fp32_gflops']:.0f} GFLOP/s"
     peak = "n/a" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f} MB"
     faults = "n/a" if r["page_faults_per_call"] is None else f"{r['page_faults_per_call']:.0f}"
     rows = [
@@ -336,7 +350,7 @@ def format_table(r: dict) -> str:
         (
             "inference",
             f"{r['windows_per_s']:.1f} windows/s, {r['ms_per_image']:.1f} ms/image, {r['achieved_gflops']:.0f} GFLOP/s "
-            f"= {100 * r['fraction_of_matmul']:.0f}% of the ceiling",
+            f"= {100 * r['fraction_of_matmul']:.0f}% of the ceiling" + _fp32_share(r, "fraction_of_fp32_matmul"),
         ),
         (
             "",
@@ -350,7 +364,9 @@ def format_table(r: dict) -> str:
         (
             "training",
             f"{r['train_windows_per_s']:.1f} windows/s, {r['train_gflops']:.0f} GFLOP/s "
-            f"= {100 * r['train_fraction_of_matmul']:.0f}% of the ceiling (batch {r['train_batch']}, {r['dtype']})",
+            f"= {100 * r['train_fraction_of_matmul']:.0f}% of the ceiling"
+            + _fp32_share(r, "train_fraction_of_fp32_matmul")
+            + f" (batch {r['train_batch']}, {r['dtype']})",
         ),
     ]
     width = max(len(name) for name, _ in rows)

@@ -42,7 +42,7 @@ from ..errors import IntraError
 from ..files import replacing_folder, write_json
 from ..inference.calibration import calibrate
 from ..inference.detector import Detector
-from ..runtime import configure_threads, resolve_device, resolve_train_dtype
+from ..runtime import configure_threads, resolve_device, resolve_dtype_name
 from . import distributed, state
 from .trainer import Trainer
 
@@ -123,7 +123,7 @@ def fit(
         log.warning("%s", reading_mismatch(cfg))
     configure_threads(cfg.train.threads)
     world, device = distributed.setup(resolve_device(cfg.train.device))
-    cfg.train.dtype = resolve_train_dtype(cfg.train.dtype, device)
+    cfg.train.dtype = resolve_dtype_name(cfg.train.dtype, device)
     log.info("training in %s on %s", cfg.train.dtype, device)
     torch.manual_seed(cfg.train.seed)
     generator = torch.Generator().manual_seed(cfg.train.seed)

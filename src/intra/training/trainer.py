@@ -23,7 +23,7 @@ from ..data.sampling import Batch, WindowSampler, concat_batches
 from ..errors import IntraError
 from ..evaluation.inpainting import best_fill, fill_errors, squared_error
 from ..inference.detector import Detector
-from ..runtime import resolve_train_dtype
+from ..runtime import resolve_dtype_name
 from . import distributed
 from .optim import WeightEMA, build_optimizer, lr_factor, set_lr
 
@@ -57,7 +57,7 @@ class Trainer:
         self.loss = inpainting_loss  # not compiled: inductor miscompiles the replicate-padding backward
         if t.compile:
             self.network = torch.compile(self.network)
-        bf16 = resolve_train_dtype(t.dtype, self.device) == "bf16"
+        bf16 = resolve_dtype_name(t.dtype, self.device) == "bf16"
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
         self.val_batches = _validation_batches(val_images, cfg)[self.world.rank :: self.world.size]
         # Inpainting quality on the held-out images as scoring reads them, beside trivial fills (once).
