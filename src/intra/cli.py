@@ -15,6 +15,7 @@ from .config import PRESETS, Config, apply_overrides, flatten, preset, read_conf
 from .errors import IntraError
 from .runtime import reuse_freed_memory
 from .tools.demo import DEMO_MINUTES
+from .tools.speed import CPU_TRAIN_BATCH
 
 # Flags that set one config key each: flag -> (key, type, help).
 TRAIN_FLAGS = {
@@ -236,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--train-batch",
         type=int,
         default=0,
-        help="windows per training step (default: the preset's, at most 32 on the CPU)",
+        help=f"windows per training step (default: the preset's, at most {CPU_TRAIN_BATCH} on the CPU)",
     )
     bench.add_argument(
         "--naive-windows",
