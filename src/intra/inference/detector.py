@@ -92,9 +92,10 @@ class Detector:
     `dtype` "bf16" runs the network's matrix products in bfloat16 (oneDNN bf16 on a CPU that has
     the instructions, autocast elsewhere); "auto" (the default) picks bf16 where the device computes
     it natively and fp32 elsewhere, as training does (`runtime.resolve_dtype_name`): on 2 EPYC
-    cores about 1.3x faster than fp32 with the same metrics (docs/benchmarks.md, "bf16 inference by
-    default"). A backend other than PyTorch always runs fp32; `compile` runs it through torch.compile with fixed-size
-    chunks; `backend` is a `backends.Backend` (default: this process's PyTorch).
+    cores about 1.3x faster than fp32 at 8 or 16 images per call, with the same metrics
+    (docs/benchmarks.md, "bf16 inference by default"). A backend other than PyTorch always runs
+    fp32. `compile` runs the network through torch.compile with fixed-size chunks; `backend` is a
+    `backends.Backend` (default: this process's PyTorch).
 
     The anomaly map is scored with `cfg.score` and the training statistics `mean_map`, `std_map`;
     with `score.image_scoring` set, the image score is the maximum of that named scoring's map, with
