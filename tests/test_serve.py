@@ -99,7 +99,8 @@ def test_the_onnx_backend_serves_the_torch_backends_scores(cli_run, tmp_path):
     with serving(run, "--dtype", "fp32") as (url, _):  # onnxruntime runs fp32; "auto" may be bf16 here
         by_torch = httpx.post(f"{url}/predict", content=image, headers={**AUTH, "Content-Type": "image/png"}).json()
     with serving(run, "--backend", "onnx") as (url, _):
-        assert httpx.get(f"{url}/model", headers=AUTH).json()["backend"] == "onnx"
+        served = httpx.get(f"{url}/model", headers=AUTH).json()
+        assert served["backend"] == "onnx" and served["dtype"] == "fp32"
         by_onnx = httpx.post(f"{url}/predict", content=image, headers={**AUTH, "Content-Type": "image/png"}).json()
     assert by_onnx["pred_score"] == pytest.approx(by_torch["pred_score"], abs=1e-4)
     assert by_onnx["pred_label"] == by_torch["pred_label"]
@@ -350,12 +351,14 @@ def test_a_full_queue_is_answered_503_with_retry_after(monkeypatch):
 def test_model_info_of_a_run_whose_name_is_not_utf8_is_json(cli_run, tmp_path):
     # Starlette encodes JSON strictly as UTF-8: a folder name with a Latin-1 byte made every GET /model a 500.
     from intra.inference.detector import Detector
+    from intra.runtime import native_bf16
     from intra.serve.app import model_info
 
     run = tmp_path / os.fsdecode(b"mod\xe8le")
     shutil.copytree(cli_run, run)
     info = model_info(Detector.load(run, device="cpu"), run, "torch")
     assert info["run"] == "mod\ufffdle"
+    assert info["dtype"] == ("bf16" if native_bf16("cpu") else "fp32")  # --dtype auto, resolved
     json.dumps(info, ensure_ascii=False).encode("utf-8")
 
 

@@ -153,6 +153,7 @@ def model_info(detector: Detector, run_dir: str | Path | None, backend: str) -> 
         },
         "thresholds": {"image_threshold": image_threshold, "pixel_threshold": pixel_threshold},
         "backend": backend,
+        "dtype": detector.backend.describe()["dtype"],  # what the products compute in: --dtype auto resolved
         "device": str(detector.device),
     }
 
