@@ -16,6 +16,7 @@ from intra.inference.calibration import thresholds
 from intra.inference.detector import Detector
 from intra.predict import RECORDS, Predictions, output_names, predict_paths, read_anomaly_map
 from intra.predict_folder import PredictFolder
+from intra.runtime import native_bf16
 
 from conftest import intra, user_error
 
@@ -43,7 +44,9 @@ def test_predict_writes_records_maps_overlays_masks_and_resumes(cli_run, mvtec_r
     )
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(records) == 10 and all(set(r) == KEYS for r in records)
-    assert "predicted 10 images" in result.stderr.strip().splitlines()[-1]
+    summary = result.stderr.strip().splitlines()[-1]
+    expected = "bf16" if native_bf16("cpu") else "fp32"  # --dtype auto, resolved and said
+    assert "predicted 10 images" in summary and " on torch" in summary and f"({expected}" in summary
     stats = json.loads((cli_run / "model.json").read_text())["stats"]
     detector = Detector.load(cli_run, device="cpu")
     for r in records:

@@ -176,10 +176,11 @@ class Predictions:
             self.seconds = time.perf_counter() - start
 
     def summary(self) -> str:
-        """One line: counts, the threshold used, what was skipped and where the records are."""
+        """One line: counts, what ran, the threshold used, what was skipped and where the records are."""
+        ran = self.detector.backend.describe()
         text = (
-            f"predicted {self.predicted} images in {self.seconds:.1f}s: {self.anomalous} anomalous "
-            f"(pred_score >= {self.thresholds['image_threshold']})"
+            f"predicted {self.predicted} images in {self.seconds:.1f}s on {ran['backend']} ({ran['dtype']}, "
+            f"{ran['device']}): {self.anomalous} anomalous (pred_score >= {self.thresholds['image_threshold']})"
         )
         if self.failed:
             text += f'; {self.failed} could not be read (their records hold "error")'
