@@ -23,7 +23,7 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def resolve_dtype_name(name: str, device: torch.device) -> str:
-    """ "fp32", "bf16" or "auto" -> "fp32" or "bf16"; "auto" = bf16 where `device` computes it natively, else fp32.
+    """A dtype name -> "fp32" or "bf16"; "auto" = bf16 where `device` computes it natively, else fp32.
 
     One rule for training (`train.dtype`) and inference (`--dtype`, `Detector`'s dtype).
     """
