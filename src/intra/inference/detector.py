@@ -125,8 +125,8 @@ class Detector:
         self.image_mean_map = None if image_mean_map is None else image_mean_map.to(self.device)
         self.image_std_map = None if image_std_map is None else image_std_map.to(self.device)
         self.stats = stats or {}
-        if backend is not None and not isinstance(backend, TorchBackend) and dtype == "auto":
-            dtype = "fp32"  # onnxruntime runs the graph as exported
+        if backend is not None and not isinstance(backend, TorchBackend):
+            dtype = "fp32"  # onnxruntime and OpenVINO run the graph as exported
         self.dtype = resolve_dtype(resolve_dtype_name(dtype, self.device))
         self.compile = compile
         self.backend = backend or TorchBackend(self.model, self.device, self.dtype, compile)
@@ -151,8 +151,6 @@ class Detector:
             raise IntraError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
         if backend != "torch" and (dtype == "bf16" or compile):
             raise IntraError(f"the {backend} backend runs fp32 and is not compiled: drop --dtype bf16 / compile")
-        if backend != "torch":
-            dtype = "fp32"
         if backend == "torch" and onnx_file is not None:
             raise IntraError(
                 f"--onnx-file {onnx_file} needs an ONNX backend: add --backend onnx, onnx-full or openvino"
