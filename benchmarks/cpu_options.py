@@ -12,7 +12,9 @@ Prints, on random weights and random 128 px images (the `cpu` preset's network):
 - where reconstruction time goes (torch profiler, self time by operator group);
 - ms per image of `Detector.reconstruct` by chunk size, with torch.compile, and with bf16;
 - training windows per second of `Trainer.train_step` by batch size, in fp32, under bf16 autocast
-  and under torch.compile (fp32 and bf16); `--training-only` prints only these.
+  and under torch.compile (fp32 and bf16); `--training-only` prints only these;
+- where a training step's time goes, by operator group, and the windows per second the step would
+  reach if everything but its matrix products took no time (`--training-profile` prints only this).
 
 Best of 3 repetitions after a warm-up (attention: the median of alternating rounds); an experiment
 script for docs/benchmarks.md.
@@ -31,7 +33,7 @@ from torch.profiler import profile
 from intra.config import preset
 from intra.core.model import CPU_SLICE_WINDOWS, InpaintingTransformer, attend
 from intra.inference.detector import Detector
-from intra.runtime import reuse_freed_memory
+from intra.runtime import resolve_dtype_name, reuse_freed_memory
 from intra.training.trainer import Trainer
 
 
@@ -136,15 +138,58 @@ def training_batches() -> None:
         print(f"training, batch {batch}, {label}: {steps * batch / ms * 1000:.0f} windows/s")
 
 
+# Operator groups of a training step's profile (self time); what matches none is "the rest".
+STEP_GROUPS = {
+    "matrix products": ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "mkldnn::_linear_pointwise"),
+    "casts and copies": ("aten::copy_", "aten::_to_copy", "aten::clone"),
+    "GELU and its gradient": ("aten::gelu", "aten::gelu_backward"),
+    "softmax and its gradient": ("aten::_softmax", "aten::_softmax_backward_data"),
+    "layer norms and their gradients": ("aten::native_layer_norm", "aten::native_layer_norm_backward"),
+}
+
+
+def training_profile(batches: tuple[int, ...] = (64, 256), steps: int = 10) -> None:
+    """Self time of the preset's training step (its own dtype) by operator group, and the step's bound.
+
+    The bound is the measured windows per second divided by the products' share of the profiled
+    time: the rate if casts, activations, norms, the loss, sampling and the optimizer were free and
+    the products ran as they do now. Shares come from the profiler (which slows small operators more
+    than large ones, so the products' share is if anything understated and the bound overstated).
+    """
+    for batch in batches:
+        cfg = preset("cpu")
+        cfg.model.channels, cfg.train.batch_size = 3, batch
+        torch.manual_seed(0)
+        images = torch.rand(16, 3, 128, 128)
+        trainer = Trainer(InpaintingTransformer(cfg.model), images, images[:2], cfg, torch.Generator().manual_seed(0))
+        n = max(steps, 2560 // batch)
+        rate = n * batch / best_ms(lambda t=trainer, n=n: [t.train_step() for _ in range(n)], 3) * 1000
+        with profile() as prof:
+            for _ in range(n):
+                trainer.train_step()
+        times = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+        total = sum(times.values())
+        shares = {group: sum(times.get(op, 0.0) for op in ops) / total for group, ops in STEP_GROUPS.items()}
+        shares["the rest"] = 1 - sum(shares.values())
+        dtype = resolve_dtype_name(cfg.train.dtype, torch.device("cpu"))
+        listed = ", ".join(f"{group} {100 * share:.0f} %" for group, share in shares.items())
+        print(f"training step, batch {batch}, {dtype}: {rate:.0f} windows/s; self time: {listed}")
+        print(f"  if only the matrix products took time: {rate / shares['matrix products']:.0f} windows/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--training-only", action="store_true", help="time only the training steps")
+    parser.add_argument("--training-profile", action="store_true", help="only where a training step's time goes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     reuse_freed_memory()  # as the intra command does
     if args.training_only:
         training_batches()
+        return
+    if args.training_profile:
+        training_profile()
         return
     cfg = preset("cpu")
     cfg.model.channels = 3
