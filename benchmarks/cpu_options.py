@@ -120,15 +120,21 @@ def reconstruction_options(model: InpaintingTransformer, cfg, images: torch.Tens
         print(f"reconstruct, {options} ({detector.backend.describe()}): {ms:.1f} ms/image, first call {warm:.1f} s")
 
 
+def preset_trainer(batch: int, dtype: str = "", compiled: bool = False) -> Trainer:
+    """A Trainer of the cpu preset's network on 16 random 128 px images, at `batch` windows a step, in
+    `dtype` ("" = the preset's own), compiled on request."""
+    cfg = preset("cpu")
+    cfg.model.channels, cfg.train.batch_size, cfg.train.compile = 3, batch, compiled
+    cfg.train.dtype = dtype or cfg.train.dtype
+    torch.manual_seed(0)
+    images = torch.rand(16, 3, 128, 128)
+    return Trainer(InpaintingTransformer(cfg.model), images, images[:2], cfg, torch.Generator().manual_seed(0))
+
+
 def training_batches() -> None:
     runs = [*(("fp32", b, False) for b in (32, 64, 128, 256)), *(("bf16", b, False) for b in (32, 64, 256))]
     for dtype, batch, compiled in [*runs, ("fp32", 32, True), ("fp32", 64, True), ("bf16", 64, True)]:
-        cfg = preset("cpu")
-        cfg.model.channels, cfg.train.batch_size, cfg.train.dtype = 3, batch, dtype
-        cfg.train.compile = compiled
-        torch.manual_seed(0)
-        images = torch.rand(16, 3, 128, 128)
-        trainer = Trainer(InpaintingTransformer(cfg.model), images, images[:2], cfg, torch.Generator().manual_seed(0))
+        trainer = preset_trainer(batch, dtype, compiled)
         steps = max(6, 2048 // batch)
         if compiled:  # compile (and recompile for the lattice's varying covered counts) before timing
             for _ in range(steps):
@@ -157,11 +163,7 @@ def training_profile(batches: tuple[int, ...] = (64, 256), steps: int = 10) -> N
     than large ones, so the products' share is if anything understated and the bound overstated).
     """
     for batch in batches:
-        cfg = preset("cpu")
-        cfg.model.channels, cfg.train.batch_size = 3, batch
-        torch.manual_seed(0)
-        images = torch.rand(16, 3, 128, 128)
-        trainer = Trainer(InpaintingTransformer(cfg.model), images, images[:2], cfg, torch.Generator().manual_seed(0))
+        trainer = preset_trainer(batch)
         n = max(steps, 2560 // batch)
         rate = n * batch / best_ms(lambda t=trainer, n=n: [t.train_step() for _ in range(n)], 3) * 1000
         with profile() as prof:
@@ -171,7 +173,7 @@ def training_profile(batches: tuple[int, ...] = (64, 256), steps: int = 10) -> N
         total = sum(times.values())
         shares = {group: sum(times.get(op, 0.0) for op in ops) / total for group, ops in STEP_GROUPS.items()}
         shares["the rest"] = 1 - sum(shares.values())
-        dtype = resolve_dtype_name(cfg.train.dtype, torch.device("cpu"))
+        dtype = resolve_dtype_name(trainer.cfg.train.dtype, torch.device("cpu"))
         listed = ", ".join(f"{group} {100 * share:.0f} %" for group, share in shares.items())
         print(f"training step, batch {batch}, {dtype}: {rate:.0f} windows/s; self time: {listed}")
         print(f"  if only the matrix products took time: {rate / shares['matrix products']:.0f} windows/s")
