@@ -99,6 +99,10 @@ def test_config_files_are_merged_with_the_flags_and_every_error_is_one_line(tmp_
         ["train", "--data", "d", "--out", "o", "--config", str(config), "--image-size", "256"]
     )
     assert resolve_train_config(args).model.patch_size == 32
+    # The cpu preset gives textures 192 px; an --image-size asked for holds for textures too.
+    assert resolve_train_config(args).data.texture_image_size == 0
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o"])
+    assert resolve_train_config(args).data.texture_image_size == 192
 
     out = tmp_path / "run"
     for name, text, needle in [

@@ -19,7 +19,12 @@ from .tools.speed import CPU_TRAIN_BATCH
 
 # Flags that set one config key each: flag -> (key, type, help).
 TRAIN_FLAGS = {
-    "--image-size": ("model.image_size", int, "resize images to N x N pixels (a multiple of the patch size)"),
+    "--image-size": (
+        "model.image_size",
+        int,
+        "image size in pixels, a multiple of the patch size: N x N with data.resize = square, else the median"
+        " training image's short side, for objects and textures alike",
+    ),
     "--patch-size": ("model.patch_size", int, "patch side K in pixels"),
     "--window": ("model.window", int, "window side L in patches"),
     "--dim": ("model.dim", int, "model width D"),
@@ -293,6 +298,8 @@ def resolve_train_config(args: argparse.Namespace) -> Config:
         except IntraError as exc:
             raise IntraError(f"{args.config}: {exc}") from None
     flags = {key: getattr(args, key) for key, _, _ in TRAIN_FLAGS.values() if getattr(args, key) is not None}
+    if "model.image_size" in flags:  # a size asked for is the size of every kind of data, textures included
+        flags["data.texture_image_size"] = 0
     flags.update(_key_values(args.set))
     return apply_overrides(cfg, flags)
 

@@ -5,7 +5,14 @@ import torch
 
 from intra.config import Config, apply_overrides, preset
 from intra.core.anomaly_map import border_bins, expand_statistic
-from intra.data.geometry import Geometry, resolve_cover_spacing, resolve_kind, resolve_position, resolve_scale
+from intra.data.geometry import (
+    Geometry,
+    resolve_cover_spacing,
+    resolve_image_size,
+    resolve_kind,
+    resolve_position,
+    resolve_scale,
+)
 from intra.errors import IntraError
 
 
@@ -51,6 +58,29 @@ def test_automatic_scale_and_kind():
     assert resolve_kind(cfg, [(300, 200)] * 3) == "object"
     cfg.data.kind = "object"
     assert resolve_kind(cfg, sizes) == "object"  # chosen by hand: kept
+
+
+def test_textures_take_their_own_image_size_when_the_scale_is_chosen():
+    cfg = Config()
+    apply_overrides(cfg, {"data.resize": "scale", "model.image_size": 128, "data.texture_image_size": 192})
+    cfg.model.patch_size = 8
+    textures, objects = [(512, 256), (300, 300), (256, 400)], [(300, 200)] * 3
+    cfg.data.kind = resolve_kind(cfg, textures)  # decided before the scale
+    assert cfg.data.kind == "texture" and resolve_image_size(cfg) == 192
+    cfg.model.image_size = resolve_image_size(cfg)
+    assert resolve_scale(cfg, textures) == pytest.approx(192 / 256)  # the median short side becomes 192 px
+    cfg.model.image_size, cfg.data.scale = 128, 0.5  # a scale given by hand is kept, and with it the image size
+    assert resolve_image_size(cfg) == 128
+    for kind, sizes in (("object", objects), ("texture", textures)):
+        other = Config()
+        apply_overrides(other, {"data.resize": "scale", "model.image_size": 128, "data.texture_image_size": 192})
+        other.data.kind = resolve_kind(other, sizes)
+        assert other.data.kind == kind
+        assert resolve_image_size(other) == (128 if kind == "object" else 192)
+    other.data.texture_image_size = 0  # 0: textures too take model.image_size
+    assert resolve_image_size(other) == 128
+    with pytest.raises(IntraError, match="data.texture_image_size"):
+        apply_overrides(Config(), {"data.texture_image_size": 100})  # not a multiple of the 16 px patch
 
 
 def test_global_positions_need_one_geometry():

@@ -1,6 +1,7 @@
 """fit(): a tiny model learns, a run folder is written, and training is reproducible."""
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -113,6 +114,7 @@ def test_the_kept_epoch_follows_the_selection_metric(tmp_path, mvtec_root, selec
 
 
 def test_images_of_several_sizes_train_score_and_evaluate_at_their_own_geometry(tmp_path, mixed_root):
+    from intra.data.datasets import training_images
     from intra.data.geometry import Geometry
     from intra.data.images import image_size, load_image
     from intra.evaluation.scoring import evaluate
@@ -122,9 +124,12 @@ def test_images_of_several_sizes_train_score_and_evaluate_at_their_own_geometry(
     cfg.data.resize = "scale"
     cfg.train.cover_spacing = cfg.score.cover_spacing = 2
     cfg.train.texture_cover_spacing = 3
+    cfg.data.texture_image_size = 48  # textures take their own size: the median short side becomes 48 px
     result = fit(cfg, mixed_root, tmp_path / "run")
     detector = result.detector
-    assert detector.cfg.data.kind == "texture" and detector.cfg.data.scale > 0
+    assert detector.cfg.data.kind == "texture" and detector.cfg.model.image_size == 48
+    short_sides = [min(image_size(p)) for p in training_images(mixed_root)]
+    assert detector.cfg.data.scale == pytest.approx(48 / statistics.median(short_sides))
     assert detector.cfg.train.cover_spacing == detector.cfg.score.cover_spacing == 3  # the texture lattice
     depth = (cfg.model.window // 2 + 1) * cfg.model.patch_size
     assert detector.mean_map.shape == (depth + 1, depth + 1)  # statistics by distance to the border

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..config import Config
 from ..errors import IntraError
@@ -93,23 +93,45 @@ def warn_distorted(geometry: Geometry, paths: list, sizes: list[tuple[int, int]]
     return len(distorted)
 
 
+def automatic_scale(image_size: int, sizes: list[tuple[int, int]]) -> float:
+    """The factor that brings the median short side of `sizes` (width, height) to image_size."""
+    return image_size / statistics.median(min(size) for size in sizes)
+
+
 def resolve_scale(cfg: Config, sizes: list[tuple[int, int]]) -> float:
     """data.scale, or for 0 the factor that brings the median short side of `sizes` (width, height) to model.image_size."""
     if cfg.data.resize != "scale" or cfg.data.scale:
         return cfg.data.scale
-    scale = cfg.model.image_size / statistics.median(min(size) for size in sizes)
+    scale = automatic_scale(cfg.model.image_size, sizes)
     log.info("data.scale = %.4g: the median training image's short side becomes %d px", scale, cfg.model.image_size)
     return scale
 
 
 def resolve_kind(cfg: Config, sizes: list[tuple[int, int]]) -> str:
-    """data.kind, or for "auto": object when every training image gets the same size, else texture."""
+    """data.kind, or for "auto": object when every training image gets the same size, else texture.
+
+    Decided before the scale (a texture may then take another image size, `resolve_image_size`): with
+    the scale still to choose, the sizes are compared at the one model.image_size gives."""
     if cfg.data.kind != "auto":
         return cfg.data.kind
     geometry = Geometry.of(cfg)
+    if cfg.data.resize == "scale" and not cfg.data.scale:
+        geometry = replace(geometry, scale=automatic_scale(cfg.model.image_size, sizes))
     kind = "object" if len({geometry.target(*size) for size in sizes}) == 1 else "texture"
     log.info("data.kind = %s: the training images %s", kind, "share one size" if kind == "object" else "differ in size")
     return kind
+
+
+def resolve_image_size(cfg: Config) -> int:
+    """model.image_size once data.kind is known: data.texture_image_size for textures whose scale is
+    chosen at fit (when set), else unchanged."""
+    d = cfg.data
+    if d.kind != "texture" or d.resize != "scale" or d.scale or not d.texture_image_size:
+        return cfg.model.image_size
+    log.info(
+        "model.image_size = %d: the median short side for textures (data.texture_image_size)", d.texture_image_size
+    )
+    return d.texture_image_size
 
 
 def resolve_fixed_size(cfg: Config, sizes: list[tuple[int, int]]) -> tuple[int, int]:

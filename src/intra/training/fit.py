@@ -32,6 +32,7 @@ from ..data.geometry import (
     Geometry,
     resolve_cover_spacing,
     resolve_fixed_size,
+    resolve_image_size,
     resolve_kind,
     resolve_position,
     resolve_scale,
@@ -106,8 +107,9 @@ def fit(
     cfg.data.color = color
     cfg.model.channels = 1 if color == "gray" else 3
     sizes = [image_size(p) for p in paths]
-    cfg.data.scale = resolve_scale(cfg, sizes)
     cfg.data.kind = resolve_kind(cfg, sizes)
+    cfg.model.image_size = resolve_image_size(cfg)
+    cfg.data.scale = resolve_scale(cfg, sizes)
     cfg.data.height, cfg.data.width = resolve_fixed_size(cfg, sizes)
     cfg.model.position, cfg.model.position_table = resolve_position(cfg)
     cfg.train.cover_spacing, cfg.score.cover_spacing = resolve_cover_spacing(cfg)
