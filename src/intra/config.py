@@ -96,7 +96,9 @@ class TrainConfig:
     max_epochs: int = 10_000
     patience: int = 50  # stop when the selection metric has not improved for this many epochs
     # [choice] what early stopping and the kept weights follow: "inpaint", the held-out images' pixel
-    # error read as scoring reads them (evaluation/inpainting.py), or "loss", the validation loss.
+    # error read as scoring reads them (evaluation/inpainting.py); "loss", the validation loss; or
+    # "defects" (beyond the paper), how well the raw map of score.* outlines defects pasted into the
+    # held-out images (data/defects.py; 1 - the mean of pixel AUROC and AUPRO, `val_defects_gap`).
     select: str = "inpaint"
     max_minutes: float = 0.0  # wall-clock budget for the training loop; 0 = none
     val_fraction: float = 0.1  # share of training images held out for validation ...
@@ -396,7 +398,7 @@ _CHOICES = {
     ("data", "resize"): ("square", "scale"),
     ("data", "kind"): ("auto", "object", "texture"),
     ("train", "rotation"): ("none", "rot90", "any"),
-    ("train", "select"): ("inpaint", "loss"),
+    ("train", "select"): ("inpaint", "loss", "defects"),
     ("score", "choose"): ("off", "auto"),
     ("score", "image_scoring"): ("", *SCORINGS),
     ("train", "optimizer"): ("adam", "adamw"),

@@ -17,11 +17,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import Config
+from ..core.anomaly_map import difference_map
 from ..core.losses import inpainting_loss
 from ..core.model import InpaintingTransformer
+from ..data.defects import paste_one_each
 from ..data.sampling import Batch, WindowSampler, concat_batches
 from ..errors import IntraError
 from ..evaluation.inpainting import best_fill, fill_errors, squared_error
+from ..inference.choice import synthetic_metrics
 from ..inference.detector import Detector
 from ..runtime import resolve_dtype_name
 from . import distributed
@@ -29,7 +32,8 @@ from .optim import WeightEMA, build_optimizer, lr_factor, set_lr
 
 log = logging.getLogger(__name__)
 
-SELECTION = {"inpaint": "val_inpaint", "loss": "val_loss"}  # train.select -> the record entry it follows
+# train.select -> the record entry it follows (lower is better)
+SELECTION = {"inpaint": "val_inpaint", "loss": "val_loss", "defects": "val_defects_gap"}
 
 
 class Trainer:
@@ -63,6 +67,12 @@ class Trainer:
         # Inpainting quality on the held-out images as scoring reads them, beside trivial fills (once).
         self.val_images = val_images[self.world.rank :: self.world.size]
         self.fills = fill_errors(val_images, cfg.model.patch_size)
+        # train.select = defects: one defect pasted into each held-out image (every process holds them all,
+        # so that all choose the same epoch), drawn once from the seed that calibration's choice uses.
+        self.pasted = None
+        if t.select == "defects" and len(val_images):
+            self.pasted = paste_one_each(list(val_images), torch.Generator().manual_seed(t.seed + 2))
+            self.all_val_images = list(val_images)
         self.optimizer = self.build_optimizer()
         # Weight average (train.ema): validated and kept as the best weights instead of the raw ones.
         self.ema = WeightEMA(model, cfg.train.ema) if cfg.train.ema else None
@@ -176,7 +186,7 @@ class Trainer:
             loss, _ = inpainting_loss(pred, batch.target, self.cfg.train.alpha, self.cfg.train.beta)
             total += float(loss) * len(pred)
             count += len(pred)
-        errors = torch.zeros(0)
+        errors, reconstructions = torch.zeros(0), None
         if len(self.val_images):  # a process of a distributed run may hold none of the few held-out images
             reconstructions = Detector(model, self.cfg, device=self.device).reconstruct(self.val_images)
             errors = squared_error(reconstructions, self.val_images)
@@ -184,12 +194,35 @@ class Trainer:
             [total, count, float(errors.sum()), len(errors)], self.device
         )
         inpaint = error_sum / max(images, 1)
-        return {
+        record = {
             "val_loss": total / max(count, 1),
             "val_inpaint": inpaint,
             "val_inpaint_ratio": inpaint / best_fill(self.fills),
             "val_fills": self.fills,
         }
+        if self.pasted is not None:
+            record.update(self.pasted_detection(model, reconstructions if self.world.size == 1 else None))
+        return record
+
+    def pasted_detection(self, model: InpaintingTransformer, normal_reconstructions=None) -> dict:
+        """How the raw map of score.* (no training statistics) finds the defects pasted into the held-out
+        images: {"val_defects": pixel AUROC, AUPRO, image AUROC; "val_defects_gap": 1 - mean of the first two}.
+
+        Why select on it: on magnetic tile the inpainting error kept falling over a run's last epochs
+        while its detection of real defects fell, and the pasted defects' pixel metrics fell with it
+        (docs/benchmarks.md, "Which epoch to keep"). `normal_reconstructions`: the held-out images'
+        reconstructions when validate has them all already.
+        """
+        detector = Detector(model, self.cfg, device=self.device)
+        defective, masks = self.pasted
+        maps = []
+        for images, reconstructions in ((self.all_val_images, normal_reconstructions), (defective, None)):
+            if reconstructions is None:
+                reconstructions = detector.reconstruct(images)
+            maps.append([difference_map(x[None], r[None], self.cfg.score)[0] for x, r in zip(images, reconstructions)])
+        found = synthetic_metrics(*maps, masks)
+        shown = {key: round(found[key], 4) for key in ("pixel_auroc", "aupro", "image_auroc")}
+        return {"val_defects": shown, "val_defects_gap": 1 - found["map"]}
 
     def run(self, log_path: Path | None, progress: bool = False, on_epoch=None) -> dict:
         """Epochs until patience, max_epochs or max_minutes; the best weights end in best_state.
@@ -220,7 +253,8 @@ class Trainer:
                 line = (
                     f"epoch {self.epoch:4d}  train {record.get('train_loss', math.nan):.5f}  val {record['val_loss']:.5f}  "
                     f"inpaint {record['val_inpaint']:.5f} ({record['val_inpaint_ratio']:.2f} x the best fill)"
-                    f"{'  *' if improved else ''}  {record['seconds']:.0f}s"
+                    + (f"  pasted defects {1 - record['val_defects_gap']:.3f}" if "val_defects_gap" in record else "")
+                    + f"{'  *' if improved else ''}  {record['seconds']:.0f}s"
                 )
                 log.info(line)
                 if progress:
