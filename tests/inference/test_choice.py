@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from intra.config import MAP_SCORINGS, SCORINGS, Config
-from intra.data.defects import KINDS, paste_defects
+from intra.data.defects import KINDS, paste_defect, paste_defects, paste_one_each
 from intra.inference import choice
 from intra.training.fit import fit
 
@@ -24,6 +24,19 @@ def test_pasted_defects_change_their_mask_and_nothing_else():
         assert float(changed[~mask].max()) <= 0.02 * float(original.max() - original.min()) + 1e-6
     again, _ = paste_defects(images, torch.Generator().manual_seed(1))
     assert all(torch.equal(a, b) for a, b in zip(defective, again))  # seeded
+
+
+def test_one_defect_each_takes_the_kinds_in_turn_and_matches_pasting_that_kind():
+    torch.manual_seed(0)
+    images = [torch.rand(3, 48, 48) * 0.5 + 0.25 for _ in range(5)]
+    defective, masks = paste_one_each(images, torch.Generator().manual_seed(3))
+    assert len(defective) == len(masks) == len(images)
+    generator = torch.Generator().manual_seed(3)
+    for i, (out, mask) in enumerate(zip(defective, masks)):
+        assert mask.any() and not torch.equal(out, images[i])
+        expected, expected_mask = paste_defect(images[i], images[(i + 1) % 5], KINDS[i % len(KINDS)], generator)
+        if expected_mask.any():  # the same draws: the same defect (an empty draw is drawn again once)
+            assert torch.equal(out, expected) and torch.equal(mask, expected_mask)
 
 
 def test_the_map_is_chosen_among_the_raw_scorings_and_the_image_score_among_all(monkeypatch):

@@ -113,6 +113,22 @@ def test_the_kept_epoch_follows_the_selection_metric(tmp_path, mvtec_root, selec
     )
 
 
+def test_selection_on_pasted_defects_keeps_the_epoch_whose_map_finds_them_best(tmp_path, mvtec_root):
+    cfg = tiny_config(head="covered")
+    cfg.model.image_size = 64
+    cfg.train.cover_spacing = cfg.score.cover_spacing = 2
+    cfg.train.max_epochs, cfg.train.patience, cfg.train.select = 3, 10, "defects"
+    stats = fit(cfg, mvtec_root, tmp_path / "run").stats
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    gaps = [record["val_defects_gap"] for record in log]
+    assert stats["selected_by"] == "val_defects_gap" and stats["best_epoch"] == 1 + gaps.index(min(gaps))
+    assert len(set(gaps)) > 1  # it follows the weights
+    for record in log:  # the gap is what is left of the mean of pixel AUROC and AUPRO
+        found = record["val_defects"]
+        assert 0 <= found["image_auroc"] <= 1 and 0 < found["pixel_auroc"] <= 1
+        assert record["val_defects_gap"] == pytest.approx(1 - (found["pixel_auroc"] + found["aupro"]) / 2, abs=1e-4)
+
+
 def test_images_of_several_sizes_train_score_and_evaluate_at_their_own_geometry(tmp_path, mixed_root):
     from intra.data.datasets import training_images
     from intra.data.geometry import Geometry

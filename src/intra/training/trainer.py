@@ -209,7 +209,8 @@ class Trainer:
         images: {"val_defects": pixel AUROC, AUPRO, image AUROC; "val_defects_gap": 1 - mean of the first two}.
 
         Why select on it: on magnetic tile the inpainting error kept falling over a run's last epochs
-        while its detection of real defects fell, and the pasted defects' pixel metrics fell with it
+        while its detection of real defects fell, and the pasted defects' pixel metrics fell with it;
+        with one defect per image the criterion is noisier, so it is an option, not the preset's
         (docs/benchmarks.md, "Which epoch to keep"). `normal_reconstructions`: the held-out images'
         reconstructions when validate has them all already.
         """
