@@ -26,7 +26,7 @@ from intra.checkpoint import load_checkpoint, save_checkpoint
 from intra.config import apply_overrides, preset
 from intra.core.model import InpaintingTransformer
 from intra.data.datasets import training_images, validation_split
-from intra.data.geometry import Geometry, resolve_image_size, resolve_kind, resolve_scale
+from intra.data.geometry import Geometry, resolve_geometry
 from intra.data.images import image_size, load_images, resolve_color, standardize
 from intra.evaluation.scoring import evaluate
 from intra.files import write_json
@@ -78,9 +78,7 @@ def train(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", cfg.to_dict())
     sizes = [image_size(p) for p in paths]
-    cfg.data.kind = resolve_kind(cfg, sizes)
-    cfg.model.image_size = resolve_image_size(cfg)
-    cfg.data.scale = resolve_scale(cfg, sizes)
+    resolve_geometry(cfg, sizes)  # as fit resolves it
     images = load_images(paths, Geometry.of(cfg), cfg.data.color)
     if cfg.data.standardize:
         images = [standardize(x) for x in images]

@@ -176,3 +176,14 @@ def resolve_cover_spacing(cfg: Config) -> tuple[int, int]:
         return t.cover_spacing, s.cover_spacing
     log.info("train.cover_spacing = score.cover_spacing = %d: the lattice for textures", t.texture_cover_spacing)
     return t.texture_cover_spacing, t.texture_cover_spacing
+
+
+def resolve_geometry(cfg: Config, sizes: list[tuple[int, int]]) -> None:
+    """Every fit-time geometry choice of `cfg` (a copy the caller owns) from the training images' sizes,
+    in order: the kind, the image size, the scale, the one size of objects, positions, the lattice."""
+    cfg.data.kind = resolve_kind(cfg, sizes)
+    cfg.model.image_size = resolve_image_size(cfg)
+    cfg.data.scale = resolve_scale(cfg, sizes)
+    cfg.data.height, cfg.data.width = resolve_fixed_size(cfg, sizes)
+    cfg.model.position, cfg.model.position_table = resolve_position(cfg)
+    cfg.train.cover_spacing, cfg.score.cover_spacing = resolve_cover_spacing(cfg)

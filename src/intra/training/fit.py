@@ -28,16 +28,7 @@ from ..checkpoint import check_new_run, save_checkpoint
 from ..config import Config, reading_mismatch, validate
 from ..core.model import InpaintingTransformer
 from ..data.datasets import training_images, validation_split
-from ..data.geometry import (
-    Geometry,
-    resolve_cover_spacing,
-    resolve_fixed_size,
-    resolve_image_size,
-    resolve_kind,
-    resolve_position,
-    resolve_scale,
-    warn_distorted,
-)
+from ..data.geometry import Geometry, resolve_geometry, warn_distorted
 from ..data.images import image_size, load_images, resolve_color, standardize
 from ..errors import IntraError
 from ..files import replacing_folder, write_json
@@ -107,12 +98,7 @@ def fit(
     cfg.data.color = color
     cfg.model.channels = 1 if color == "gray" else 3
     sizes = [image_size(p) for p in paths]
-    cfg.data.kind = resolve_kind(cfg, sizes)
-    cfg.model.image_size = resolve_image_size(cfg)
-    cfg.data.scale = resolve_scale(cfg, sizes)
-    cfg.data.height, cfg.data.width = resolve_fixed_size(cfg, sizes)
-    cfg.model.position, cfg.model.position_table = resolve_position(cfg)
-    cfg.train.cover_spacing, cfg.score.cover_spacing = resolve_cover_spacing(cfg)
+    resolve_geometry(cfg, sizes)
     validate(cfg)
     warn_distorted(
         Geometry.of(cfg),
