@@ -103,6 +103,10 @@ def test_config_files_are_merged_with_the_flags_and_every_error_is_one_line(tmp_
     assert resolve_train_config(args).data.texture_image_size == 0
     args = build_parser().parse_args(["train", "--data", "d", "--out", "o"])
     assert resolve_train_config(args).data.texture_image_size == 192
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--set", "model.image_size=160"])
+    assert resolve_train_config(args).data.texture_image_size == 0  # however the size is set
+    args.set.append("data.texture_image_size=256")
+    assert resolve_train_config(args).data.texture_image_size == 256  # unless textures get their own
 
     out = tmp_path / "run"
     for name, text, needle in [

@@ -298,8 +298,6 @@ def resolve_train_config(args: argparse.Namespace) -> Config:
         except IntraError as exc:
             raise IntraError(f"{args.config}: {exc}") from None
     flags = {key: getattr(args, key) for key, _, _ in TRAIN_FLAGS.values() if getattr(args, key) is not None}
-    if "model.image_size" in flags:  # a size asked for is the size of every kind of data, textures included
-        flags["data.texture_image_size"] = 0
     flags.update(_key_values(args.set))
     return apply_overrides(cfg, flags)
 

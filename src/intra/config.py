@@ -69,8 +69,9 @@ class DataConfig:
     scale: float = 0.0  # with resize = "scale": the factor; 0 = chosen at fit (median short side -> model.image_size)
     # Beyond the paper: with resize = "scale" and the scale chosen at fit, textures (kind, below) bring
     # their median short side to this many pixels instead of model.image_size (set at fit, logged);
-    # 0 = model.image_size. Textures have no grid of positions to learn, so a larger image costs
-    # only scoring time, and shrinking large photographs less keeps small defects.
+    # 0 = model.image_size, and setting model.image_size without this key sets it to 0. Textures have
+    # no grid of positions to learn, so a larger image costs only scoring time, and shrinking large
+    # photographs less keeps small defects.
     texture_image_size: int = 0
     # [choice] what the anomaly-map statistics (mean, std of the training difference maps) depend on.
     # "object" (aligned objects of one size): every pixel position has its own; "texture": they depend
@@ -211,7 +212,7 @@ def _cpu_preset() -> Config:
     cfg.train.rotation = "none"  # flips only: quarter turns made the small model's task harder in screening
     cfg.data.resize = "scale"  # images keep their aspect ratio at one pixel scale (median short side 128 px)
     # Textures at 192 px: on magnetic tile (photographs up to 632 px, shrunk to scale 0.485 at 128 px)
-    # image AUROC rose from 0.696 to 0.755 and more over three seeds, at 57 to 73 ms per image
+    # image AUROC rose from 0.696-0.705 to 0.752-0.776 over three seeds, at 57 to 73 ms per image
     # (docs/benchmarks.md, "Magnetic tile at 192 px"). Objects stay at 128 px: their grid of
     # global positions would grow 2.25x in the same minutes.
     cfg.data.texture_image_size = 192
@@ -297,6 +298,10 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], check: bool = True) 
         if not dataclasses.is_dataclass(section) or name not in {f.name for f in dataclasses.fields(section)}:
             raise IntraError(f"unknown config key {key!r}")
         setattr(section, name, _coerce(key, getattr(section, name), value))
+    # An image size asked for is the size of every kind of data, unless the same overrides give
+    # textures their own (a run's saved config holds both).
+    if "model.image_size" in overrides and "data.texture_image_size" not in overrides:
+        cfg.data.texture_image_size = 0
     if check:
         validate(cfg)
     return cfg

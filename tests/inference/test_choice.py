@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from intra.config import MAP_SCORINGS, SCORINGS, Config
-from intra.data.defects import KINDS, paste_defect, paste_defects, paste_one_each
+from intra.data.defects import KINDS, paste_defect, paste_defects
 from intra.inference import choice
 from intra.training.fit import fit
 
@@ -29,7 +29,7 @@ def test_pasted_defects_change_their_mask_and_nothing_else():
 def test_one_defect_each_takes_the_kinds_in_turn_and_matches_pasting_that_kind():
     torch.manual_seed(0)
     images = [torch.rand(3, 48, 48) * 0.5 + 0.25 for _ in range(5)]
-    defective, masks = paste_one_each(images, torch.Generator().manual_seed(3))
+    defective, masks = paste_defects(images, torch.Generator().manual_seed(3), one_each=True)
     assert len(defective) == len(masks) == len(images)
     generator = torch.Generator().manual_seed(3)
     for i, (out, mask) in enumerate(zip(defective, masks)):
@@ -51,7 +51,7 @@ def test_the_map_is_chosen_among_the_raw_scorings_and_the_image_score_among_all(
         return {"map": 1.0 if rank == 1 else rank / 100, "image": rank / 100, "image_margin": 0.0}
 
     monkeypatch.setattr(choice, "synthetic_metrics", ranked)
-    monkeypatch.setattr(choice, "_differences", lambda cfg, pairs: [])
+    monkeypatch.setattr(choice, "differences", lambda cfg, pairs: [])
     names = list(SCORINGS)
     assert names[1] == "paper-z"
     best_map, best_image, report = choice.choose(Config(), lambda cfg, diffs: (None, None), [], [], [], [])
@@ -71,7 +71,7 @@ def test_tied_image_aurocs_go_to_the_wider_margin(monkeypatch):
         return {"map": 0.5, "image": 1.0 if perfect else 0.9, "image_margin": margin}
 
     monkeypatch.setattr(choice, "synthetic_metrics", tied)
-    monkeypatch.setattr(choice, "_differences", lambda cfg, pairs: [])
+    monkeypatch.setattr(choice, "differences", lambda cfg, pairs: [])
     _, best_image, _ = choice.choose(Config(), lambda cfg, diffs: (None, None), [], [], [], [])
     assert best_image == "middle-z" == names[4]  # not fine (margin 9.0, image AUROC 0.9)
 

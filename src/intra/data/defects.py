@@ -88,32 +88,18 @@ def paste_defect(
 
 
 def paste_defects(
-    images: list[torch.Tensor], generator: torch.Generator
+    images: list[torch.Tensor], generator: torch.Generator, one_each: bool = False
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Every image with each defect kind, its donor the next image -> (defective images, masks), len(images) * len(KINDS)."""
+    """Every image with each defect kind, its donor the next image -> (defective images, masks),
+    len(images) * len(KINDS); with `one_each`, one defect per image, the kinds taken in turn
+    (len(images): a quarter of the work, for checks repeated every epoch)."""
     defective, masks = [], []
     for i, image in enumerate(images):
         donor = images[(i + 1) % len(images)]
-        for kind in KINDS:
+        for kind in (KINDS[i % len(KINDS)],) if one_each else KINDS:
             out, mask = paste_defect(image, donor, kind, generator)
             if not mask.any():  # e.g. a patch copied onto identical pixels: draw again once
                 out, mask = paste_defect(image, donor, kind, generator)
             defective.append(out)
             masks.append(mask)
-    return defective, masks
-
-
-def paste_one_each(
-    images: list[torch.Tensor], generator: torch.Generator
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Every image with one defect, the kinds taken in turn, its donor the next image -> (defective images,
-    masks), len(images): a quarter of `paste_defects`' work, for checks repeated every epoch."""
-    defective, masks = [], []
-    for i, image in enumerate(images):
-        donor, kind = images[(i + 1) % len(images)], KINDS[i % len(KINDS)]
-        out, mask = paste_defect(image, donor, kind, generator)
-        if not mask.any():
-            out, mask = paste_defect(image, donor, kind, generator)
-        defective.append(out)
-        masks.append(mask)
     return defective, masks

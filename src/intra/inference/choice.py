@@ -84,9 +84,9 @@ def choose(
     report = {}
     for name in SCORINGS:
         candidate = with_scoring(cfg, name)
-        mean, std = statistics(candidate, _differences(candidate, train_pairs))
-        normal = _normalized(candidate, _differences(candidate, normal_pairs), mean, std)
-        defects = _normalized(candidate, _differences(candidate, defect_pairs), mean, std)
+        mean, std = statistics(candidate, differences(candidate, train_pairs))
+        normal = _normalized(candidate, differences(candidate, normal_pairs), mean, std)
+        defects = _normalized(candidate, differences(candidate, defect_pairs), mean, std)
         report[name] = synthetic_metrics(normal, defects, masks)
         log.info("scoring %s on synthetic defects: %s", name, report[name])
     # The first listed wins ties: the paper's scoring before the others. Pasted defects are often all
@@ -96,7 +96,7 @@ def choose(
     return best_map, best_image, report
 
 
-def _differences(cfg: Config, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+def differences(cfg: Config, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
     """Difference maps (H, W) of (image, reconstruction) pairs under cfg's scoring."""
     return [anomaly_map.difference_map(x[None], r[None], cfg.score)[0] for x, r in pairs]
 

@@ -17,14 +17,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import Config
-from ..core.anomaly_map import difference_map
 from ..core.losses import inpainting_loss
 from ..core.model import InpaintingTransformer
-from ..data.defects import paste_one_each
+from ..data.defects import paste_defects
 from ..data.sampling import Batch, WindowSampler, concat_batches
 from ..errors import IntraError
 from ..evaluation.inpainting import best_fill, fill_errors, squared_error
-from ..inference.choice import synthetic_metrics
+from ..inference.choice import differences, synthetic_metrics
 from ..inference.detector import Detector
 from ..runtime import resolve_dtype_name
 from . import distributed
@@ -69,10 +68,11 @@ class Trainer:
         self.fills = fill_errors(val_images, cfg.model.patch_size)
         # train.select = defects: one defect pasted into each held-out image (every process holds them all,
         # so that all choose the same epoch), drawn once from the seed that calibration's choice uses.
-        self.pasted = None
+        self.pasted = None  # (held-out images, the same with a defect each, masks)
         if t.select == "defects" and len(val_images):
-            self.pasted = paste_one_each(list(val_images), torch.Generator().manual_seed(t.seed + 2))
-            self.all_val_images = list(val_images)
+            held_out = list(val_images)
+            generator = torch.Generator().manual_seed(t.seed + 2)
+            self.pasted = (held_out, *paste_defects(held_out, generator, one_each=True))
         self.optimizer = self.build_optimizer()
         # Weight average (train.ema): validated and kept as the best weights instead of the raw ones.
         self.ema = WeightEMA(model, cfg.train.ema) if cfg.train.ema else None
@@ -215,12 +215,12 @@ class Trainer:
         reconstructions when validate has them all already.
         """
         detector = Detector(model, self.cfg, device=self.device)
-        defective, masks = self.pasted
+        normal, defective, masks = self.pasted
         maps = []
-        for images, reconstructions in ((self.all_val_images, normal_reconstructions), (defective, None)):
+        for images, reconstructions in ((normal, normal_reconstructions), (defective, None)):
             if reconstructions is None:
                 reconstructions = detector.reconstruct(images)
-            maps.append([difference_map(x[None], r[None], self.cfg.score)[0] for x, r in zip(images, reconstructions)])
+            maps.append(differences(self.cfg, list(zip(images, reconstructions))))
         found = synthetic_metrics(*maps, masks)
         shown = {key: round(found[key], 4) for key in ("pixel_auroc", "aupro", "image_auroc")}
         return {"val_defects": shown, "val_defects_gap": 1 - found["map"]}
