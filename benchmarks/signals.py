@@ -2,20 +2,26 @@
 
     python benchmarks/signals.py --run RUN --data DATA --threads 2 [--train-images 300]
 
-For one trained run and one MVTec-layout dataset, scores the test set with four maps, all at the
-model's image size and all z-scored per pixel against the same training images (the images of
+For one trained run and one MVTec-layout dataset of one image size (objects, or `data.resize =
+square`), scores the test set with six maps, all at the model's image size and all z-scored per
+pixel against the same training images (the images of
 DATA/train/good that the run did not hold out for validation, the first --train-images of them;
 for the kNN maps, half of them form the bank and the other half give the statistics):
 
 - `intra`: the run's own anomaly map (its reconstruction difference map, as `intra evaluate`).
 - `texture energy`: no learning at all; the local energy of the image minus its Gaussian blur
   (sigma 2 px), averaged over a 17 px square and divided by the image's median energy.
+- `intensity, darker` and `intensity, either way`: no learning either; the gray level, smoothed
+  (Gaussian, sigma 2 px), z-scored per pixel against the training images: how much darker than
+  normal each pixel is (the negated z-score), and how far from normal in either direction (|z|).
+  The classic "variation model" of aligned-part inspection, one-sided and two-sided.
 - `kNN raw patches`: each K x K patch's distance to its nearest training patch (pixels as features).
 - `kNN encoder`: the same with the run's transformer features of the patch (window tokens with no
   patch covered, after the last block and LayerNorm): what the network learned, read PatchCore-style.
 
 Prints image AUROC (the map's maximum), pixel AUROC, and both per defect kind (each kind against
-the normal test images), and writes them as JSON to --out. An experiment script, not the library.
+the normal test images; a dataset with image labels only gets image AUROC alone), and writes them
+as JSON to --out. An experiment script, not the library.
 """
 
 from __future__ import annotations
@@ -74,16 +80,34 @@ def zscore(test: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
     return (test - mean) / std.clamp_min(0.01 * float(std.mean()) + 1e-12)
 
 
-def scores_by_kind(maps: np.ndarray, masks: np.ndarray, kinds: np.ndarray) -> dict:
-    """Image AUROC (map maximum) and pixel AUROC, overall and per defect kind against the normal images."""
+def gray_level(images: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H, W) the mean over channels, Gaussian-smoothed."""
+    return gaussian_filter(images.mean(1, keepdim=True), sigma)[:, 0]
+
+
+def scores_by_kind(maps: np.ndarray, masks: np.ndarray | None, kinds: np.ndarray) -> dict:
+    """Image AUROC (map maximum) and pixel AUROC (None: image labels only, no pixel metrics), overall
+    and per defect kind against the normal images."""
     image = maps.reshape(len(maps), -1).max(1)
     normal = kinds == "good"
-    result = {"image_auroc": auroc(image, kinds != "good"), "pixel_auroc": auroc(maps.ravel(), masks.ravel())}
+    result = {"image_auroc": auroc(image, kinds != "good")}
+    if masks is not None:
+        result["pixel_auroc"] = auroc(maps.ravel(), masks.ravel())
     for kind in sorted(set(kinds) - {"good"}):
         pick = normal | (kinds == kind)
         result[f"image_{kind}"] = auroc(image[pick], kinds[pick] == kind)
-        result[f"pixel_{kind}"] = auroc(maps[pick].ravel(), masks[pick].ravel())
+        if masks is not None:
+            result[f"pixel_{kind}"] = auroc(maps[pick].ravel(), masks[pick].ravel())
     return result
+
+
+def summary(r: dict) -> str:
+    """One line of scores_by_kind's results: image (/ pixel) AUROC, overall and per kind."""
+    pixels = "pixel_auroc" in r
+    pair = lambda kind: f"{r['image_' + kind]:.3f}" + (f"/{r['pixel_' + kind]:.3f}" if pixels else "")  # noqa: E731
+    kinds = [k[6:] for k in r if k.startswith("image_") and k != "image_auroc"]
+    overall = f"image / pixel {pair('auroc')}" if pixels else f"image {r['image_auroc']:.3f}"
+    return f"{overall} | per kind: " + "  ".join(f"{kind} {pair(kind)}" for kind in kinds)
 
 
 def main() -> None:
@@ -99,14 +123,18 @@ def main() -> None:
     configure_threads(args.threads)
     detector = Detector.load(args.run, device="cpu")
     cfg, m = detector.cfg, detector.cfg.model
+    if cfg.data.resize == "scale" and not (cfg.data.height and cfg.data.width):
+        parser.error(f"{args.run} scores images of many sizes (a texture run): per-pixel statistics need one size")
     samples = test_samples(args.data)
     kinds = np.array([s.kind for s in samples])
-    masks = np.stack(
-        [
-            load_mask(s.mask_path, m.image_size).numpy() if s.mask_path else np.zeros((m.image_size,) * 2, bool)
-            for s in samples
-        ]
-    )
+    masks = None  # image labels only (no ground_truth folder): no pixel metrics
+    if any(s.mask_path for s in samples):
+        masks = np.stack(
+            [
+                load_mask(s.mask_path, m.image_size).numpy() if s.mask_path else np.zeros((m.image_size,) * 2, bool)
+                for s in samples
+            ]
+        )
     paths = training_images(args.data)
     train_index, _ = validation_split(len(paths), cfg.train, torch.Generator().manual_seed(cfg.train.seed))
     train_paths = [paths[i] for i in train_index][: args.train_images]
@@ -125,6 +153,10 @@ def main() -> None:
         "intra": (intra_maps(test), intra_maps(train)),
         "texture energy": (texture_energy(test), texture_energy(train)),
     }
+    # Already z-scored against the training images (None: no second z-score below).
+    darker = zscore(gray_level(test), gray_level(train)).neg()
+    signals["intensity, darker"] = (darker, None)
+    signals["intensity, either way"] = (darker.abs(), None)
     # kNN: the bank is the first half of the training images; the z-score statistics come from the
     # second half (a bank image would be its own nearest neighbour).
     half = len(train) // 2
@@ -137,17 +169,9 @@ def main() -> None:
 
     results = {}
     for name, (test_maps, train_maps) in signals.items():
-        results[name] = scores_by_kind(zscore(test_maps, train_maps).numpy(), masks, kinds)
-        r = results[name]
-        per_kind = "  ".join(
-            f"{k[6:]} {v:.3f}/{r['pixel_' + k[6:]]:.3f}"
-            for k, v in r.items()
-            if k.startswith("image_") and k != "image_auroc"
-        )
-        print(
-            f"{name:16s} image {r['image_auroc']:.3f} pixel {r['pixel_auroc']:.3f} | per kind image/pixel: {per_kind}",
-            flush=True,
-        )
+        scored = test_maps if train_maps is None else zscore(test_maps, train_maps)
+        results[name] = r = scores_by_kind(scored.numpy(), masks, kinds)
+        print(f"{name:21s} {summary(r)}", flush=True)
     out = Path(args.out) if args.out else Path(args.run) / "signals.json"
     out.write_text(
         json.dumps(
