@@ -29,3 +29,22 @@ def test_importing_the_package_has_no_global_side_effects():
         "assert dict.__getitem__(matplotlib.rcParams, 'backend') == before, 'backend changed'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_module_map_names_every_module():
+    """docs/method.md's module map has a row for every module of the package, so it cannot fall behind.
+
+    A package's `__init__.py` counts as a module when it holds code (the top level's public API,
+    `serve`), not when it is a docstring alone."""
+    package = ROOT / "src" / "intra"
+    table = (ROOT / "docs" / "method.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`") for line in table.splitlines() if line.startswith("| `")}
+    modules = {
+        "intra/__init__.py"
+        if path.parent == package and path.name == "__init__.py"
+        else path.relative_to(package).as_posix()
+        for path in package.rglob("*.py")
+        if path.name != "__init__.py" or "def " in path.read_text() or path.parent == package
+    }
+    missing = sorted(modules - rows)
+    assert not missing, f"docs/method.md's module map lacks {missing}"
