@@ -9,7 +9,9 @@ type (mono, poly). The split, seeded and written to OUT/split.csv:
     test/defect_mono,
     test/defect_poly       every cell with probability >= 2/3, by type
 
-Cells with probability 1/3 are left out (uncertain). There is no ground_truth/ folder, so
+Cells with probability 1/3 are left out (uncertain). With `--type mono` (or `poly`) only the cells
+of that type are written: the same cells the full split puts in each folder, so a model of one
+type is tested on exactly the test cells of its type in the full set. There is no ground_truth/ folder, so
 `intra evaluate` reports image AUROC only (and per kind: mono or poly defects against all good
 test cells). Only this script needs the elpv-dataset package; the library does not.
 
@@ -42,6 +44,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder to create (MVTec layout)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out good cells (default 0)")
     parser.add_argument("--test-good", type=int, default=300, help="good cells held out for testing (default 300)")
+    parser.add_argument("--type", choices=("mono", "poly"), help="write only the cells of this type (default: both)")
     args = parser.parse_args()
 
     folder, rows = read_labels()
@@ -57,6 +60,8 @@ def main() -> None:
         shutil.rmtree(out)
     split = []
     for path, probability, kind in rows:
+        if args.type and kind != args.type:
+            continue
         if probability == 0:
             target = ("test" if path in held_out else "train") + "/good"
         elif probability >= 2 / 3 - 1e-6:
