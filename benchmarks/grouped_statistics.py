@@ -14,7 +14,8 @@ metadata choose anything; with `--groups 1` it is the library's statistics.
 For each named filter set (the paper's, middle, fine; z-scored, as `score.zscore`) and each group
 count, prints image AUROC (the map's maximum), overall and per defect kind, and the group sizes.
 If DATA/split.csv gives a `type` per image (benchmarks/elpv_to_mvtec.py writes one), it also prints
-how the groups split the training images by type. Writes the results as JSON to --out. An
+how the groups split the training images by type, and scores once more with the types as the
+groups: what statistics per look give when the looks are known (metadata, not test labels). Writes the results as JSON to --out. An
 experiment script for docs/benchmarks.md, not the library.
 """
 
@@ -117,6 +118,10 @@ def main() -> None:
             }
             line += f"; by type {by_type}"
         print(line, flush=True)
+    if types:  # the known looks as the groups
+        names = sorted(set(types.values()))
+        test_types = np.array([names.index(types[s.path.name]) for s in samples])
+        groupings["by type"] = (test_types, np.array([names.index(types[p.name]) for p in train_paths]))
 
     results = []
     for name in ("paper", "middle", "fine"):
@@ -132,9 +137,8 @@ def main() -> None:
             per_kind = "  ".join(
                 f"{k[6:]} {v:.3f}" for k, v in row.items() if k.startswith("image_") and k != "image_auroc"
             )
-            print(
-                f"{name:6s} z-scored, {count} group(s): image AUROC {row['image_auroc']:.3f} | {per_kind}", flush=True
-            )
+            groups = f"{count} group(s)" if isinstance(count, int) else count
+            print(f"{name:6s} z-scored, {groups}: image AUROC {row['image_auroc']:.3f} | {per_kind}", flush=True)
     out = Path(args.out) if args.out else Path(args.run) / "grouped_statistics.json"
     out.write_text(
         json.dumps(
