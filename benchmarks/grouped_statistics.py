@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,7 @@ from intra.data.datasets import test_samples, training_images, validation_split
 from intra.data.geometry import Geometry
 from intra.data.images import load_images
 from intra.evaluation.metrics import auroc
+from intra.files import write_json
 from intra.inference.detector import Detector
 from intra.runtime import configure_threads
 
@@ -140,11 +140,7 @@ def main() -> None:
             groups = f"{count} group(s)" if isinstance(count, int) else count
             print(f"{name:6s} z-scored, {groups}: image AUROC {row['image_auroc']:.3f} | {per_kind}", flush=True)
     out = Path(args.out) if args.out else Path(args.run) / "grouped_statistics.json"
-    out.write_text(
-        json.dumps(
-            {"run": str(args.run), "data": str(args.data), "train_images": len(train), "results": results}, indent=1
-        )
-    )
+    write_json(out, {"run": str(args.run), "data": str(args.data), "train_images": len(train), "results": results})
     print(f"written to {out}")
 
 

@@ -27,7 +27,6 @@ as JSON to --out. An experiment script, not the library.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +38,7 @@ from intra.core.windows import lattice_plan, patchify
 from intra.data.datasets import test_samples, training_images, validation_split
 from intra.data.images import load_images, load_mask
 from intra.evaluation.metrics import auroc
+from intra.files import write_json
 from intra.inference.detector import Detector
 from intra.runtime import configure_threads
 
@@ -173,11 +173,7 @@ def main() -> None:
         results[name] = r = scores_by_kind(scored.numpy(), masks, kinds)
         print(f"{name:21s} {summary(r)}", flush=True)
     out = Path(args.out) if args.out else Path(args.run) / "signals.json"
-    out.write_text(
-        json.dumps(
-            {"run": str(args.run), "data": str(args.data), "train_images": len(train), "results": results}, indent=1
-        )
-    )
+    write_json(out, {"run": str(args.run), "data": str(args.data), "train_images": len(train), "results": results})
     print(f"written to {out}")
 
 
