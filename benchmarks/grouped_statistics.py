@@ -31,12 +31,14 @@ import torch.nn.functional as F
 from sklearn.cluster import KMeans
 
 from intra.config import scoring
+from intra.core import anomaly_map
 from intra.core.similarity import gaussian_filter
 from intra.data.datasets import test_samples, training_images, validation_split
 from intra.data.geometry import Geometry
 from intra.data.images import load_images
 from intra.evaluation.metrics import auroc
 from intra.files import write_json
+from intra.inference.calibration import statistics_of
 from intra.inference.detector import Detector
 from intra.runtime import configure_threads
 
@@ -51,18 +53,17 @@ def descriptors(images: torch.Tensor) -> np.ndarray:
 
 
 def grouped_scores(
-    test_maps: torch.Tensor, train_maps: torch.Tensor, test_groups: np.ndarray, train_groups: np.ndarray
+    cfg, test_maps: torch.Tensor, train_maps: torch.Tensor, test_groups: np.ndarray, train_groups: np.ndarray
 ) -> np.ndarray:
-    """Image scores: the maximum of each test map z-scored per pixel against its group's training maps."""
+    """Image scores: each test map z-scored per pixel against its group's training maps, as the library
+    z-scores against all of them (`calibration.statistics_of`, `anomaly_map.normalize`), then its maximum."""
     scores = np.zeros(len(test_maps))
     for group in np.unique(train_groups):
-        members = train_maps[torch.from_numpy(train_groups == group)]
-        mean, std = members.mean(0), members.std(0)
-        std = std.clamp_min(0.01 * float(std.mean()) + 1e-12)
         pick = test_groups == group
         if pick.any():
-            z = (test_maps[torch.from_numpy(pick)] - mean) / std
-            scores[pick] = z.flatten(1).amax(1).numpy()
+            mean, std = statistics_of(cfg, train_maps[torch.from_numpy(train_groups == group)])
+            z = anomaly_map.normalize(test_maps[torch.from_numpy(pick)], mean, std, anomaly_map.std_floor(std))
+            scores[pick] = anomaly_map.image_score(z).numpy()
     return scores
 
 
@@ -93,6 +94,8 @@ def main() -> None:
     types = {}
     if split.exists():
         types = {Path(row["path"]).name: row.get("type", "") for row in csv.DictReader(split.open())}
+    type_names = sorted(set(types.values()))
+    train_types = np.array([types.get(p.name, "") for p in train_paths])
 
     test_features, train_features = descriptors(detector.prepare(test)), descriptors(detector.prepare(train))
     centre, spread = train_features.mean(0), train_features.std(0) + 1e-12
@@ -100,35 +103,25 @@ def main() -> None:
     groupings = {}
     for count in args.groups:
         kmeans = KMeans(n_clusters=count, n_init=10, random_state=0).fit(train_features)
-        groupings[count] = (kmeans.predict(test_features), kmeans.labels_)
-        line = f"{count} group(s): training images per group {np.bincount(kmeans.labels_).tolist()}"
+        labels = kmeans.labels_
+        groupings[count] = (kmeans.predict(test_features), labels)
+        line = f"{count} group(s): training images per group {np.bincount(labels).tolist()}"
         if types:
             by_type = {
-                g: dict(
-                    sorted(
-                        {
-                            t: int(
-                                sum(types.get(p.name) == t for p, lab in zip(train_paths, kmeans.labels_) if lab == g)
-                            )
-                            for t in set(types.values())
-                        }.items()
-                    )
-                )
-                for g in range(count)
+                g: {t: int(((labels == g) & (train_types == t)).sum()) for t in type_names} for g in range(count)
             }
             line += f"; by type {by_type}"
         print(line, flush=True)
     if types:  # the known looks as the groups
-        names = sorted(set(types.values()))
-        test_types = np.array([names.index(types[s.path.name]) for s in samples])
-        groupings["by type"] = (test_types, np.array([names.index(types[p.name]) for p in train_paths]))
+        test_types = np.array([type_names.index(types[s.path.name]) for s in samples])
+        groupings["by type"] = (test_types, np.array([type_names.index(t) for t in train_types]))
 
     results = []
     for name in ("paper", "middle", "fine"):
         detector.cfg.score = scoring(cfg.score, f"{name}-raw")  # the raw difference; z-scored here, per group
         test_maps, train_maps = (torch.cat([detector.difference_maps(b) for b in x.split(16)]) for x in (test, train))
         for count, (test_groups, train_groups) in groupings.items():
-            scores = grouped_scores(test_maps, train_maps, test_groups, train_groups)
+            scores = grouped_scores(cfg, test_maps, train_maps, test_groups, train_groups)
             row = {"filters": name, "groups": count, "image_auroc": auroc(scores, kinds != "good")}
             for kind in sorted(set(kinds) - {"good"}):
                 pick = (kinds == "good") | (kinds == kind)
