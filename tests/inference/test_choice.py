@@ -40,10 +40,11 @@ def test_one_defect_each_takes_the_kinds_in_turn_and_matches_pasting_that_kind()
 
 
 def test_the_map_is_chosen_among_the_raw_scorings_and_the_image_score_among_all(monkeypatch):
-    """A normalised scoring that wins on the pasted defects may score images, but not draw the map."""
-    assert set(MAP_SCORINGS) == {"paper-raw", "middle-raw", "fine-raw"}
-    assert all(not SCORINGS[name]["normalize"] for name in MAP_SCORINGS)
-    results = iter(range(len(SCORINGS)))  # each scoring's rank: the last listed (fine-raw) best, then fine-z
+    """A normalised scoring, or one on 1 - GMS alone, that wins on the pasted defects may score images,
+    but not draw the map."""
+    assert set(MAP_SCORINGS) == {"paper-both-raw", "middle-both-raw", "fine-both-raw"}
+    assert all(not SCORINGS[name]["normalize"] and SCORINGS[name]["difference"] == "both" for name in MAP_SCORINGS)
+    results = iter(range(len(SCORINGS)))  # each scoring's rank: the last listed (fine-both-raw) best
 
     def ranked(normal, defective, masks):
         rank = next(results)
@@ -56,13 +57,13 @@ def test_the_map_is_chosen_among_the_raw_scorings_and_the_image_score_among_all(
     assert names[1] == "paper-z"
     best_map, best_image, report = choice.choose(Config(), lambda cfg, diffs: (None, None), [], [], [], [])
     assert set(report) == set(SCORINGS) and report["paper-z"]["map"] == 1.0
-    assert best_map == max(MAP_SCORINGS, key=names.index) == "fine-raw"  # the best raw one, not paper-z
+    assert best_map == max(MAP_SCORINGS, key=names.index) == "fine-both-raw"  # the best raw one, not paper-z
     assert best_image == names[-1]
 
 
 def test_tied_image_aurocs_go_to_the_wider_margin(monkeypatch):
     """Every pasted defect found by several scorings (image AUROC 1.0): the one that clears the normal images most wins."""
-    margins = iter([0.5, 3.0, 1.0, 2.0, 4.0, 0.0, 9.0, 8.0, 7.0])  # in SCORINGS order
+    margins = iter([0.5, 3.0, 1.0, 2.0, 4.0, 0.0, 9.0, 8.0, 7.0] * 2)  # in SCORINGS order, each difference
     names = list(SCORINGS)
 
     def tied(normal, defective, masks):

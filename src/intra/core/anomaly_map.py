@@ -8,6 +8,13 @@ training mean map `mu`, anomap = (diff - mu)^2 pixel-wise; the image score is it
 Filter sizes at scale l: mean filter side = the odd number nearest to `mean_filter * l`, Gaussian
 sigma = `gaussian_sigma * l` (radius ceil(3 sigma)). With the defaults (21, 4.0): at 1/2 a 11 x 11
 mean filter and sigma 2 (13 taps); at 1/4 a 5 x 5 mean filter and sigma 1 (7 taps).
+Beyond the paper, `score.difference` can add (or use instead) the *signed* difference: image minus
+reconstruction averaged over channels, smoothed by the same filters while signed, then its
+magnitude, times `score.signed_weight`. 1 - GMS compares gradients, so it cannot see a region whose
+brightness is off by a few percent without edges of its own (a faint stain): the network does not
+repaint such a region (it fills in the brightness the surroundings and its position call for), but
+its per-pixel error on fine texture is larger than the offset. Averaged over the filters' area
+before the magnitude is taken, that error cancels and the offset stays.
 All functions are pure: tensors in, tensors out.
 """
 
@@ -41,22 +48,39 @@ def gms_difference(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 1 - gms_map(x, y).mean(dim=1, keepdim=True)
 
 
+def signed_difference(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Image minus reconstruction averaged over channels: (B, C, H, W) x 2 -> (B, 1, H, W), signed."""
+    return (x - y).mean(dim=1, keepdim=True)
+
+
+def _smooth(d: torch.Tensor, sizes: dict[str, float]) -> torch.Tensor:
+    """The mean filter, then the Gaussian, of one scale (`filter_sizes`): (B, 1, h, w) -> same shape."""
+    return gaussian_filter(mean_filter(d, int(sizes["mean_filter"])), sizes["gaussian_sigma"])
+
+
 def difference_map(
     image: torch.Tensor,
     reconstruction: torch.Tensor,
     cfg: ScoreConfig,
-    pixel_difference: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = gms_difference,
+    pixel_difference: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Multi-scale GMS difference map: (B, C, H, W) x 2 -> (B, H, W).
+    """Multi-scale difference map: (B, C, H, W) x 2 -> (B, H, W).
 
-    `pixel_difference` (B, C, h, w) x 2 -> (B, 1, h, w) is what is compared at each scale: the paper's
-    1 - GMS, or another for experiments (benchmarks/difference_kinds.py)."""
+    At each scale: the smoothed 1 - GMS (`score.difference` "gms", the paper), the magnitude of the
+    smoothed signed difference times `score.signed_weight` ("signed"), or their sum ("both").
+    `pixel_difference` (B, C, h, w) x 2 -> (B, 1, h, w), for experiments (benchmarks/difference_kinds.py),
+    replaces them: it is smoothed and averaged as it is."""
     h, w = image.shape[-2:]
     total = image.new_zeros(image.shape[0], 1, h, w)
     for scale, sizes in zip(cfg.scales, filter_sizes(cfg)):
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        d = pixel_difference(downscale(image, size), downscale(reconstruction, size))  # (B, 1, lH, lW)
-        d = gaussian_filter(mean_filter(d, sizes["mean_filter"]), sizes["gaussian_sigma"])
+        x, y = downscale(image, size), downscale(reconstruction, size)
+        if pixel_difference is not None:
+            d = _smooth(pixel_difference(x, y), sizes)
+        else:
+            d = _smooth(gms_difference(x, y), sizes) if cfg.difference != "signed" else 0
+            if cfg.difference != "gms":
+                d = d + cfg.signed_weight * _smooth(signed_difference(x, y), sizes).abs()
         total = total + F.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)
     return (total / len(cfg.scales))[:, 0]
 
