@@ -148,9 +148,8 @@ class ScoreConfig:
     # its magnitude) or "both" (their sum). GMS misses brightness offsets without edges (faint
     # stains); see core/anomaly_map.py.
     difference: str = "gms"
-    # The signed difference's weight against 1 - GMS: about the ratio of their means on normal images
-    # (3.0 to 8.1 on the development sets' training images, docs/benchmarks.md), so that in "both"
-    # neither drowns the other.
+    # The signed difference's weight against 1 - GMS: set by hand near the ratio of their means on the
+    # development sets' training images, so that in "both" neither drowns the other.
     signed_weight: float = 6.0
     # [choice] "off": score as configured here; "auto" (beyond the paper): after training, keep the
     # named scorings (SCORINGS, below) that best find defects pasted into the validation images: one

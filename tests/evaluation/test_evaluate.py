@@ -50,6 +50,7 @@ def test_evaluation_returns_values_and_writing_is_a_separate_call(tmp_path, mvte
     assert evaluation.metrics["inpainting"]["ratio"] > 0
     # The scoring in use is recorded: the paper's squared deviation, the score the map's maximum.
     assert evaluation.metrics["anomaly_map_normalisation"] == "squared deviation from the mean map"
+    assert evaluation.metrics["anomaly_map_difference"] == "1 - GMS"
     assert evaluation.metrics["image_score"] == "max of the anomaly map"
     write_evaluation(evaluation, tmp_path / "eval", heatmaps=False)
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())

@@ -122,6 +122,7 @@ def evaluate(
         backend=detector.backend.describe(),
         model=_geometry_text(cfg),
         anomaly_map_filters=filter_sizes(cfg.score),
+        anomaly_map_difference=difference_text(cfg.score),
         anomaly_map_normalisation=normalisation(cfg.score),
         # The image score: the anomaly map's maximum, or that of a named scoring's own map (score.image_scoring).
         image_score=f"max of the {cfg.score.image_scoring} map"
@@ -130,6 +131,12 @@ def evaluate(
     )
     rows = per_kind_rows(samples, scores, maps, pixel_masks, detector.stats.get("image_threshold"))
     return Evaluation(root, samples, scores, maps, pixel_masks, pictures, result, rows)
+
+
+def difference_text(score: ScoreConfig) -> str:
+    """What the anomaly map compares at each scale, in words."""
+    signed = f"{score.signed_weight:g} x |smoothed signed difference|"
+    return {"gms": "1 - GMS", "signed": signed, "both": f"1 - GMS + {signed}"}[score.difference]
 
 
 def normalisation(score: ScoreConfig) -> str:
