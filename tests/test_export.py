@@ -245,6 +245,13 @@ def test_full_export_with_zscores_and_standardised_images(paper_full, tmp_path):
     assert full_graph_difference(run) <= 1e-4
 
 
+def test_full_export_with_the_signed_difference(paper_full, tmp_path):
+    # The map on 1 - GMS plus the weighted magnitude of the smoothed signed difference (score.difference).
+    run = edited_run(paper_full, tmp_path / "run", score={"difference": "both", "signed_weight": 6.0})
+    export_full_onnx(run)
+    assert full_graph_difference(run) <= 1e-4
+
+
 def test_full_export_with_an_image_scoring_of_its_own(paper_full, mvtec_root, tmp_path):
     # The image score from another scoring's map, with that scoring's statistics as constants.
     run = tmp_path / "run"
