@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,6 @@ from intra.core.similarity import gaussian_filter
 from intra.data.datasets import test_samples, training_images, validation_split
 from intra.data.geometry import Geometry
 from intra.data.images import load_images
-from intra.evaluation.metrics import auroc
 from intra.files import write_json
 from intra.inference.calibration import statistics_of
 from intra.inference.detector import Detector
@@ -76,6 +76,9 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=600, help="training images for the statistics")
     parser.add_argument("--out", help="JSON output (default RUN/grouped_statistics.json)")
     args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # signals.py sits beside this script
+    from signals import scores_by_kind, summary
+
     configure_threads(args.threads)
     detector = Detector.load(args.run, device="cpu")
     cfg = detector.cfg
@@ -122,16 +125,10 @@ def main() -> None:
         test_maps, train_maps = (torch.cat([detector.difference_maps(b) for b in x.split(16)]) for x in (test, train))
         for count, (test_groups, train_groups) in groupings.items():
             scores = grouped_scores(cfg, test_maps, train_maps, test_groups, train_groups)
-            row = {"filters": name, "groups": count, "image_auroc": auroc(scores, kinds != "good")}
-            for kind in sorted(set(kinds) - {"good"}):
-                pick = (kinds == "good") | (kinds == kind)
-                row[f"image_{kind}"] = auroc(scores[pick], kinds[pick] == kind)
+            row = {"filters": name, "groups": count, **scores_by_kind(scores[:, None], None, kinds)}
             results.append(row)
-            per_kind = "  ".join(
-                f"{k[6:]} {v:.3f}" for k, v in row.items() if k.startswith("image_") and k != "image_auroc"
-            )
             groups = f"{count} group(s)" if isinstance(count, int) else count
-            print(f"{name:6s} z-scored, {groups}: image AUROC {row['image_auroc']:.3f} | {per_kind}", flush=True)
+            print(f"{name:6s} z-scored, {groups}: {summary(row)}", flush=True)
     out = Path(args.out) if args.out else Path(args.run) / "grouped_statistics.json"
     write_json(out, {"run": str(args.run), "data": str(args.data), "train_images": len(train), "results": results})
     print(f"written to {out}")
