@@ -111,3 +111,29 @@ def test_fit_chooses_a_scoring_for_the_map_and_one_for_the_image_score_and_saves
     same = choice["image_chosen"] == choice["chosen"]
     assert loaded.cfg.score.image_scoring == ("" if same else choice["image_chosen"])
     assert (loaded.image_mean_map is None) == same  # the image scoring's own statistics are saved
+
+
+def test_scorings_that_differ_only_in_normalisation_share_their_difference_maps(monkeypatch):
+    """Each difference map is computed once per filter set and difference, and every scoring's metrics
+    are those of computing it alone."""
+    from intra.inference.calibration import statistics_of
+
+    generator = torch.Generator().manual_seed(0)
+    pair = lambda: (torch.rand(3, 32, 32, generator=generator), torch.rand(3, 32, 32, generator=generator))  # noqa: E731
+    train, normal, defective = [pair() for _ in range(4)], [pair() for _ in range(4)], [pair() for _ in range(4)]
+    masks = [torch.rand(32, 32, generator=generator) > 0.8 for _ in range(4)]
+    cfg = tiny_config()
+    real, calls = choice.differences, []
+    monkeypatch.setattr(choice, "differences", lambda c, pairs: calls.append(c.score) or real(c, pairs))
+    _, _, report = choice.choose(cfg, statistics_of, train, normal, defective, masks)
+    settings = {choice._difference_settings(score) for score in calls}
+    assert len(calls) == 3 * len(settings) == 3 * len(SCORINGS) // 3  # train, normal and defective pairs, once each
+    for name in ("paper", "middle-both-z", "fine-raw"):
+        candidate = choice.with_scoring(cfg, name)
+        mean, std = statistics_of(candidate, real(candidate, train))
+        alone = choice.synthetic_metrics(
+            choice._normalized(candidate, real(candidate, normal), mean, std),
+            choice._normalized(candidate, real(candidate, defective), mean, std),
+            masks,
+        )
+        assert report[name] == alone

@@ -26,7 +26,7 @@ import logging
 import numpy as np
 import torch
 
-from ..config import MAP_SCORINGS, SCORINGS, Config, scoring
+from ..config import MAP_SCORINGS, SCORINGS, Config, ScoreConfig, scoring
 from ..core import anomaly_map
 from ..evaluation import metrics
 
@@ -81,12 +81,21 @@ def choose(
     Pairs are (image (C, H, W), reconstruction (C, H, W)); `statistics(cfg, diffs)` returns the
     (mean, std) statistics of training difference maps (see `calibration.statistics_of`).
     """
-    report = {}
+    report, key, shared = {}, None, None
     for name in SCORINGS:
         candidate = with_scoring(cfg, name)
-        mean, std = statistics(candidate, differences(candidate, train_pairs))
-        normal = _normalized(candidate, differences(candidate, normal_pairs), mean, std)
-        defects = _normalized(candidate, differences(candidate, defect_pairs), mean, std)
+        # Scorings that differ only in normalisation share their difference maps and statistics; SCORINGS
+        # lists them one after another, so the last ones computed are kept, and no more.
+        if _difference_settings(candidate.score) != key:
+            key = _difference_settings(candidate.score)
+            shared = (
+                statistics(candidate, differences(candidate, train_pairs)),
+                differences(candidate, normal_pairs),
+                differences(candidate, defect_pairs),
+            )
+        (mean, std), normal_diffs, defect_diffs = shared
+        normal = _normalized(candidate, normal_diffs, mean, std)
+        defects = _normalized(candidate, defect_diffs, mean, std)
         report[name] = synthetic_metrics(normal, defects, masks)
         log.info("scoring %s on synthetic defects: %s", name, report[name])
     # The first listed wins ties: the paper's scoring before the others. Pasted defects are often all
@@ -94,6 +103,11 @@ def choose(
     best_map = max(MAP_SCORINGS, key=lambda name: report[name]["map"])
     best_image = max(report, key=lambda name: (report[name]["image"], report[name]["image_margin"]))
     return best_map, best_image, report
+
+
+def _difference_settings(score: ScoreConfig) -> tuple:
+    """The settings a difference map depends on (not its normalisation)."""
+    return (tuple(score.scales), score.mean_filter, score.gaussian_sigma, score.difference, score.signed_weight)
 
 
 def differences(cfg: Config, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
