@@ -4,7 +4,7 @@
   patch    a rectangle copied from another place of another normal image, flipped (a texture or
            structure that is normal elsewhere but wrong here, as CutPaste does);
   scratch  a thin line, brighter or darker than the image around it;
-  stain    a soft-edged blob of slightly changed brightness (low contrast);
+  stain    a blob of slightly changed brightness fading out with no edge (low contrast);
   smooth   a region whose fine structure is washed out (blurred), colours kept.
 Sizes are fractions of the image, amplitudes multiples of the image's own standard deviation, so the
 same settings suit textures and objects of any scale. The mask marks the pixels the defect changed
@@ -25,16 +25,29 @@ def _uniform(generator: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand((), generator=generator))
 
 
-def _ellipse(
+def _ellipse_distance(
     shape: tuple[int, int], centre: tuple[float, float], radii: tuple[float, float], angle: float
 ) -> torch.Tensor:
-    """Soft ellipse weight (H, W) in [0, 1]: 1 inside, falling to 0 over about a pixel at the edge."""
+    """Each pixel's distance (H, W) from `centre` in units of the turned ellipse's radii: 1 on its outline."""
     y, x = torch.meshgrid(torch.arange(shape[0]).float(), torch.arange(shape[1]).float(), indexing="ij")
     dx, dy = x - centre[1], y - centre[0]
     u = dx * math.cos(angle) + dy * math.sin(angle)
     v = -dx * math.sin(angle) + dy * math.cos(angle)
-    d = torch.sqrt((u / radii[0]) ** 2 + (v / radii[1]) ** 2)
-    return ((1 - d) * min(radii) + 0.5).clamp(0, 1)
+    return torch.sqrt((u / radii[0]) ** 2 + (v / radii[1]) ** 2)
+
+
+def _ellipse(
+    shape: tuple[int, int], centre: tuple[float, float], radii: tuple[float, float], angle: float
+) -> torch.Tensor:
+    """Soft ellipse weight (H, W) in [0, 1]: 1 inside, falling to 0 over about a pixel at the edge."""
+    return ((1 - _ellipse_distance(shape, centre, radii, angle)) * min(radii) + 0.5).clamp(0, 1)
+
+
+def _blob(
+    shape: tuple[int, int], centre: tuple[float, float], radii: tuple[float, float], angle: float
+) -> torch.Tensor:
+    """Gaussian bump (H, W) in [0, 1] with no edge: 1 at the centre, 0.14 on the ellipse of `radii`."""
+    return torch.exp(-2 * _ellipse_distance(shape, centre, radii, angle) ** 2)
 
 
 def _line(
@@ -72,9 +85,9 @@ def paste_defect(
     elif kind == "scratch":
         weight = _line((h, w), centre, _uniform(generator, 0.15, 0.4) * side, _uniform(generator, 1.0, 2.0), angle)
         out = image + sign * _uniform(generator, 1.5, 3.0) * spread * weight
-    elif kind == "stain":
-        radii = (_uniform(generator, 0.04, 0.1) * side, _uniform(generator, 0.04, 0.1) * side)
-        out = image + sign * _uniform(generator, 0.7, 1.5) * spread * _ellipse((h, w), centre, radii, angle)
+    elif kind == "stain":  # no edge for the gradient similarity to catch, like a real discolouration
+        radii = (_uniform(generator, 0.05, 0.12) * side, _uniform(generator, 0.05, 0.12) * side)
+        out = image + sign * _uniform(generator, 0.3, 0.8) * spread * _blob((h, w), centre, radii, angle)
     elif kind == "smooth":
         radii = (_uniform(generator, 0.06, 0.12) * side, _uniform(generator, 0.06, 0.12) * side)
         weight = _ellipse((h, w), centre, radii, angle)
