@@ -26,6 +26,21 @@ def test_pasted_defects_change_their_mask_and_nothing_else():
     assert all(torch.equal(a, b) for a, b in zip(defective, again))  # seeded
 
 
+def test_a_pasted_stain_fades_out_with_no_edge_and_stays_faint():
+    """Real stains have no edge for the gradient similarity to catch; a stain pasted with a sharp one
+    would make the choice prefer scorings that miss them."""
+    image = torch.full((1, 96, 96), 0.5) + 0.1 * torch.rand(1, 96, 96, generator=torch.Generator().manual_seed(0))
+    spread = float(image.std())
+    for seed in range(5):
+        out, mask = paste_defect(image, image, "stain", torch.Generator().manual_seed(seed))
+        change = (out - image)[0]
+        depth = float(change.abs().max())
+        steepest = max(float(change.diff(dim=0).abs().max()), float(change.diff(dim=1).abs().max()))
+        assert 0.3 * spread * 0.99 <= depth <= 0.8 * spread * 1.01
+        assert steepest < 0.4 * depth  # the old 1-pixel edge stepped by about the whole depth
+        assert mask.sum() > 50
+
+
 def test_one_defect_each_takes_the_kinds_in_turn_and_matches_pasting_that_kind():
     torch.manual_seed(0)
     images = [torch.rand(3, 48, 48) * 0.5 + 0.25 for _ in range(5)]
