@@ -55,3 +55,26 @@ def test_evaluation_returns_values_and_writing_is_a_separate_call(tmp_path, mvte
     write_evaluation(evaluation, tmp_path / "eval", heatmaps=False)
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert written["image_auroc"] == evaluation.metrics["image_auroc"] and (tmp_path / "eval" / "report.html").is_file()
+
+
+def test_each_kind_reports_its_share_of_the_defect_pixels():
+    """The pooled pixel AUROC weighs kinds by their pixels: the table says how much each weighs."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from intra.data.datasets import Sample
+    from intra.evaluation.scoring import per_kind_rows
+
+    samples = [
+        Sample(Path(f"{kind}{i}.png"), kind, int(kind != "good")) for kind in ("good", "hole", "band") for i in range(2)
+    ]
+    masks = [np.zeros((10, 10), bool) for _ in samples]
+    masks[2][0, :2] = masks[3][1, :2] = True  # holes: 4 pixels
+    masks[4][:6] = masks[5][:6] = True  # bands: 120 pixels
+    maps = [np.random.default_rng(i).random((10, 10)) for i in range(len(samples))]
+    rows = {row["kind"]: row for row in per_kind_rows(samples, np.arange(6.0), maps, masks, threshold=None)}
+    assert rows["good"]["defect_pixels"] == 0
+    assert rows["hole"]["defect_pixels"] == 4 / 124 and rows["band"]["defect_pixels"] == 120 / 124
+    labels_only = per_kind_rows(samples, np.arange(6.0), maps, None, threshold=None)
+    assert all(row["defect_pixels"] is None and row["pixel_auroc"] is None for row in labels_only)

@@ -4,7 +4,7 @@
   metrics.json        the metrics of `scoring.evaluate` (see there);
   scores.csv          every image's pred_score;
   per_kind.csv, .md   per defect kind: images, image/pixel AUROC and AUPRO against the good images,
-                      mean score, share flagged at the stored image threshold;
+                      share of the defect pixels, mean score, share flagged at the stored image threshold;
   roc_image.png, roc_pixel.png, pro.png   the curves;
   report.html         all of the above plus galleries of the highest- and lowest-scored normal and
                       defective images, in one self-contained file (images as data URIs);
@@ -78,7 +78,8 @@ def _write_tables(out_dir: Path, rows: list[dict]) -> None:
     lines += ["| " + " | ".join(_cell(row[c]) for c in KIND_COLUMNS) + " |" for row in rows]
     text = (
         "\n".join(lines)
-        + "\n\nflagged: share of the kind's images with pred_score >= the run's stored image threshold.\n"
+        + "\n\ndefect_pixels: the kind's share of all defect pixels, its weight in the pooled pixel AUROC.\n"
+        + "flagged: share of the kind's images with pred_score >= the run's stored image threshold.\n"
     )
     write_text(out_dir / "per_kind.md", text)
 

@@ -169,7 +169,7 @@ def _geometry_text(cfg) -> str:
     return f"{size}, patch {m.patch_size}, window {m.window}, statistics per {'pixel' if d.kind == 'object' else 'border distance'}"
 
 
-KIND_COLUMNS = ["kind", "images", "image_auroc", "pixel_auroc", "aupro", "mean_score", "flagged"]
+KIND_COLUMNS = ["kind", "images", "image_auroc", "pixel_auroc", "aupro", "defect_pixels", "mean_score", "flagged"]
 
 
 def per_kind_rows(
@@ -179,13 +179,16 @@ def per_kind_rows(
     masks: list[np.ndarray] | None,
     threshold: float | None,
 ) -> list[dict]:
-    """One row per kind (good first): AUROCs and AUPRO of the kind against the good images, flagged share.
+    """One row per kind (good first): AUROCs and AUPRO of the kind against the good images, its share of
+    all the test set's defect pixels (its weight in the pooled pixel AUROC), flagged share.
 
     masks None (image labels only): no pixel columns.
     """
     kinds = np.array([s.kind for s in samples])
     labels = np.array([s.label for s in samples])
     good = kinds == GOOD
+    defect_pixels = np.array([0 if masks is None else int(masks[i].sum()) for i in range(len(samples))])
+    all_defect_pixels = max(int(defect_pixels.sum()), 1)
     rows = []
     for kind in [GOOD] + sorted(set(kinds) - {GOOD}):
         chosen = kinds == kind
@@ -195,6 +198,7 @@ def per_kind_rows(
             "image_auroc": None,
             "pixel_auroc": None,
             "aupro": None,
+            "defect_pixels": None if masks is None else float(defect_pixels[chosen].sum() / all_defect_pixels),
             "mean_score": float(scores[chosen].mean()),
             "flagged": None if threshold is None else float(np.mean(scores[chosen] >= threshold)),
         }
