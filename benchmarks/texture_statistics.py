@@ -1,9 +1,10 @@
 """Which defect kinds a run's anomaly map misses, what weight they carry, and whether statistics of
 local appearance would find them instead. A diagnostic for docs/benchmarks.md, not the library.
 
-    python benchmarks/texture_statistics.py --run RUN --data DATA --threads 2 [--train-images 120]
+    python benchmarks/texture_statistics.py --run RUN --data DATA --threads 2 [--train-images 120] [--set score.KEY=VALUE]
 
-Scores the test set as `intra evaluate` does (the run's stored scoring), then prints, per defect
+Scores the test set as `intra evaluate` does (the run's stored scoring, or as `--set` changes it,
+calibrated again: `--set score.choose=auto` chooses it again as training now would), then prints, per defect
 kind: its share of all defect pixels (its weight in the pooled pixel AUROC), its pixel AUROC against
 the good images, and the pooled pixel AUROC with that kind left out. Then the same per-kind pixel
 AUROC for maps that need no inpainting, each a Mahalanobis distance of a local description from one
@@ -33,6 +34,7 @@ from intra.data.geometry import Geometry
 from intra.data.images import load_images
 from intra.evaluation.metrics import pixel_auroc
 from intra.evaluation.scoring import Evaluation, evaluate
+from intra.inference.calibration import rescore
 from intra.inference.detector import Detector
 from intra.runtime import configure_threads
 
@@ -71,7 +73,9 @@ def network_tokens(detector: Detector, block: int) -> Describe:
         windows = torch.stack(
             [patches[y : y + window, x : x + window].reshape(window * window, -1) for y in tops for x in lefts]
         )
-        x = model.tokens(model.embed_patches(windows), torch.zeros(windows.shape[:2], dtype=torch.bool), None)
+        index = torch.arange(gh * gw).reshape(gh, gw)  # global positions: each patch's place on the grid
+        positions = torch.stack([index[y : y + window, x : x + window].reshape(-1) for y in tops for x in lefts])
+        x = model.tokens(model.embed_patches(windows), torch.zeros(windows.shape[:2], dtype=torch.bool), positions)
         sources, targets, saved = {s for s, _ in model.skips}, {t for _, t in model.skips}, []
         for number, layer in enumerate(model.blocks[:block], start=1):
             x = layer(x + saved.pop() if number in targets else x)
@@ -108,9 +112,12 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-images", type=int, default=120)
+    parser.add_argument("--set", action="append", default=[], metavar="score.KEY=VALUE")
     args = parser.parse_args()
     configure_threads(args.threads)
     detector = Detector.load(args.run, device="cpu", dtype="fp32")
+    if args.set:
+        detector = rescore(detector, dict(item.split("=", 1) for item in args.set), args.data)
     evaluation = evaluate(detector, args.data)
     if evaluation.masks is None:
         raise SystemExit(f"{args.data}: no masks, so no pixel metrics to break down")
