@@ -44,7 +44,9 @@ def main() -> None:
     normal = calibration.reconstruction_pairs(raw, val, size)
     pasted, pasted_masks = calibration.pasted_validation(cfg, [x for x, _ in normal])
     pasted_pairs = calibration.reconstruction_pairs(raw, pasted, size)
-    _, _, on_pasted = choice.choose(cfg, calibration.statistics_of, train_pairs, normal, pasted_pairs, pasted_masks)
+    _, _, on_pasted = choice.choose(
+        cfg, calibration.statistics_of, train_pairs, normal, pasted_pairs, pasted_masks, every_pixel_metric=True
+    )
 
     geometry = Geometry.of(cfg)
     samples = test_samples(args.data)
@@ -57,7 +59,13 @@ def main() -> None:
         raise SystemExit(f"{args.data} has image labels only: this compares pixel metrics, which need masks")
     masks = [load_mask(s.mask_path, tuple(x.shape[-2:])) for _, s, x in defective]
     _, _, on_test = choice.choose(
-        cfg, calibration.statistics_of, train_pairs, good, [pair for pair, _, _ in defective], masks
+        cfg,
+        calibration.statistics_of,
+        train_pairs,
+        good,
+        [pair for pair, _, _ in defective],
+        masks,
+        every_pixel_metric=True,
     )
 
     chosen = detector.stats.get("scoring_choice", {})

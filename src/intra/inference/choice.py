@@ -42,20 +42,19 @@ def with_scoring(cfg: Config, map_name: str, image_name: str | None = None) -> C
 
 
 def synthetic_metrics(
-    normal: list[torch.Tensor], defective: list[torch.Tensor], masks: list[torch.Tensor]
-) -> dict[str, float]:
+    normal: list[torch.Tensor], defective: list[torch.Tensor], masks: list[torch.Tensor], pixels: bool = True
+) -> dict[str, float | None]:
     """Image AUROC, pixel AUROC and AUPRO of anomaly maps of normal and defective images (each (H, W)),
-    and the two criteria: `map` (mean of the pixel metrics) and `image` (image AUROC)."""
+    and the two criteria: `map` (mean of the pixel metrics) and `image` (image AUROC). Without `pixels`
+    the pixel metrics and `map` are None: they take most of the time, and only map candidates need them."""
     maps = [m.cpu().numpy() for m in [*normal, *defective]]
     truth = [np.zeros(m.shape, bool) for m in normal] + [mask.cpu().numpy() for mask in masks]
     scores = np.array([m.max() for m in maps])
     labels = np.array([0] * len(normal) + [1] * len(defective))
-    result = {
-        "image_auroc": metrics.auroc(scores, labels),
-        "pixel_auroc": metrics.pixel_auroc(maps, truth),
-        "aupro": metrics.aupro(maps, truth),
-    }
-    result["map"] = (result["pixel_auroc"] + result["aupro"]) / 2
+    result = {"image_auroc": metrics.auroc(scores, labels), "pixel_auroc": None, "aupro": None, "map": None}
+    if pixels:
+        result.update(pixel_auroc=metrics.pixel_auroc(maps, truth), aupro=metrics.aupro(maps, truth))
+        result["map"] = (result["pixel_auroc"] + result["aupro"]) / 2
     result["image"] = result["image_auroc"]
     result["image_margin"] = image_margin(scores[labels == 0], scores[labels == 1])
     return result
@@ -74,9 +73,11 @@ def choose(
     normal_pairs: list[tuple[torch.Tensor, torch.Tensor]],
     defect_pairs: list[tuple[torch.Tensor, torch.Tensor]],
     masks: list[torch.Tensor],
+    every_pixel_metric: bool = False,
 ) -> tuple[str, str, dict[str, dict]]:
     """The best scoring of MAP_SCORINGS for the map and the best of SCORINGS for the image score on the
-    synthetic defects, and every scoring's metrics.
+    synthetic defects, and every scoring's metrics (pixel metrics only for the map candidates, unless
+    `every_pixel_metric`).
 
     Pairs are (image (C, H, W), reconstruction (C, H, W)); `statistics(cfg, diffs)` returns the
     (mean, std) statistics of training difference maps (see `calibration.statistics_of`).
@@ -96,7 +97,7 @@ def choose(
         (mean, std), normal_diffs, defect_diffs = shared
         normal = _normalized(candidate, normal_diffs, mean, std)
         defects = _normalized(candidate, defect_diffs, mean, std)
-        report[name] = synthetic_metrics(normal, defects, masks)
+        report[name] = synthetic_metrics(normal, defects, masks, pixels=every_pixel_metric or name in MAP_SCORINGS)
         log.info("scoring %s on synthetic defects: %s", name, report[name])
     # The first listed wins ties: the paper's scoring before the others. Pasted defects are often all
     # found (image AUROC 1.0 for several scorings), so there the wider margin decides.
