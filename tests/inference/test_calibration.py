@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from intra.config import SCORINGS
+from intra.data.defects import KINDS
 from intra.errors import IntraError
 from intra.inference.calibration import calibrate, rescore, statistics_subset, training_split
 from intra.inference.detector import Detector
@@ -162,3 +163,29 @@ def test_texture_statistics_cover_a_test_image_larger_than_every_training_image(
     assert float(big_mean.min()) > 0.4 and float(big_std.min()) > 0.01
     # The centre of the large map takes the deepest bin the training maps reached (5 px from each border).
     assert float(big_mean[20, 20]) == pytest.approx(float(mean[5, 5]))
+
+
+def test_choosing_the_scoring_reconstructs_each_image_once_and_calibrates_like_that_scoring_alone(monkeypatch):
+    """The choice's reconstructions of the training and validation images are the ones the statistics and
+    the thresholds then use: no image is reconstructed twice, and the result is a plain calibration's."""
+    cfg = tiny_config()
+    cfg.score.choose = "auto"
+    generator = torch.Generator().manual_seed(0)
+    train, val = torch.rand(6, 3, 32, 32, generator=generator), torch.rand(4, 3, 32, 32, generator=generator)
+    model = lively_model(cfg)
+    reconstructed, real = [], Detector.reconstruct
+    monkeypatch.setattr(
+        Detector, "reconstruct", lambda self, images: reconstructed.append(len(images)) or real(self, images)
+    )
+    chosen = calibrate(Detector(model, cfg), train, val)
+    pasted = len(val) * len(KINDS)
+    assert sum(reconstructed) == len(train) + len(val) + pasted
+    plain_cfg = copy.deepcopy(chosen.cfg)
+    plain_cfg.score.choose = "off"
+    reconstructed.clear()
+    plain = calibrate(Detector(model, plain_cfg), train, val)
+    assert sum(reconstructed) == len(train) + len(val)
+    torch.testing.assert_close(chosen.mean_map, plain.mean_map)
+    torch.testing.assert_close(chosen.image_mean_map, plain.image_mean_map)
+    for key in ("image_threshold", "pixel_threshold", "overlay_vmax"):
+        assert chosen.stats[key] == pytest.approx(plain.stats[key], rel=1e-6)

@@ -21,7 +21,8 @@ thresholds and the overlay colour scale always belong to the scoring in use.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -131,24 +132,30 @@ def difference_statistics(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`statistics_of` the difference maps of training images given in batches, for each of `scorings`
     (default: the detector's), from one reconstruction of every image."""
-    scorings = scorings or [detector.cfg.score]
-    moments = [Moments(detector.cfg) for _ in scorings]
+    return pair_statistics(detector.cfg, reconstructed(detector, batched), scorings or [detector.cfg.score])
+
+
+def pair_statistics(
+    cfg: Config, pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], scorings: list[ScoreConfig]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`statistics_of` the difference maps of (image, reconstruction) pairs under each of `scorings`."""
+    moments = [Moments(cfg) for _ in scorings]
+    for x, r in pairs:
+        for score, moment in zip(scorings, moments):
+            moment.add(anomaly_map.difference_map(x[None], r[None], score)[0])
+    return [moment.result() for moment in moments]
+
+
+def reconstructed(detector: Detector, batched: Iterable[Images]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(image as the network saw it, reconstruction) for every image of the batches, a batch at a time."""
     for images in batched:
         prepared = detector.prepare(images)
-        reconstructions = detector.reconstruct(prepared)
-        for x, r in zip(prepared, reconstructions):
-            for score, moment in zip(scorings, moments):
-                moment.add(anomaly_map.difference_map(x[None], r[None], score)[0])
-    return [moment.result() for moment in moments]
+        yield from zip(prepared, detector.reconstruct(prepared))
 
 
 def reconstruction_pairs(detector: Detector, images: Images, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(image as the network saw it, reconstruction) for every image, reconstructed `size` at a time."""
-    pairs = []
-    for batch in batches(images, size):
-        prepared = detector.prepare(batch)
-        pairs.extend(zip(prepared, detector.reconstruct(prepared)))
-    return pairs
+    return list(reconstructed(detector, batches(images, size)))
 
 
 def images_per_batch(detector: Detector) -> int:
@@ -163,19 +170,30 @@ def pasted_validation(cfg: Config, normal: Images) -> tuple[Images, list[torch.T
     return paste_defects(list(normal), torch.Generator().manual_seed(cfg.train.seed + 2))
 
 
-def choose_scoring(detector: Detector, train_images: Images, val_images: Images, size: int) -> tuple[Config, dict]:
+@dataclass
+class Choice:
+    """What choosing the scoring gives calibration: the config with the chosen scoring, the record of the
+    choice, and the reconstructions it made, which the statistics and the thresholds then reuse."""
+
+    cfg: Config
+    record: dict
+    train_pairs: list[tuple[torch.Tensor, torch.Tensor]]
+    val_pairs: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def choose_scoring(detector: Detector, train_images: Images, val_images: Images, size: int) -> Choice:
     """The candidate scoring that finds defects pasted into the validation images best (see `choice`)."""
     cfg = detector.cfg
     normal = reconstruction_pairs(detector, val_images, size)
+    train = reconstruction_pairs(detector, statistics_subset(train_images, cfg), size)
     defective, masks = pasted_validation(cfg, [x for x, _ in normal])
     map_name, image_name, report = choice.choose(
-        cfg, statistics_of, reconstruction_pairs(detector, statistics_subset(train_images, cfg), size), normal,
-        reconstruction_pairs(detector, defective, size), masks,
-    )  # fmt: skip
+        cfg, statistics_of, train, normal, reconstruction_pairs(detector, defective, size), masks
+    )
     log.info("scoring chosen on synthetic defects: map %s (%s)", map_name, report[map_name])
     log.info("scoring chosen on synthetic defects: image score %s (%s)", image_name, report[image_name])
-    chosen = {"chosen": map_name, "image_chosen": image_name, "candidates": report}
-    return choice.with_scoring(cfg, map_name, image_name), chosen
+    record = {"chosen": map_name, "image_chosen": image_name, "candidates": report}
+    return Choice(choice.with_scoring(cfg, map_name, image_name), record, train, normal)
 
 
 def thresholds(val_scores: np.ndarray, val_maps, cfg: ScoreConfig) -> dict:
@@ -211,23 +229,36 @@ def calibrate(
     stats = dict(detector.stats)
     stats.pop("scoring_choice", None)  # the record of an earlier choice describes a scoring no longer in use
     if choose and cfg.score.choose == "auto":
-        cfg, stats["scoring_choice"] = choose_scoring(raw, train_images, val_images, size)
+        chosen = choose_scoring(raw, train_images, val_images, size)
+        cfg, stats["scoring_choice"] = chosen.cfg, chosen.record
+        train_pairs, val_pairs = chosen.train_pairs, chosen.val_pairs  # reconstructed once, for both
         raw = detector.like(cfg, None, None, {})
-    chosen = batches(statistics_subset(train_images, cfg), size)
+    else:  # reconstructed a batch at a time as they are used, none kept
+        bar = tqdm(
+            batches(statistics_subset(train_images, cfg), size), desc="mean map", disable=not progress, leave=False
+        )
+        train_pairs, val_pairs = reconstructed(raw, bar), reconstructed(raw, batches(val_images, size))
     image_score = raw.image_score_config()
     scorings = [cfg.score] + ([image_score] if image_score else [])
-    bar = tqdm(chosen, desc="mean map", disable=not progress, leave=False)
-    (mean_map, std_map), *image_statistics = difference_statistics(raw, bar, scorings)
+    (mean_map, std_map), *image_statistics = pair_statistics(cfg, train_pairs, scorings)
     calibrated = detector.like(cfg, mean_map, std_map, stats, *image_statistics)
     val_maps, val_scores = [], []
-    for images in batches(val_images, size):
-        maps, scores = calibrated.predict(images)
+    for pairs in batches(list(val_pairs), size):  # scored in the batches they were reconstructed in
+        maps, scores = calibrated.score(*_stacked(pairs))
         val_maps.extend(maps)
         val_scores.append(scores)
     calibrated.stats.update(
         val_images=len(val_images), **thresholds(torch.cat(val_scores).numpy(), val_maps, cfg.score)
     )
     return calibrated
+
+
+def _stacked(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[Images, Images]:
+    """Pairs -> (images, reconstructions): stacked when all of one size, as `prepare` batches them, else lists."""
+    images, reconstructions = [x for x, _ in pairs], [r for _, r in pairs]
+    if len({tuple(x.shape) for x in images}) == 1:
+        return torch.stack(images), torch.stack(reconstructions)
+    return images, reconstructions
 
 
 def training_split(data: str | Path, cfg: Config) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

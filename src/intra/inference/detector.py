@@ -319,12 +319,17 @@ class Detector:
         """
         images = self.prepare(images)
         reconstructions = self.reconstruct(images)
+        return Inspection(images, reconstructions, *self.score(images, reconstructions))
+
+    @torch.inference_mode()
+    def score(self, images: Images, reconstructions: Images) -> tuple[Images, torch.Tensor]:
+        """Images as the network saw them (`prepare`) and their reconstructions -> (anomaly maps, image scores),
+        on the CPU: (B, C, H, W) gives (B, H, W) maps, a list of (C, h, w) a list of (h, w)."""
         if isinstance(images, torch.Tensor):
             maps, scores = self._score(images, reconstructions)
-            return Inspection(images, reconstructions, maps.cpu(), scores.cpu())
+            return maps.cpu(), scores.cpu()
         scored = [self._score(x[None], r[None]) for x, r in zip(images, reconstructions)]
-        scores = torch.cat([score for _, score in scored]).cpu()
-        return Inspection(images, reconstructions, [amap[0].cpu() for amap, _ in scored], scores)
+        return [amap[0].cpu() for amap, _ in scored], torch.cat([score for _, score in scored]).cpu()
 
     def thresholds(self, image_threshold: float | None = None, pixel_threshold: float | None = None) -> tuple:
         """(image threshold, pixel threshold): the ones given, else the run's calibrated ones (None if it has none)."""
