@@ -11,6 +11,8 @@
    `score.image_threshold_quantile` (0.99) quantile of their image scores, the pixel threshold the
    `score.pixel_threshold_quantile` (0.999) quantile of all their anomaly-map pixels. A score or
    pixel at or above its threshold is anomalous (anomalib's `pred_label`, `pred_mask`).
+With `score.choose = auto` the scoring is chosen first (`choice`), and both steps reuse the
+reconstructions the choice made: the network sees each image once.
 
 `fit` calls it once training is over; `rescore` calls it again whenever scoring settings change
 after training (`intra evaluate --set score.KEY=...`, benchmark `score` rows), on the same training
