@@ -14,8 +14,8 @@ Gaussian fitted on the training images (position-free, as for a texture):
 - `tokens/b`: the network's own token features after block b, windows tiling the patch grid with
   nothing covered.
 
-If a kind is missed by every one of them as well, local appearance does not tell it apart, and no
-choice of scoring on this network will.
+A kind that every one of them misses as well is not told apart by these local descriptions of
+appearance, learned or not: choosing among scorings of the same inpainting is then unlikely to find it.
 """
 
 from __future__ import annotations
