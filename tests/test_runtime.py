@@ -49,3 +49,22 @@ def test_reuse_freed_memory_is_idempotent():
     from intra.runtime import reuse_freed_memory
 
     assert reuse_freed_memory() == reuse_freed_memory()
+
+
+def test_machine_names_the_cpu_its_instruction_set_and_the_threads():
+    import torch
+
+    from intra.runtime import cpu_model, machine, native_bf16
+
+    described = machine(torch.device("cpu"))
+    assert described["cpu"] == cpu_model() and described["cpu"]
+    assert described["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert described["native_bf16"] == native_bf16("cpu")
+    assert described["threads"] == torch.get_num_threads() and described["torch"] == torch.__version__
+    try:
+        lines = open("/proc/cpuinfo").read().splitlines()
+    except OSError:
+        return
+    named = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    if named:
+        assert described["cpu"] == named[0]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import os
+import platform
+from pathlib import Path
 
 import torch
 
@@ -70,6 +73,33 @@ def resolve_device(name: str) -> torch.device:
     elif device.type != "cpu":
         raise IntraError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}")
     return device
+
+
+def cpu_model() -> str:
+    """The CPU's model name as the OS reports it ("AMD EPYC", "Intel(R) Xeon(R) Processor"), or the
+    architecture where it does not say."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: torch.device) -> dict:
+    """What a run ran on, recorded beside its numbers: two hosts of one CPU model name can differ in
+    instruction set (AVX2 against AVX-512 with BF16), and with it in speed and in the dtype "auto" picks."""
+    described = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        return {**described, "gpu": torch.cuda.get_device_name(device)}
+    return {
+        **described,
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": native_bf16("cpu"),
+        "cpus": os.cpu_count(),
+    }
 
 
 def configure_threads(threads: int) -> None:

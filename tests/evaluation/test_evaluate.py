@@ -55,6 +55,7 @@ def test_evaluation_returns_values_and_writing_is_a_separate_call(tmp_path, mvte
     write_evaluation(evaluation, tmp_path / "eval", heatmaps=False)
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert written["image_auroc"] == evaluation.metrics["image_auroc"] and (tmp_path / "eval" / "report.html").is_file()
+    assert written["machine"]["cpu_capability"] and written["machine"]["threads"] == written["threads"]
 
 
 def test_each_kind_reports_its_share_of_the_defect_pixels():

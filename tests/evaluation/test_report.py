@@ -44,6 +44,11 @@ def test_evaluate_writes_thresholds_tables_and_curves(evaluation, cli_run):
     assert "| kind | images |" in (evaluation / "per_kind.md").read_text()
     for name in ("roc_image", "roc_pixel", "pro"):
         assert Image.open(evaluation / f"{name}.png").size[0] >= 300
+    # The timing names what it ran on: the CPU's instruction set decides its speed and dtype.
+    assert (
+        f"1 threads, {metrics['machine']['cpu']}, {metrics['machine']['cpu_capability']})"
+        in (evaluation / "report.html").read_text()
+    )
 
 
 @pytest.mark.skipif(

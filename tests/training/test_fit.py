@@ -66,6 +66,10 @@ def test_fit_writes_a_run_and_save_load_gives_identical_scores(tmp_path, mvtec_r
     assert [r["epoch"] for r in log] == [1, 2] and all("val_loss" in r for r in log)
     assert json.loads((run / "config.json").read_text())["model"]["image_size"] == 64
     assert result.stats["train_images"] + result.stats["val_images"] == 12 and result.stats["val_images"] == 1
+    # The run records where it trained and in which dtype, so its timings can be read later.
+    trained_on = json.loads((run / "model.json").read_text())["stats"]["trained_on"]
+    assert trained_on["dtype"] == "fp32" and trained_on["device"] == "cpu"  # the config's dtype, not "auto"
+    assert trained_on["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
     images = torch.rand(3, 3, 64, 64)
     maps, scores = result.detector.predict(images)

@@ -111,9 +111,16 @@ def _metric_rows(m: dict) -> list[list[str]]:
         )
     rows += [
         ["images", str(m["images"])],
-        ["ms per image", f"{m['ms_per_image']:.1f} ({m['device']}, {m['threads']} threads)"],
+        ["ms per image", f"{m['ms_per_image']:.1f} ({m['device']}, {m['threads']} threads{_processor(m)})"],
     ]
     return rows
+
+
+def _processor(m: dict) -> str:
+    """ ", AMD EPYC, AVX2", what the timing ran on (metrics written before `machine` was recorded have none)."""
+    described = m.get("machine", {})
+    named = [described.get(key) for key in ("gpu", "cpu", "cpu_capability") if described.get(key)]
+    return "".join(f", {name}" for name in named)
 
 
 def _galleries(

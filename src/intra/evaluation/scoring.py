@@ -30,6 +30,7 @@ from ..data.images import image_size, load_image, load_mask
 from ..errors import IntraError
 from ..inference.detector import Detector
 from ..pictures import to_rgb_uint8
+from ..runtime import machine
 from . import metrics
 from .inpainting import best_fill, fill_errors, squared_error
 
@@ -120,6 +121,7 @@ def evaluate(
         device=str(detector.device),
         threads=torch.get_num_threads(),
         backend=detector.backend.describe(),
+        machine=machine(detector.device),
         model=_geometry_text(cfg),
         anomaly_map_filters=filter_sizes(cfg.score),
         anomaly_map_difference=difference_text(cfg.score),
