@@ -1,6 +1,7 @@
 """fit(): a tiny model learns, a run folder is written, and training is reproducible."""
 
 import json
+import logging
 import statistics
 
 import pytest
@@ -11,7 +12,7 @@ from intra.core.losses import inpainting_loss
 from intra.core.model import InpaintingTransformer
 from intra.data.sampling import WindowSampler
 from intra.inference.detector import Detector
-from intra.training.fit import fit
+from intra.training.fit import INPAINTS_BELOW, fit, inpainting_warning
 
 from conftest import tiny_config
 
@@ -56,9 +57,10 @@ def test_tiny_model_overfits_one_image():
     assert losses[-1] < losses[0] / 10
 
 
-def test_fit_writes_a_run_and_save_load_gives_identical_scores(tmp_path, mvtec_root, tiny_cfg):
+def test_fit_writes_a_run_and_save_load_gives_identical_scores(tmp_path, mvtec_root, tiny_cfg, caplog):
     tiny_cfg.model.image_size = 64
-    result = fit(tiny_cfg, mvtec_root, tmp_path / "run")
+    with caplog.at_level(logging.WARNING, logger="intra"):
+        result = fit(tiny_cfg, mvtec_root, tmp_path / "run")
     run = tmp_path / "run"
     for name in ("config.json", "train_log.jsonl", "model.safetensors", "model.json"):
         assert (run / name).is_file(), name
@@ -70,6 +72,11 @@ def test_fit_writes_a_run_and_save_load_gives_identical_scores(tmp_path, mvtec_r
     trained_on = json.loads((run / "model.json").read_text())["stats"]["trained_on"]
     assert trained_on["dtype"] == "fp32" and trained_on["device"] == "cpu"  # the config's dtype, not "auto"
     assert trained_on["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    # The kept epoch's inpainting against the trivial fills, and a warning exactly when it is not clearly better.
+    kept = next(r for r in log if r["epoch"] == result.stats["best_epoch"])
+    assert result.stats["kept_inpaint_ratio"] == kept["val_inpaint_ratio"]
+    warned = "it has not learned to inpaint clearly better than smoothing" in caplog.text
+    assert warned == (kept["val_inpaint_ratio"] >= INPAINTS_BELOW)
 
     images = torch.rand(3, 3, 64, 64)
     maps, scores = result.detector.predict(images)
@@ -210,3 +217,13 @@ def test_dtype_auto_is_resolved_for_the_device_and_written_into_the_run(tmp_path
     result = fit(tiny_cfg, mvtec_root, tmp_path / "run")
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["dtype"] == expected
     assert result.detector.cfg.train.dtype == expected  # resumes and reruns train the same way
+
+
+def test_a_kept_network_that_does_not_inpaint_is_named_in_a_warning():
+    stats = {"best_epoch": 4, "epochs": 4, "train_seconds": 603.1, "kept_inpaint_ratio": 1.07}
+    stats["trained_on"] = {"dtype": "fp32", "native_bf16": False}
+    warning = inpainting_warning(stats)
+    assert "epoch 4 of 4, 10.1 minutes in fp32 on a CPU without bf16 instructions" in warning
+    assert "1.07x the error of the better trivial fill" in warning and "--max-minutes" in warning
+    assert inpainting_warning({**stats, "kept_inpaint_ratio": 0.3}) is None
+    assert inpainting_warning({**stats, "kept_inpaint_ratio": None}) is None  # no held-out images

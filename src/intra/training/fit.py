@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -46,6 +47,40 @@ class FitResult:
     detector: Detector
     stats: dict
     main: bool = True  # False in the processes of a distributed run other than rank 0 (they write nothing)
+
+
+# A kept network inpaints when its error on the held-out images is clearly below the better trivial fill's
+# (ring mean or smooth fill): the issue's test. Above this share it barely beats smoothing, and its maps
+# show normal structure nearly as strongly as defects.
+INPAINTS_BELOW = 0.9
+
+
+def logged_value(log_path: Path, epoch: int, key: str) -> float | None:
+    """`key` of epoch `epoch` in train_log.jsonl (None if absent): the log also covers epochs before a resume."""
+    if not log_path.is_file():
+        return None
+    for line in log_path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record.get("epoch") == epoch:
+            return record.get(key)
+    return None
+
+
+def inpainting_warning(stats: dict) -> str | None:
+    """A warning when the kept network has not learned to inpaint clearly better than a trivial fill, else None."""
+    ratio = stats.get("kept_inpaint_ratio")
+    if ratio is None or ratio < INPAINTS_BELOW:
+        return None
+    trained_on = stats.get("trained_on", {})
+    where = f" in {trained_on['dtype']}" if "dtype" in trained_on else ""
+    if trained_on.get("native_bf16") is False:
+        where += " on a CPU without bf16 instructions"
+    return (
+        f"the kept network (epoch {stats['best_epoch']} of {stats['epochs']}, {stats['train_seconds'] / 60:.1f} "
+        f"minutes{where}) inpaints the held-out images with {ratio:.2f}x the error of the better trivial fill "
+        "(val_inpaint_ratio in train_log.jsonl): it has not learned to inpaint clearly better than smoothing, so "
+        "its anomaly maps show normal structure too. More training time (--max-minutes) usually lowers the ratio"
+    )
 
 
 def image_fingerprint(data: str | Path, paths: list[Path], sizes: list[tuple[int, int]]) -> str:
@@ -164,6 +199,11 @@ def fit(
     # The machine it trained on and the dtype "auto" resolved to there: the same preset trains about half
     # as many epochs in its minutes on a CPU without bf16 instructions.
     stats.update(train_images=len(train_idx), color=color, trained_on={**machine(device), "dtype": cfg.train.dtype})
+    if world.main:
+        stats["kept_inpaint_ratio"] = logged_value(log_path, stats["best_epoch"], "val_inpaint_ratio")
+        warning = inpainting_warning(stats)
+        if warning:
+            log.warning("%s", warning)
     detector = Detector(model, cfg, device=device, stats=stats)
     if not world.main:
         world.barrier()  # wait for rank 0's calibration and checkpoint
