@@ -44,9 +44,9 @@ def main() -> None:
     normal = calibration.reconstruction_pairs(raw, val, size)
     pasted, pasted_masks = calibration.pasted_validation(cfg, [x for x, _ in normal])
     pasted_pairs = calibration.reconstruction_pairs(raw, pasted, size)
-    _, _, on_pasted = choice.choose(
+    on_pasted = choice.choose(
         cfg, calibration.statistics_of, train_pairs, normal, pasted_pairs, pasted_masks, every_pixel_metric=True
-    )
+    ).report
 
     geometry = Geometry.of(cfg)
     samples = test_samples(args.data)
@@ -58,7 +58,7 @@ def main() -> None:
     if any(s.mask_path is None for _, s, _ in defective):
         raise SystemExit(f"{args.data} has image labels only: this compares pixel metrics, which need masks")
     masks = [load_mask(s.mask_path, tuple(x.shape[-2:])) for _, s, x in defective]
-    _, _, on_test = choice.choose(
+    on_test = choice.choose(
         cfg,
         calibration.statistics_of,
         train_pairs,
@@ -66,7 +66,7 @@ def main() -> None:
         [pair for pair, _, _ in defective],
         masks,
         every_pixel_metric=True,
-    )
+    ).report
 
     chosen = detector.stats.get("scoring_choice", {})
     print(f"run {args.run}: map {chosen.get('chosen', '-')}, image score {chosen.get('image_chosen', '-')} as saved")

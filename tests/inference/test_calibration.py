@@ -9,6 +9,7 @@ import torch
 from intra.config import SCORINGS
 from intra.data.defects import KINDS
 from intra.errors import IntraError
+from intra.inference import calibration
 from intra.inference.calibration import calibrate, rescore, statistics_subset, training_split
 from intra.inference.detector import Detector
 from intra.training.fit import fit
@@ -177,14 +178,17 @@ def test_choosing_the_scoring_reconstructs_each_image_once_and_calibrates_like_t
     monkeypatch.setattr(
         Detector, "reconstruct", lambda self, images: reconstructed.append(len(images)) or real(self, images)
     )
+    passes, real_statistics = [], calibration.pair_statistics
+    monkeypatch.setattr(calibration, "pair_statistics", lambda *args: passes.append(args[2]) or real_statistics(*args))
     chosen = calibrate(Detector(model, cfg), train, val)
     pasted = len(val) * len(KINDS)
     assert sum(reconstructed) == len(train) + len(val) + pasted
+    assert passes == []  # the chosen scorings' training statistics are the choice's, not computed again
     plain_cfg = copy.deepcopy(chosen.cfg)
     plain_cfg.score.choose = "off"
     reconstructed.clear()
     plain = calibrate(Detector(model, plain_cfg), train, val)
-    assert sum(reconstructed) == len(train) + len(val)
+    assert sum(reconstructed) == len(train) + len(val) and len(passes) == 1
     torch.testing.assert_close(chosen.mean_map, plain.mean_map)
     torch.testing.assert_close(chosen.image_mean_map, plain.image_mean_map)
     for key in ("image_threshold", "pixel_threshold", "overlay_vmax"):

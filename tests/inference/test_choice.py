@@ -70,7 +70,8 @@ def test_the_map_is_chosen_among_the_raw_scorings_and_the_image_score_among_all(
     monkeypatch.setattr(choice, "differences", lambda cfg, pairs: [])
     names = list(SCORINGS)
     assert names[1] == "paper-z"
-    best_map, best_image, report = choice.choose(Config(), lambda cfg, diffs: (None, None), [], [], [], [])
+    chosen = choice.choose(Config(), lambda cfg, diffs: (None, None), [], [], [], [])
+    best_map, best_image, report = chosen.map, chosen.image, chosen.report
     assert set(report) == set(SCORINGS) and report["paper-z"]["map"] == 1.0
     assert best_map == max(MAP_SCORINGS, key=names.index) == "fine-both-raw"  # the best raw one, not paper-z
     assert best_image == names[-1]
@@ -88,7 +89,7 @@ def test_tied_image_aurocs_go_to_the_wider_margin(monkeypatch):
 
     monkeypatch.setattr(choice, "synthetic_metrics", tied)
     monkeypatch.setattr(choice, "differences", lambda cfg, pairs: [])
-    _, best_image, _ = choice.choose(Config(), lambda cfg, diffs: (None, None), [], [], [], [])
+    best_image = choice.choose(Config(), lambda cfg, diffs: (None, None), [], [], [], []).image
     assert best_image == "middle-z" == names[4]  # not fine (margin 9.0, image AUROC 0.9)
 
 
@@ -143,7 +144,8 @@ def test_scorings_that_differ_only_in_normalisation_share_their_difference_maps(
     cfg = tiny_config()
     real, calls = choice.differences, []
     monkeypatch.setattr(choice, "differences", lambda c, pairs: calls.append(c.score) or real(c, pairs))
-    _, _, report = choice.choose(cfg, statistics_of, train, normal, defective, masks)
+    chosen = choice.choose(cfg, statistics_of, train, normal, defective, masks)
+    report = chosen.report
     settings = {choice._difference_settings(score) for score in calls}
     assert len(calls) == 3 * len(settings) == 3 * len(SCORINGS) // 3  # train, normal and defective pairs, once each
     for name in ("paper", "middle-both-z", "fine-raw", "middle-both-raw"):
@@ -156,3 +158,4 @@ def test_scorings_that_differ_only_in_normalisation_share_their_difference_maps(
             pixels=name in MAP_SCORINGS,
         )
         assert report[name] == alone
+        torch.testing.assert_close(chosen.statistics[name], (mean, std))  # what calibration keeps for the chosen

@@ -11,8 +11,8 @@
    `score.image_threshold_quantile` (0.99) quantile of their image scores, the pixel threshold the
    `score.pixel_threshold_quantile` (0.999) quantile of all their anomaly-map pixels. A score or
    pixel at or above its threshold is anomalous (anomalib's `pred_label`, `pred_mask`).
-With `score.choose = auto` the scoring is chosen first (`choice`), and both steps reuse the
-reconstructions the choice made: the network sees each image once.
+With `score.choose = auto` the scoring is chosen first (`choice`): step 1 keeps the statistics the choice
+computed for the chosen scorings, and step 2 reuses its reconstructions: the network sees each image once.
 
 `fit` calls it once training is over; `rescore` calls it again whenever scoring settings change
 after training (`intra evaluate --set score.KEY=...`, benchmark `score` rows), on the same training
@@ -175,11 +175,12 @@ def pasted_validation(cfg: Config, normal: Images) -> tuple[Images, list[torch.T
 @dataclass
 class Choice:
     """What choosing the scoring gives calibration: the config with the chosen scoring, the record of the
-    choice, and the reconstructions it made, which the statistics and the thresholds then reuse."""
+    choice, the training statistics of the chosen scorings (the map's, then the image score's if it has
+    its own) and the validation images' reconstructions, which the thresholds then reuse."""
 
     cfg: Config
     record: dict
-    train_pairs: list[tuple[torch.Tensor, torch.Tensor]]
+    statistics: list[tuple[torch.Tensor, torch.Tensor]]
     val_pairs: list[tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -189,13 +190,14 @@ def choose_scoring(detector: Detector, train_images: Images, val_images: Images,
     normal = reconstruction_pairs(detector, val_images, size)
     train = reconstruction_pairs(detector, statistics_subset(train_images, cfg), size)
     defective, masks = pasted_validation(cfg, [x for x, _ in normal])
-    map_name, image_name, report = choice.choose(
-        cfg, statistics_of, train, normal, reconstruction_pairs(detector, defective, size), masks
-    )
-    log.info("scoring chosen on synthetic defects: map %s (%s)", map_name, report[map_name])
-    log.info("scoring chosen on synthetic defects: image score %s (%s)", image_name, report[image_name])
-    record = {"chosen": map_name, "image_chosen": image_name, "candidates": report}
-    return Choice(choice.with_scoring(cfg, map_name, image_name), record, train, normal)
+    chosen = choice.choose(cfg, statistics_of, train, normal, reconstruction_pairs(detector, defective, size), masks)
+    report = chosen.report
+    log.info("scoring chosen on synthetic defects: map %s (%s)", chosen.map, report[chosen.map])
+    log.info("scoring chosen on synthetic defects: image score %s (%s)", chosen.image, report[chosen.image])
+    record = {"chosen": chosen.map, "image_chosen": chosen.image, "candidates": report}
+    names = [chosen.map] + ([chosen.image] if chosen.image != chosen.map else [])
+    statistics = [chosen.statistics[name] for name in names]
+    return Choice(choice.with_scoring(cfg, chosen.map, chosen.image), record, statistics, normal)
 
 
 def thresholds(val_scores: np.ndarray, val_maps, cfg: ScoreConfig) -> dict:
@@ -230,19 +232,19 @@ def calibrate(
     size = images_per_batch(raw)
     stats = dict(detector.stats)
     stats.pop("scoring_choice", None)  # the record of an earlier choice describes a scoring no longer in use
-    if choose and cfg.score.choose == "auto":
+    if choose and cfg.score.choose == "auto":  # the choice's statistics and reconstructions, computed once
         chosen = choose_scoring(raw, train_images, val_images, size)
         cfg, stats["scoring_choice"] = chosen.cfg, chosen.record
-        train_pairs, val_pairs = chosen.train_pairs, chosen.val_pairs  # reconstructed once, for both
-        raw = detector.like(cfg, None, None, {})
+        statistics, val_pairs = chosen.statistics, chosen.val_pairs
     else:  # reconstructed a batch at a time as they are used, none kept
         bar = tqdm(
             batches(statistics_subset(train_images, cfg), size), desc="mean map", disable=not progress, leave=False
         )
-        train_pairs, val_pairs = reconstructed(raw, bar), reconstructed(raw, batches(val_images, size))
-    image_score = raw.image_score_config()
-    scorings = [cfg.score] + ([image_score] if image_score else [])
-    (mean_map, std_map), *image_statistics = pair_statistics(cfg, train_pairs, scorings)
+        image_score = raw.image_score_config()
+        scorings = [cfg.score] + ([image_score] if image_score else [])
+        statistics = pair_statistics(cfg, reconstructed(raw, bar), scorings)
+        val_pairs = reconstructed(raw, batches(val_images, size))
+    (mean_map, std_map), *image_statistics = statistics
     calibrated = detector.like(cfg, mean_map, std_map, stats, *image_statistics)
     val_maps, val_scores = [], []
     for pairs in batches(list(val_pairs), size):  # scored in the batches they were reconstructed in

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -66,6 +67,18 @@ def image_margin(normal: np.ndarray, defective: np.ndarray) -> float:
     return float((np.median(defective) - normal.max()) / (normal.std() + 1e-12))
 
 
+@dataclass
+class Chosen:
+    """What `choose` found: the map's scoring, the image score's, every scoring's metrics on the synthetic
+    defects (`report`), and every scoring's training statistics (mean, std), which calibration then keeps
+    for the chosen ones instead of computing them again."""
+
+    map: str
+    image: str
+    report: dict[str, dict]
+    statistics: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
 def choose(
     cfg: Config,
     statistics,
@@ -74,15 +87,15 @@ def choose(
     defect_pairs: list[tuple[torch.Tensor, torch.Tensor]],
     masks: list[torch.Tensor],
     every_pixel_metric: bool = False,
-) -> tuple[str, str, dict[str, dict]]:
+) -> Chosen:
     """The best scoring of MAP_SCORINGS for the map and the best of SCORINGS for the image score on the
-    synthetic defects, and every scoring's metrics (pixel metrics only for the map candidates, unless
-    `every_pixel_metric`).
+    synthetic defects, every scoring's metrics (pixel metrics only for the map candidates, unless
+    `every_pixel_metric`) and training statistics.
 
     Pairs are (image (C, H, W), reconstruction (C, H, W)); `statistics(cfg, diffs)` returns the
     (mean, std) statistics of training difference maps (see `calibration.statistics_of`).
     """
-    report, key, shared = {}, None, None
+    report, kept, key, shared = {}, {}, None, None
     for name in SCORINGS:
         candidate = with_scoring(cfg, name)
         # Scorings that differ only in normalisation share their difference maps and statistics; SCORINGS
@@ -95,6 +108,7 @@ def choose(
                 differences(candidate, defect_pairs),
             )
         (mean, std), normal_diffs, defect_diffs = shared
+        kept[name] = (mean, std)
         normal = _normalized(candidate, normal_diffs, mean, std)
         defects = _normalized(candidate, defect_diffs, mean, std)
         report[name] = synthetic_metrics(normal, defects, masks, pixels=every_pixel_metric or name in MAP_SCORINGS)
@@ -103,7 +117,7 @@ def choose(
     # found (image AUROC 1.0 for several scorings), so there the wider margin decides.
     best_map = max(MAP_SCORINGS, key=lambda name: report[name]["map"])
     best_image = max(report, key=lambda name: (report[name]["image"], report[name]["image_margin"]))
-    return best_map, best_image, report
+    return Chosen(best_map, best_image, report, kept)
 
 
 def _difference_settings(score: ScoreConfig) -> tuple:
