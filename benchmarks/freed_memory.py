@@ -1,8 +1,8 @@
-"""`intra bench` with and without `runtime.reuse_freed_memory`, alternating, in fresh processes.
+"""`intra bench` with and without `allocator.reuse_freed_memory`, alternating, in fresh processes.
 
     python benchmarks/freed_memory.py --threads 2 --rounds 3 --batch 1 8 16
 
-The `intra` command asks glibc to keep freed blocks of up to 32 MB (`runtime.reuse_freed_memory`),
+The `intra` command asks glibc to keep freed blocks of up to 32 MB (`allocator.reuse_freed_memory`),
 so a forward pass reuses its activations' pages instead of faulting fresh ones in. The setting is
 process-wide and cannot be undone once made, so each measurement runs `intra bench` in a new
 process: "kept" as the command runs, "returned" with the call replaced by a no-op (glibc's

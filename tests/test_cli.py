@@ -98,3 +98,32 @@ def test_version_comes_from_the_package_metadata():
 
     assert __version__ == version("intra")
     assert intra("--version").stdout.strip() == f"intra {version('intra')}"
+
+
+def test_help_version_and_argument_mistakes_answer_before_torch_is_imported():
+    """`intra --help`, `--version` and mistakes in the arguments do not wait for torch (seconds on a small
+    machine); a command that runs the network imports it, and the package's public names still resolve."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, intra.cli as cli\n"
+        "for argv in (['--version'], ['train', '--help'], ['train', '--data', 'd', '--out', 'o', '--epochs', '0'],\n"
+        "             ['predict', '--run', 'r', 'x', '--batch-size', '0'], ['evaluate', '--run', 'r', '--data', 'd', '--threads', '-1']):\n"
+        "    try:\n"
+        "        code = cli.main(argv)\n"
+        "    except SystemExit as stop:\n"
+        "        code = stop.code\n"
+        "    print(argv[0], code, 'torch' in sys.modules, file=sys.stderr)\n"
+        "import intra\n"
+        "print(intra.Detector.__module__, 'torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = [
+        line
+        for line in result.stderr.splitlines()
+        if line.split(" ")[0] in ("--version", "train", "predict", "evaluate")
+    ]
+    assert lines == ["--version 0 False", "train 0 False", "train 2 False", "predict 2 False", "evaluate 2 False"]
+    assert result.stdout.splitlines()[-1] == "intra.inference.detector True"

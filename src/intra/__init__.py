@@ -10,37 +10,44 @@ Train on defect-free images with `fit`, score new ones with `Detector`, evaluate
     write_evaluation(evaluation, "runs/my_product/evaluation")
 """
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
-from .config import Config, DataConfig, ModelConfig, ScoreConfig, TrainConfig, preset
-from .core.model import InpaintingTransformer
-from .errors import IntraError
-from .evaluation.outputs import write_evaluation
-from .evaluation.scoring import Evaluation, evaluate
-from .export import export_onnx
-from .export_full import export_full_onnx
-from .inference.detector import Detector
-from .predict import predict_paths
-from .training.fit import fit
+# The public names and the modules that define them, imported on first use (PEP 562): `import intra`
+# and the `intra` command's --help, --version and argument errors then do not wait for torch.
+_EXPORTS = {
+    "Config": ".config",
+    "DataConfig": ".config",
+    "ModelConfig": ".config",
+    "ScoreConfig": ".config",
+    "TrainConfig": ".config",
+    "preset": ".config",
+    "InpaintingTransformer": ".core.model",
+    "IntraError": ".errors",
+    "write_evaluation": ".evaluation.outputs",
+    "Evaluation": ".evaluation.scoring",
+    "evaluate": ".evaluation.scoring",
+    "export_onnx": ".export",
+    "export_full_onnx": ".export_full",
+    "Detector": ".inference.detector",
+    "predict_paths": ".predict",
+    "fit": ".training.fit",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "Config",
-    "DataConfig",
-    "Detector",
-    "Evaluation",
-    "InpaintingTransformer",
-    "IntraError",
-    "ModelConfig",
-    "ScoreConfig",
-    "TrainConfig",
-    "evaluate",
-    "export_full_onnx",
-    "export_onnx",
-    "fit",
-    "predict_paths",
-    "preset",
-    "write_evaluation",
-]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'intra' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
 try:
     __version__ = version("intra")  # the one version number is pyproject.toml's
 except PackageNotFoundError:  # run from a source tree that was never installed

@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .config import PRESETS, Config, apply_overrides, flatten, preset, read_config_file
+from .allocator import reuse_freed_memory
+from .config import CPU_TRAIN_BATCH, PRESETS, Config, apply_overrides, flatten, preset, read_config_file
 from .errors import IntraError
-from .runtime import reuse_freed_memory
 from .tools.demo import DEMO_MINUTES
-from .tools.speed import CPU_TRAIN_BATCH
+
+# Modules that import torch are imported by the commands that need them, after the arguments are read
+# and checked: `intra --help`, `--version` and mistakes in the arguments answer without waiting for torch.
 
 # Flags that set one config key each: flag -> (key, type, help).
 TRAIN_FLAGS = {
@@ -314,17 +316,18 @@ def _key_values(items: list[str]) -> dict[str, str]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .training.fit import fit
-
     if args.resume:
         cfg, data = resolve_resume(args)
-        run = args.resume
-        result = fit(cfg, data, run, progress=True, resume=True)
+        run, resume = args.resume, True
     else:
         if not args.data or not args.out:
             raise IntraError("intra train needs --data and --out (or --resume RUN)")
-        run = args.out
-        result = fit(resolve_train_config(args), args.data, run, progress=True, overwrite=args.overwrite)
+        cfg, data, run, resume = resolve_train_config(args), args.data, args.out, False
+    from .training.fit import fit
+
+    result = fit(
+        cfg, data, run, progress=True, resume=resume, overwrite=args.overwrite
+    )  # never both: see resolve_resume
     if not result.main:
         return  # a distributed run's other processes: rank 0 reports
     s = result.stats
@@ -358,12 +361,16 @@ def resolve_resume(args: argparse.Namespace) -> tuple[Config, str]:
     return apply_overrides(cfg, flags), args.data or state["data"]
 
 
+def _check_threads(args: argparse.Namespace) -> None:
+    if args.threads < 0:
+        raise IntraError(f"--threads must not be negative, not {args.threads}")
+
+
 def _load_detector(args: argparse.Namespace):
     from .inference.detector import Detector
     from .runtime import configure_threads
 
-    if args.threads < 0:
-        raise IntraError(f"--threads must not be negative, not {args.threads}")
+    _check_threads(args)
     configure_threads(args.threads)
     backend, onnx_file = getattr(args, "backend", "torch"), getattr(args, "onnx_file", None)
     return Detector.load(
@@ -372,11 +379,12 @@ def _load_detector(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    _positive("--eval-size", args.eval_size)
+    _positive("--batch-size", args.batch_size)
+    _check_threads(args)
     from .evaluation.outputs import write_evaluation
     from .evaluation.scoring import evaluate
 
-    _positive("--eval-size", args.eval_size)
-    _positive("--batch-size", args.batch_size)
     detector = _load_detector(args)
     if args.set:
         from .inference.calibration import rescore
@@ -390,9 +398,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    _positive("--batch-size", args.batch_size)
+    _check_threads(args)
     from .predict import Predictions, dumps
 
-    _positive("--batch-size", args.batch_size)
     detector = _load_detector(args)
     with Predictions(
         detector,
@@ -544,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    reuse_freed_memory()  # fewer page faults per forward pass on a CPU (runtime.py)
+    reuse_freed_memory()  # fewer page faults per forward pass on a CPU (allocator.py)
     try:
         COMMANDS[args.command](args)
     except IntraError as exc:

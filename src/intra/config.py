@@ -241,6 +241,10 @@ def _cpu_preset() -> Config:
 
 PRESETS = {"paper": Config, "cpu": _cpu_preset}
 
+# `intra bench` times training steps on a CPU with at most this many windows: the cpu preset's own
+# batch; the paper's 256 windows of its large network would take minutes a timing there.
+CPU_TRAIN_BATCH = 64
+
 # Named scorings (score.* settings) that score.choose = auto picks from and score.image_scoring names:
 # the paper's (scales 1/2 and 1/4, 21 px mean filter, sigma 4), a fine one that keeps thin defects
 # (scales 1 and 1/2, 7 px, sigma 2) and one between; each as the paper normalises (minus the

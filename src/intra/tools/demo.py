@@ -9,11 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import preset
-from ..data.synthetic import make_dataset
 from ..errors import IntraError
-from ..evaluation.outputs import write_evaluation
-from ..evaluation.scoring import evaluate
-from ..training.fit import fit
 
 DEMO_MINUTES = 2.5  # training budget; the whole demo stays well under 5 minutes on 2 cores
 # 10 of the 80 generated training images held out: the thresholds want at least 10 (fewer draw a
@@ -27,6 +23,12 @@ def run_demo(
     out: str | Path, threads: int = 0, seed: int = 0, progress: bool = False, minutes: float = DEMO_MINUTES
 ) -> dict:
     """Run the whole pipeline on synthetic data, training for `minutes`; returns the evaluation metrics."""
+    # Imported here: the command line reads DEMO_MINUTES from this module before it needs torch.
+    from ..data.synthetic import make_dataset
+    from ..evaluation.outputs import write_evaluation
+    from ..evaluation.scoring import evaluate
+    from ..training.fit import fit
+
     out = claim_demo_folder(Path(out))
     data = make_dataset(out / "data", seed=seed)
     cfg = preset("cpu")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, ModelConfig, apply_overrides, preset
+from ..config import CPU_TRAIN_BATCH, Config, ModelConfig, apply_overrides, preset
 from ..core.model import InpaintingTransformer
 from ..core.windows import Plan, one_patch_plan, patchify, unpatchify
 from ..inference import packed
@@ -65,11 +65,6 @@ def covered_per_window(cfg: Config) -> float:
     """Covered patches per training window: 1, or (L/s)^2 on average over the lattice's random phases."""
     s = cfg.train.cover_spacing
     return (cfg.model.window / s) ** 2 if s else 1.0
-
-
-# Training steps timed on a CPU take at most this many windows: the cpu preset's own batch; the paper's
-# 256 windows of its large network would take minutes a timing there.
-CPU_TRAIN_BATCH = 64
 
 
 @dataclass
@@ -294,7 +289,7 @@ def page_faults() -> int | None:
     """This process's minor page faults so far (pages the OS handed it, zeroed); None where unknown (Windows).
 
     A forward pass whose freed activations went back to the OS faults them in again on the next
-    call; `runtime.reuse_freed_memory` stops that, and this count shows whether it did.
+    call; `allocator.reuse_freed_memory` stops that, and this count shows whether it did.
     """
     try:
         import resource
