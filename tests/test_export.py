@@ -19,11 +19,20 @@ from intra.inference.detector import Detector  # noqa: E402
 from conftest import TINY, intra, user_error  # noqa: E402
 
 
-def test_onnx_backend_matches_torch(cli_run, mvtec_root, tmp_path):
+@pytest.fixture(scope="module")
+def network_graph(cli_run, tmp_path_factory):
+    """The tiny CLI run's network exported once through the command line to a folder of its own
+    (`intra export --out`: the run folder is left as it was), shared by the tests below."""
+    path = tmp_path_factory.mktemp("graphs") / "network.onnx"
+    printed = intra("export", "--run", cli_run, "--format", "onnx", "--out", path).stdout
+    assert "dynamic batch" in printed and path.is_file() and not (cli_run / "model.onnx").exists()
+    return path
+
+
+def test_onnx_backend_matches_torch(cli_run, mvtec_root, tmp_path, network_graph):
     run = tmp_path / "run"
     shutil.copytree(cli_run, run)
-    result = intra("export", "--run", run, "--format", "onnx")
-    assert (run / "model.onnx").is_file() and "dynamic batch" in result.stdout
+    shutil.copy(network_graph, run / "model.onnx")  # where the backend looks (intra export without --out)
 
     torch_detector = Detector.load(run, device="cpu", dtype="fp32")
     onnx_detector = Detector.load(run, backend="onnx", threads=1)
@@ -77,12 +86,11 @@ def test_onnx_backend_refuses_a_missing_or_stale_export(cli_run, mvtec_root, tmp
         Detector.load(run, backend="onnx")
 
 
-def test_a_graph_exported_elsewhere_runs_with_onnx_file(cli_run, mvtec_root, tmp_path):
+def test_a_graph_exported_elsewhere_runs_with_onnx_file(cli_run, mvtec_root, tmp_path, network_graph):
     run = tmp_path / "run"
     shutil.copytree(cli_run, run)
     spot = mvtec_root / "test" / "spot"
-    network, full = tmp_path / "graphs" / "network.onnx", tmp_path / "graphs" / "full.onnx"
-    intra("export", "--run", run, "--format", "onnx", "--out", network)
+    network, full = network_graph, tmp_path / "graphs" / "full.onnx"
     intra("export", "--run", run, "--format", "onnx", "--full", "--out", full)
     assert not (run / "model.onnx").exists() and not (run / "model_full.onnx").exists()
     user_error(intra("predict", "--run", run, spot, "--backend", "onnx", check=False), "model.onnx not found")
@@ -94,7 +102,11 @@ def test_a_graph_exported_elsewhere_runs_with_onnx_file(cli_run, mvtec_root, tmp
     assert len(scores["onnx"]) == 2 and scores["onnx"] == pytest.approx(scores["onnx-full"], abs=1e-4)
     # The file is checked against the run like the default one: another run's graph is refused.
     other = tmp_path / "other"
-    intra("train", "--data", mvtec_root, "--out", other, *TINY, "--set", "train.val_fraction=0.4", "--seed", "1")
+    trained = Detector.load(run, device="cpu")
+    with torch.no_grad():
+        for weight in trained.model.parameters():
+            weight.add_(0.01)  # as if trained again
+    save_checkpoint(other, trained.model, trained.cfg, trained.tensors(), trained.stats)
     with pytest.raises(IntraError, match="other weights"):
         Detector.load(other, backend="onnx", onnx_file=network)
 
