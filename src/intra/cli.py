@@ -325,9 +325,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         cfg, data, run, resume = resolve_train_config(args), args.data, args.out, False
     from .training.fit import fit
 
-    result = fit(
-        cfg, data, run, progress=True, resume=resume, overwrite=args.overwrite
-    )  # never both: see resolve_resume
+    # resume and overwrite never come together (resolve_resume refuses --overwrite)
+    result = fit(cfg, data, run, progress=True, resume=resume, overwrite=args.overwrite)
     if not result.main:
         return  # a distributed run's other processes: rank 0 reports
     s = result.stats
