@@ -25,7 +25,7 @@ from ..core.model import InpaintingTransformer
 from ..core.windows import Plan, one_patch_plan, patchify, unpatchify
 from ..inference import packed
 from ..inference.detector import Detector
-from ..runtime import cpu_model, resolve_device, resolve_dtype, resolve_dtype_name
+from ..runtime import machine, resolve_device, resolve_dtype, resolve_dtype_name
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +318,10 @@ def device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     import platform
 
-    return f"cpu ({cpu_model()}, {platform.machine()}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()})"
+    described = machine(device)
+    return (
+        f"cpu ({described['cpu']}, {platform.machine()}, {described['threads']} threads, {described['cpu_capability']})"
+    )
 
 
 def _fp32_share(r: dict, key: str) -> str:

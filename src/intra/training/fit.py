@@ -196,8 +196,8 @@ def fit(
         stats = trainer.run(None)  # only rank 0 writes the log and the training state
     model.load_state_dict(trainer.best_state)
 
-    # The machine it trained on and the dtype "auto" resolved to there: the same preset trains about half
-    # as many epochs in its minutes on a CPU without bf16 instructions.
+    # The machine it trained on and the dtype "auto" resolved to there: the same preset trains fewer epochs
+    # in its minutes on a CPU without bf16 instructions (docs/benchmarks.md, "bf16 training").
     stats.update(train_images=len(train_idx), color=color, trained_on={**machine(device), "dtype": cfg.train.dtype})
     if world.main:
         stats["kept_inpaint_ratio"] = logged_value(log_path, stats["best_epoch"], "val_inpaint_ratio")
