@@ -28,7 +28,7 @@ from PIL import Image
 
 from conftest import intra, lively_model, tiny_config, user_error
 
-httpx = pytest.importorskip("httpx", reason="httpx is in the dev extra")
+httpx = pytest.importorskip("httpx2", reason="httpx2 is in the dev extra")
 pytest.importorskip("fastapi", reason="the serve extra is in the dev extra")
 
 TOKEN = "s3cret-token"
