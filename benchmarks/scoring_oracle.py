@@ -20,7 +20,7 @@ import json
 import numpy as np
 import torch
 
-from intra.config import MAP_SCORINGS, SCORINGS
+from intra.config import IMAGE_SCORINGS, MAP_SCORINGS, SCORINGS
 from intra.data.datasets import test_samples
 from intra.data.geometry import Geometry
 from intra.data.images import load_image, load_mask, standardize
@@ -51,7 +51,7 @@ def main() -> None:
     pasted, pasted_masks = calibration.pasted_validation(cfg, [x for x, _ in normal])
     pasted_pairs = calibration.reconstruction_pairs(raw, pasted, size)
     on_pasted = choice.choose(
-        cfg, calibration.statistics_of, train_pairs, normal, pasted_pairs, pasted_masks, every_pixel_metric=True
+        cfg, calibration.statistics_of, train_pairs, normal, pasted_pairs, pasted_masks, True, tuple(SCORINGS)
     ).report
 
     geometry = Geometry.of(cfg)
@@ -71,6 +71,7 @@ def main() -> None:
             [pair for pair, _, _ in defective],
             masks,
             every_pixel_metric=True,
+            candidates=tuple(SCORINGS),
         ).report
     else:  # image labels only (ELPV), or --image-only: the image column alone
         on_test = test_image_aurocs(raw, train_pairs, good, [pair for pair, _, _ in defective])
@@ -81,7 +82,10 @@ def main() -> None:
     print("|---|--:|--:|--:|--:|--:|--:|")
     for name in on_pasted:
         p, t = on_pasted[name], on_test[name]
-        label = name + (" (map candidate)" if name in MAP_SCORINGS else "")
+        role = (
+            "map and image candidate" if name in MAP_SCORINGS else "image candidate" if name in IMAGE_SCORINGS else ""
+        )
+        label = name + (f" ({role})" if role else "")
         cells = [p["image_auroc"], p["pixel_auroc"], p["aupro"], t["image_auroc"], t["pixel_auroc"], t["aupro"]]
         print(f"| {label} | " + " | ".join("-" if value is None else f"{value:.3f}" for value in cells) + " |")
     if args.json:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from intra.config import MAP_SCORINGS, SCORINGS, Config
+from intra.config import IMAGE_SCORINGS, MAP_SCORINGS, SCORINGS, Config
 from intra.data.defects import KINDS, paste_defect, paste_defects
 from intra.inference import choice
 from intra.training.fit import fit
@@ -54,43 +54,54 @@ def test_one_defect_each_takes_the_kinds_in_turn_and_matches_pasting_that_kind()
             assert torch.equal(out, expected) and torch.equal(mask, expected_mask)
 
 
-def test_the_map_is_chosen_among_the_raw_scorings_and_the_image_score_among_all(monkeypatch):
-    """A normalised scoring, or one on 1 - GMS alone, that wins on the pasted defects may score images,
-    but not draw the map."""
+def test_the_map_is_chosen_among_the_raw_scorings_and_the_image_score_among_the_signed_ones(monkeypatch):
+    """A normalised scoring that wins on the pasted defects may score images, but not draw the map; a
+    scoring on 1 - GMS alone is no candidate at all."""
     assert set(MAP_SCORINGS) == {"paper-both-raw", "middle-both-raw", "fine-both-raw"}
     assert all(not SCORINGS[name]["normalize"] and SCORINGS[name]["difference"] == "both" for name in MAP_SCORINGS)
-    results = iter(range(len(SCORINGS)))  # each scoring's rank: the last listed (fine-both-raw) best
+    assert set(IMAGE_SCORINGS) == {name for name in SCORINGS if "-both" in name} and len(IMAGE_SCORINGS) == 9
+    assert set(MAP_SCORINGS) < set(IMAGE_SCORINGS)
+    results = iter(range(len(IMAGE_SCORINGS)))  # each candidate's rank: the last listed (fine-both-raw) best
 
     def ranked(normal, defective, masks, pixels=True):
         rank = next(results)
-        # paper-z best at the map
+        # paper-both-z best at the map
         return {"map": 1.0 if rank == 1 else rank / 100, "image": rank / 100, "image_margin": 0.0}
 
     monkeypatch.setattr(choice, "synthetic_metrics", ranked)
     monkeypatch.setattr(choice, "differences", lambda cfg, pairs: [])
-    names = list(SCORINGS)
-    assert names[1] == "paper-z"
+    names = list(IMAGE_SCORINGS)
+    assert names[1] == "paper-both-z"
     chosen = choice.choose(Config(), lambda cfg, diffs: (None, None), [], [], [], [])
     best_map, best_image, report = chosen.map, chosen.image, chosen.report
-    assert set(report) == set(SCORINGS) and report["paper-z"]["map"] == 1.0
-    assert best_map == max(MAP_SCORINGS, key=names.index) == "fine-both-raw"  # the best raw one, not paper-z
+    assert set(report) == set(IMAGE_SCORINGS) and report["paper-both-z"]["map"] == 1.0
+    assert best_map == max(MAP_SCORINGS, key=names.index) == "fine-both-raw"  # the best raw one, not paper-both-z
     assert best_image == names[-1]
+
+
+def test_wider_candidates_are_for_experiments_and_must_hold_the_map_candidates(monkeypatch):
+    monkeypatch.setattr(choice, "synthetic_metrics", lambda *a, **k: {"map": 0.5, "image": 0.5, "image_margin": 0.0})
+    monkeypatch.setattr(choice, "differences", lambda cfg, pairs: [])
+    every = choice.choose(Config(), lambda cfg, diffs: (None, None), [], [], [], [], candidates=tuple(SCORINGS))
+    assert set(every.report) == set(SCORINGS)
+    with pytest.raises(ValueError, match="map candidate"):
+        choice.choose(Config(), lambda cfg, diffs: (None, None), [], [], [], [], candidates=("paper", "fine-z"))
 
 
 def test_tied_image_aurocs_go_to_the_wider_margin(monkeypatch):
     """Every pasted defect found by several scorings (image AUROC 1.0): the one that clears the normal images most wins."""
-    margins = iter([0.5, 3.0, 1.0, 2.0, 4.0, 0.0, 9.0, 8.0, 7.0] * 2)  # in SCORINGS order, each difference
-    names = list(SCORINGS)
+    margins = iter([0.5, 3.0, 1.0, 2.0, 4.0, 0.0, 9.0, 8.0, 7.0])  # in IMAGE_SCORINGS order
+    names = list(IMAGE_SCORINGS)
 
     def tied(normal, defective, masks, pixels=True):
         margin = next(margins)
-        perfect = margin in (3.0, 2.0, 4.0)  # paper-z, middle, middle-z find every pasted defect
+        perfect = margin in (3.0, 2.0, 4.0)  # paper-both-z, middle-both, middle-both-z find every pasted defect
         return {"map": 0.5, "image": 1.0 if perfect else 0.9, "image_margin": margin}
 
     monkeypatch.setattr(choice, "synthetic_metrics", tied)
     monkeypatch.setattr(choice, "differences", lambda cfg, pairs: [])
     best_image = choice.choose(Config(), lambda cfg, diffs: (None, None), [], [], [], []).image
-    assert best_image == "middle-z" == names[4]  # not fine (margin 9.0, image AUROC 0.9)
+    assert best_image == "middle-both-z" == names[4]  # not fine-both (margin 9.0, image AUROC 0.9)
 
 
 def test_the_image_margin_is_the_median_defect_over_the_highest_normal_in_normal_stds():
@@ -113,7 +124,7 @@ def test_fit_chooses_a_scoring_for_the_map_and_one_for_the_image_score_and_saves
     detector = fit(cfg, mvtec_root, tmp_path / "run").detector
     choice = detector.stats["scoring_choice"]
     candidates = choice["candidates"]
-    assert set(candidates) == set(SCORINGS) and {"paper-raw", "fine-z"} <= set(SCORINGS)
+    assert set(candidates) == set(IMAGE_SCORINGS)
     assert choice["chosen"] in MAP_SCORINGS
     assert candidates[choice["chosen"]]["map"] == max(candidates[name]["map"] for name in MAP_SCORINGS)
     assert candidates[choice["image_chosen"]]["image"] == max(c["image"] for c in candidates.values())
@@ -147,8 +158,8 @@ def test_scorings_that_differ_only_in_normalisation_share_their_difference_maps(
     chosen = choice.choose(cfg, statistics_of, train, normal, defective, masks)
     report = chosen.report
     settings = {choice._difference_settings(score) for score in calls}
-    assert len(calls) == 3 * len(settings) == 3 * len(SCORINGS) // 3  # train, normal and defective pairs, once each
-    for name in ("paper", "middle-both-z", "fine-raw", "middle-both-raw"):
+    assert len(calls) == 3 * len(settings) == 3 * len(IMAGE_SCORINGS) // 3  # train, normal, defective pairs, once each
+    for name in ("paper-both", "middle-both-z", "fine-both", "middle-both-raw"):
         candidate = choice.with_scoring(cfg, name)
         mean, std = statistics_of(candidate, real(candidate, train))
         alone = choice.synthetic_metrics(

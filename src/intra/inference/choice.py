@@ -10,12 +10,13 @@ and one for the image score (`score.image_scoring`).
 
 Test labels are never used to choose. Instead, after training, defects are pasted into the held-out
 normal images (`data.defects`: patches from elsewhere, scratches, low-contrast stains, washed-out
-regions, each with an exact mask), every named scoring (`config.SCORINGS`) is calibrated on the same
-training reconstructions, and the map keeps the raw scoring (`config.MAP_SCORINGS`: no training mean
-map subtracted, see there why) with the best mean of pixel AUROC and AUPRO on those synthetic
-defects, the image score the scoring with the best image AUROC (ties, common when every pasted
-defect is found, go to the one whose scores clear the normal images' by the widest margin). The
-network's reconstructions are computed once: scorings differ only in the pure map functions.
+regions, each with an exact mask), every candidate scoring (`config.IMAGE_SCORINGS`: the named
+scorings on 1 - GMS plus the signed difference, see there why) is calibrated on the same training
+reconstructions, and the map keeps the raw scoring (`config.MAP_SCORINGS`: no training mean map
+subtracted) with the best mean of pixel AUROC and AUPRO on those synthetic defects, the image score
+the candidate with the best image AUROC (ties, common when every pasted defect is found, go to the
+one whose scores clear the normal images' by the widest margin). The network's reconstructions are
+computed once: scorings differ only in the pure map functions.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config import MAP_SCORINGS, SCORINGS, Config, ScoreConfig, scoring
+from ..config import IMAGE_SCORINGS, MAP_SCORINGS, Config, ScoreConfig, scoring
 from ..core import anomaly_map
 from ..evaluation import metrics
 
@@ -87,19 +88,23 @@ def choose(
     defect_pairs: list[tuple[torch.Tensor, torch.Tensor]],
     masks: list[torch.Tensor],
     every_pixel_metric: bool = False,
+    candidates: tuple[str, ...] = IMAGE_SCORINGS,
 ) -> Chosen:
-    """The best scoring of MAP_SCORINGS for the map and the best of SCORINGS for the image score on the
-    synthetic defects, every scoring's metrics (pixel metrics only for the map candidates, unless
+    """The best scoring of MAP_SCORINGS for the map and the best of `candidates` for the image score on the
+    synthetic defects, every candidate's metrics (pixel metrics only for the map candidates, unless
     `every_pixel_metric`) and training statistics.
 
     Pairs are (image (C, H, W), reconstruction (C, H, W)); `statistics(cfg, diffs)` returns the
-    (mean, std) statistics of training difference maps (see `calibration.statistics_of`).
+    (mean, std) statistics of training difference maps (see `calibration.statistics_of`). `candidates`
+    (names of SCORINGS, holding MAP_SCORINGS, in SCORINGS order) is wider only in experiments.
     """
+    if not set(MAP_SCORINGS) <= set(candidates):
+        raise ValueError(f"the candidates {candidates} must hold every map candidate {MAP_SCORINGS}")
     report, kept, key, shared = {}, {}, None, None
-    for name in SCORINGS:
+    for name in candidates:
         candidate = with_scoring(cfg, name)
         # Scorings that differ only in normalisation share their difference maps and statistics; SCORINGS
-        # lists them one after another, so the last ones computed are kept, and no more.
+        # (and so the candidates) lists them one after another, so the last ones computed are kept, and no more.
         if _difference_settings(candidate.score) != key:
             key = _difference_settings(candidate.score)
             shared = (
