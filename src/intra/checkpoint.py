@@ -109,8 +109,19 @@ def sha256(path: Path) -> str:
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """A safetensors file, atomically. Through bytes: safetensors' own file functions refuse paths that
-    are not UTF-8, which Linux folders can be."""
-    data = save_bytes(tensors, metadata=metadata)
+    are not UTF-8, which Linux folders can be.
+
+    safetensors refuses tensors that share memory, and one tensor may stand under two names (the
+    anomaly map and the image score chosen with one difference map share its training statistics):
+    each name after the first is written as a copy, and reads back as its own tensor.
+    """
+    seen: set[int] = set()
+    unshared = {}
+    for name, tensor in tensors.items():
+        storage = tensor.untyped_storage().data_ptr()
+        unshared[name] = tensor.clone() if storage in seen else tensor
+        seen.add(storage)
+    data = save_bytes(unshared, metadata=metadata)
     atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
 
 

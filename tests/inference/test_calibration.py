@@ -6,10 +6,10 @@ import logging
 import pytest
 import torch
 
-from intra.config import SCORINGS
+from intra.config import SCORINGS, scoring
 from intra.data.defects import KINDS
 from intra.errors import IntraError
-from intra.inference import calibration
+from intra.inference import calibration, choice
 from intra.inference.calibration import calibrate, rescore, statistics_subset, training_split
 from intra.inference.detector import Detector
 from intra.training.fit import fit
@@ -95,6 +95,27 @@ def test_an_image_scoring_of_its_own_scores_images_and_leaves_the_maps(tmp_path,
     assert "has no image_mean_map for its scoring" in caplog.text
     with pytest.raises(IntraError, match="score.image_scoring must be one of '', paper"):
         rescore(detector, {"score.image_scoring": "coarse"}, mvtec_root)
+
+
+def test_a_map_and_an_image_score_sharing_their_statistics_are_saved_and_loaded(tmp_path, mvtec_root):
+    """The map (raw) and the image score (z-scored) chosen on one difference map share its training
+    statistics: one tensor under two names, which safetensors alone refuses to write."""
+    from intra.checkpoint import save_checkpoint
+
+    cfg = tiny_config()
+    cfg.model.image_size = 64
+    cfg.score = scoring(cfg.score, "fine-both-raw")
+    detector = fit(cfg, mvtec_root, tmp_path / "fit").detector
+    mean, std = detector.mean_map, detector.std_map
+    both = choice.with_scoring(detector.cfg, "fine-both-raw", "fine-both-z")
+    shared = detector.like(both, mean, std, dict(detector.stats), (mean, std))
+    assert shared.image_mean_map is shared.mean_map
+    save_checkpoint(tmp_path / "run", shared.model, shared.cfg, shared.tensors(), shared.stats)
+    loaded = Detector.load(tmp_path / "run", device="cpu")
+    torch.testing.assert_close(loaded.image_mean_map, mean)
+    torch.testing.assert_close(loaded.image_std_map, std)
+    images = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(loaded.predict(images)[1], shared.predict(images)[1])
 
 
 def test_rescoring_with_choose_auto_chooses_again(tmp_path, mvtec_root):
