@@ -3,10 +3,11 @@
 import copy
 import logging
 
+import numpy as np
 import pytest
 import torch
 
-from intra.config import SCORINGS, scoring
+from intra.config import SCORINGS, apply_overrides, scoring
 from intra.data.defects import KINDS
 from intra.errors import IntraError
 from intra.inference import calibration, choice
@@ -95,6 +96,40 @@ def test_an_image_scoring_of_its_own_scores_images_and_leaves_the_maps(tmp_path,
     assert "has no image_mean_map for its scoring" in caplog.text
     with pytest.raises(IntraError, match="score.image_scoring must be one of '', paper"):
         rescore(detector, {"score.image_scoring": "coarse"}, mvtec_root)
+
+
+def test_the_gumbel_tail_is_the_larger_of_the_empirical_quantile_and_a_fit_by_moments():
+    scores = np.array([0.8, 1.1, 1.3, 1.2, 2.9, 1.0, 0.9, 1.4])
+    empirical = calibration.image_threshold(scores, 0.99, "empirical")
+    assert empirical == pytest.approx(np.quantile(scores, 0.99))
+    # Gumbel by moments, written out: scale = std * sqrt(6) / pi, location = mean - Euler's gamma * scale,
+    # quantile q at location - scale * ln(-ln q).
+    scale = scores.std() * np.sqrt(6) / np.pi
+    location = scores.mean() - np.euler_gamma * scale
+    fitted = location - scale * np.log(-np.log(0.99))
+    assert calibration.image_threshold(scores, 0.99) == pytest.approx(max(empirical, fitted))
+    assert calibration.image_threshold(scores, 0.5) == pytest.approx(
+        max(np.median(scores), location - scale * np.log(-np.log(0.5)))
+    )
+    assert calibration.image_threshold(np.ones(5), 0.99) == 1.0  # no spread: nothing to fit
+    assert calibration.image_threshold(np.array([3.0]), 0.99) == 3.0
+    with pytest.raises(IntraError, match="score.image_threshold_tail must be one of empirical, gumbel"):
+        apply_overrides(tiny_config(), {"score.image_threshold_tail": "normal"})
+
+
+def test_from_few_normal_images_the_gumbel_tail_keeps_the_quantiles_promise():
+    """Image scores are maxima of maps. From 8 normal images the empirical 0.99 quantile is about their
+    maximum, which 1 normal image in 9 exceeds; the Gumbel fit's is exceeded a few times in 100 (a
+    fit to 8 scores underestimates the spread a little)."""
+    rng = np.random.default_rng(0)
+    false_alarms = {"empirical": [], "gumbel": []}
+    for _ in range(300):
+        val = rng.gamma(4, 0.01, (8, 400)).max(axis=1)  # 8 images' scores: each the maximum of 400 pixels
+        new = rng.gamma(4, 0.01, (200, 400)).max(axis=1)
+        for tail in false_alarms:
+            false_alarms[tail].append(np.mean(new >= calibration.image_threshold(val, 0.99, tail)))
+    assert np.mean(false_alarms["empirical"]) > 0.08
+    assert np.mean(false_alarms["gumbel"]) < min(0.05, np.mean(false_alarms["empirical"]) / 2.5)
 
 
 def test_a_map_and_an_image_score_sharing_their_statistics_are_saved_and_loaded(tmp_path, mvtec_root):

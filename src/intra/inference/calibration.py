@@ -8,7 +8,8 @@
    A user's validation set usually holds no anomaly, and an F1-optimal threshold fitted on such a
    set is the lowest score (everything flagged). So the stored thresholds are quantiles of what
    the held-out *normal* images produce: the image threshold is the
-   `score.image_threshold_quantile` (0.99) quantile of their image scores, the pixel threshold the
+   `score.image_threshold_quantile` (0.99) quantile of their image scores (with
+   `score.image_threshold_tail = gumbel`, at least a Gumbel fit's, which few images need), the pixel threshold the
    `score.pixel_threshold_quantile` (0.999) quantile of all their anomaly-map pixels. A score or
    pixel at or above its threshold is anomalous (anomalib's `pred_label`, `pred_mask`).
 With `score.choose = auto` the scoring is chosen first (`choice`): step 1 keeps the statistics the choice
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import stats
 from tqdm.auto import tqdm
 
 from ..config import Config, ScoreConfig, reading_mismatch, with_score_overrides
@@ -200,15 +202,26 @@ def choose_scoring(detector: Detector, train_images: Images, val_images: Images,
     return Choice(choice.with_scoring(cfg, chosen.map, chosen.image), record, statistics, normal)
 
 
+def image_threshold(val_scores: np.ndarray, quantile: float, tail: str = "gumbel") -> float:
+    """The `quantile` of normal images' scores: empirical, or (tail = "gumbel") the larger of that and the
+    quantile of a Gumbel distribution fitted to the scores by moments (see `ScoreConfig.image_threshold_tail`)."""
+    scores = np.asarray(val_scores, np.float64)
+    empirical = float(np.quantile(scores, quantile))
+    if tail == "empirical" or len(scores) < 2 or quantile >= 1 or scores.std() == 0:
+        return empirical
+    location, scale = stats.gumbel_r.fit(scores, method="MM")
+    return max(empirical, float(stats.gumbel_r.ppf(quantile, location, scale)))
+
+
 def thresholds(val_scores: np.ndarray, val_maps, cfg: ScoreConfig) -> dict:
     """Thresholds from normal images: scores (n,) and anomaly maps ((n, H, W) or a list of (h, w)) -> stats entries."""
     val_scores = np.asarray(val_scores, np.float64)
     pixels = np.concatenate([np.asarray(m, np.float32).ravel() for m in val_maps])
     return {
-        "image_threshold": float(np.quantile(val_scores, cfg.image_threshold_quantile)),
+        "image_threshold": image_threshold(val_scores, cfg.image_threshold_quantile, cfg.image_threshold_tail),
         "pixel_threshold": float(np.quantile(pixels, cfg.pixel_threshold_quantile)),
         "threshold_source": f"{len(val_scores)} held-out normal images; quantiles "
-        f"{cfg.image_threshold_quantile} (image), {cfg.pixel_threshold_quantile} (pixel)",
+        f"{cfg.image_threshold_quantile} (image, {cfg.image_threshold_tail}), {cfg.pixel_threshold_quantile} (pixel)",
         "val_score_max": float(val_scores.max()),
         # Overlays saturate at twice the hottest pixel seen on held-out normal images.
         "overlay_vmax": 2 * float(pixels.max()),
