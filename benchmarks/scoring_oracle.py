@@ -74,7 +74,7 @@ def main() -> None:
             candidates=tuple(SCORINGS),
         ).report
     else:  # image labels only (ELPV), or --image-only: the image column alone
-        on_test = test_image_aurocs(raw, train_pairs, good, [pair for pair, _, _ in defective])
+        on_test = image_aurocs_on_test(raw, train_pairs, good, [pair for pair, _, _ in defective])
 
     chosen = detector.stats.get("scoring_choice", {})
     print(f"run {args.run}: map {chosen.get('chosen', '-')}, image score {chosen.get('image_chosen', '-')} as saved")
@@ -92,7 +92,7 @@ def main() -> None:
         print(json.dumps({"run": args.run, "data": args.data, "saved": chosen, "pasted": on_pasted, "test": on_test}))
 
 
-def test_image_aurocs(raw: Detector, train_pairs: list, good: list, defective: list) -> dict[str, dict]:
+def image_aurocs_on_test(raw: Detector, train_pairs: list, good: list, defective: list) -> dict[str, dict]:
     """Every named scoring's test image AUROC, scored as `intra evaluate` scores (the maximum of its map)."""
     report = {}
     labels = np.array([0] * len(good) + [1] * len(defective))
