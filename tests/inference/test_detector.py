@@ -133,11 +133,15 @@ def test_chunks_follow_the_memory_budget_without_changing_the_result():
 
 
 @pytest.mark.skipif(not available(), reason="torch built without oneDNN")
-def test_packed_cpu_network_computes_the_same_function():
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+def test_packed_cpu_network_computes_the_same_function(activation):
     cfg = tiny_config()
+    cfg.model.activation = activation
     model = lively_model(cfg).eval()
     packed = pack_for_cpu(model)
     assert packed is not model and not any(type(m) is torch.nn.Linear for m in packed.modules())
+    # the activation is fused into the linear layer before it, not computed apart
+    assert not any(isinstance(m, (torch.nn.GELU, torch.nn.ReLU)) for m in packed.modules())
     patches = torch.rand(5, 9, cfg.model.patch_dim)
     covered = torch.randint(0, 9, (5,))
     covered = torch.arange(9) == covered[:, None]

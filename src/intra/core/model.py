@@ -19,14 +19,16 @@ from torch import nn
 from ..config import ModelConfig
 from .smooth_fill import fill_selected
 
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+
 
 class Mlp(nn.Module):
-    """Linear -> GELU -> Linear."""
+    """Linear -> activation (GELU, the paper's, or ReLU) -> Linear."""
 
-    def __init__(self, dim_in: int, hidden: int, dim_out: int):
+    def __init__(self, dim_in: int, hidden: int, dim_out: int, activation: str = "gelu"):
         super().__init__()
         self.fc1 = nn.Linear(dim_in, hidden)
-        self.act = nn.GELU()
+        self.act = ACTIVATIONS[activation]()
         self.fc2 = nn.Linear(hidden, dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -41,12 +43,12 @@ class Attention(nn.Module):
     Standard MSA (feature_qk=False) uses linear q, k, v of width D.
     """
 
-    def __init__(self, dim: int, heads: int, feature_qk: bool = True):
+    def __init__(self, dim: int, heads: int, feature_qk: bool = True, activation: str = "gelu"):
         super().__init__()
         self.heads = heads
         if feature_qk:
-            self.q = Mlp(dim, 2 * dim, dim // 2)
-            self.k = Mlp(dim, 2 * dim, dim // 2)
+            self.q = Mlp(dim, 2 * dim, dim // 2, activation)
+            self.k = Mlp(dim, 2 * dim, dim // 2, activation)
         else:
             self.q = nn.Linear(dim, dim)
             self.k = nn.Linear(dim, dim)
@@ -111,9 +113,9 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.dim)
-        self.attn = Attention(cfg.dim, cfg.heads, feature_qk=cfg.attention == "mfsa")
+        self.attn = Attention(cfg.dim, cfg.heads, feature_qk=cfg.attention == "mfsa", activation=cfg.activation)
         self.norm2 = nn.LayerNorm(cfg.dim)
-        self.mlp = Mlp(cfg.dim, int(cfg.dim * cfg.mlp_ratio), cfg.dim)
+        self.mlp = Mlp(cfg.dim, int(cfg.dim * cfg.mlp_ratio), cfg.dim, cfg.activation)
 
     def forward(self, x: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, D) -> (B, T, D); with `select` (B, T) bool, only the selected tokens' outputs (n, D).

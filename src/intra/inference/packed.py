@@ -1,10 +1,10 @@
-"""CPU inference through oneDNN: linear layers with pre-packed weights and a fused GELU.
+"""CPU inference through oneDNN: linear layers with pre-packed weights and a fused activation.
 
 On x86 CPUs PyTorch's default fp32 matrix product goes through MKL; on the AMD Zen 5 cores of
 CPU-2 (docs/benchmarks.md) that runs at ~200 GFLOP/s on 2 cores, while oneDNN with its weights
 laid out once in its own blocked format reaches ~470. `pack_for_cpu` returns an inference-only copy
 of the network whose `nn.Linear` layers call oneDNN with packed weights, and whose `Mlp`s run
-Linear + GELU (exact, erf) as one oneDNN call. Same function and parameters; no autograd. Where the
+Linear + GELU (exact, erf) or Linear + ReLU as one oneDNN call. Same function and parameters; no autograd. Where the
 torch build lacks the oneDNN operator, the plain network is returned unchanged.
 """
 
@@ -26,7 +26,7 @@ _ROWS_HINT = 64 * 49
 
 
 class PackedLinear(nn.Module):
-    """y = act(x W^T + b) through oneDNN with W packed once; `act` is "none" or "gelu"."""
+    """y = act(x W^T + b) through oneDNN with W packed once; `act` is "none", "gelu" or "relu"."""
 
     def __init__(self, linear: nn.Linear, act: str = "none", dtype: torch.dtype = torch.float32):
         super().__init__()
@@ -64,6 +64,13 @@ def available(dtype: torch.dtype = torch.float32) -> bool:
     return True
 
 
+def _fused_activation(act: nn.Module) -> str:
+    """oneDNN's name for an activation it can fuse into the linear layer before it ("" if none)."""
+    if isinstance(act, nn.GELU) and act.approximate == "none":
+        return "gelu"
+    return "relu" if isinstance(act, nn.ReLU) else ""
+
+
 def pack_for_cpu(model: InpaintingTransformer, dtype: torch.dtype = torch.float32) -> InpaintingTransformer:
     """An inference-only copy of `model` (on the CPU) with oneDNN linear layers; `model` itself is untouched.
 
@@ -78,8 +85,9 @@ def pack_for_cpu(model: InpaintingTransformer, dtype: torch.dtype = torch.float3
         return model
     packed = copy.deepcopy(model).eval()
     for module in list(packed.modules()):
-        if isinstance(module, Mlp) and isinstance(module.act, nn.GELU) and module.act.approximate == "none":
-            module.fc1 = PackedLinear(module.fc1, "gelu", dtype)
+        act = _fused_activation(module.act) if isinstance(module, Mlp) else ""
+        if act:
+            module.fc1 = PackedLinear(module.fc1, act, dtype)
             module.act = nn.Identity()
     if available(torch.float32):
         packed.head = PackedLinear(packed.head, "none", torch.float32)
