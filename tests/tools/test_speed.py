@@ -121,8 +121,11 @@ def test_bench_command_prints_a_table_then_json(tmp_path):
         "1000",
         "--set",
         "score.cover_spacing=0",
+        "--set",
+        "model.activation=gelu",
     )
     one = json.loads(one.stdout.strip().splitlines()[-1])
+    assert record["activation"] == "relu" and one["activation"] == "gelu"  # the preset's, then the override
     assert one["windows_per_image"] == 64 and one["patches_per_window"] == 1
     assert one["naive_windows"] == 64  # asked for more than an image holds: the rate counts what ran
     assert one["speedup"] == pytest.approx(one["windows_per_s"] / one["naive_windows_per_s"])

@@ -104,6 +104,7 @@ def run_bench(opts: BenchOptions) -> dict:
     result: dict = {
         "preset": opts.preset,
         "image_size": opts.image_size,
+        "activation": cfg.model.activation,
         "device": device_name(device),
         "dtype": opts.dtype,
         "compile": opts.compile,
@@ -342,7 +343,7 @@ def format_table(r: dict) -> str:
     rows = [
         (
             "setup",
-            f"{r['preset']} preset, {r['image_size']} px, {r['windows_per_image']} windows/image "
+            f"{r['preset']} preset ({r['activation']}), {r['image_size']} px, {r['windows_per_image']} windows/image "
             f"({r['covered_per_window']:.1f} patches covered, {r['reads_per_window']:.1f} read per window), "
             f"{r['device']}, {r['dtype']}" + (", compiled" if r["compile"] else ""),
         ),
