@@ -212,9 +212,10 @@ def _cpu_preset() -> Config:
     cfg.model.head = "covered"  # read the covered token itself: needed for several covered patches per window (below)
     # ReLU, not the paper's GELU: this torch build computes erf at scalar speed on an AVX2 CPU, and
     # the MLPs hold 512 activations a token a block. Side by side in fp32 on 2 AVX2 cores, inference
-    # 15.3-16.1 against 18.9-19.5 ms per image, and in the same 10 minutes the network inpainted the
-    # synthetic objects better (0.39 against 0.52 of the better fill, two seeds) and ranked and outlined
-    # them better; magnetic tile the same (docs/benchmarks.md, "ReLU in the cpu preset").
+    # 15.6 against 18.1 ms per image (medians, 8 images per call), and in the same 10 minutes the network
+    # inpainted the synthetic objects better (0.39 and 0.79 against 0.52 and 1.10 of the better fill,
+    # two seeds) and ranked and outlined them better; magnetic tile the same (docs/benchmarks.md,
+    # "ReLU in the cpu preset").
     cfg.model.activation = "relu"
     cfg.train.windows_per_image = 100
     # 64 windows a step (lr scaled by sqrt 2 from 32 at 1e-3), in bf16 where the CPU computes it

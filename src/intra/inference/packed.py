@@ -4,8 +4,8 @@ On x86 CPUs PyTorch's default fp32 matrix product goes through MKL; on the AMD Z
 CPU-2 (docs/benchmarks.md) that runs at ~200 GFLOP/s on 2 cores, while oneDNN with its weights
 laid out once in its own blocked format reaches ~470. `pack_for_cpu` returns an inference-only copy
 of the network whose `nn.Linear` layers call oneDNN with packed weights, and whose `Mlp`s run
-Linear + GELU (exact, erf) or Linear + ReLU as one oneDNN call. Same function and parameters; no autograd. Where the
-torch build lacks the oneDNN operator, the plain network is returned unchanged.
+Linear + GELU (exact, erf) or Linear + ReLU as one oneDNN call. Same function and parameters; no
+autograd. Where the torch build lacks the oneDNN operator, the plain network is returned unchanged.
 """
 
 from __future__ import annotations
