@@ -34,8 +34,8 @@ class ModelConfig:
     heads: int = 8  # h
     mlp_ratio: float = 4.0  # feed-forward width = mlp_ratio * D
     attention: str = "mfsa"  # [choice] "mfsa" (MLP queries/keys) or "msa" (standard linear q, k, v)
-    # The MLPs' activation: "gelu" (the paper, exact erf form) or, beyond the paper, "relu", which a CPU
-    # computes several times faster than erf (docs/benchmarks.md, "ReLU in the cpu preset").
+    # The MLPs' activation: "gelu" (the paper, exact erf form) or, beyond the paper, "relu", which costs
+    # an AVX2 CPU a sixth of GELU's time (docs/benchmarks.md, "ReLU in the cpu preset").
     activation: str = "gelu"
     # [choice] "local" (L*L table), "global" (M*N table) or "auto" (beyond the paper: global for
     # objects, local for textures, resolved at fit from data.kind).
@@ -210,12 +210,12 @@ def _cpu_preset() -> Config:
     cfg = Config()
     cfg.model = ModelConfig(image_size=128, patch_size=8, window=7, dim=64, depth=5, heads=4, mlp_ratio=4.0)
     cfg.model.head = "covered"  # read the covered token itself: needed for several covered patches per window (below)
-    # ReLU, not the paper's GELU: this torch build computes erf at scalar speed on an AVX2 CPU, and
-    # the MLPs hold 512 activations a token a block. Side by side in fp32 on 2 AVX2 cores, inference
+    # ReLU, not the paper's GELU: this torch build computes erf slowly on an AVX2 CPU (0.84 ns a value,
+    # nine times a copy; benchmarks/activation_cost.py), and the MLPs hold 512 activations a token a block. Side by side in fp32 on 2 AVX2 cores, inference
     # 15.6 against 18.1 ms per image (medians, 8 images per call), and in the same 10 minutes the network
     # inpainted the synthetic objects better (0.39 and 0.79 against 0.52 and 1.10 of the better fill,
-    # two seeds) and ranked and outlined them better; magnetic tile the same (docs/benchmarks.md,
-    # "ReLU in the cpu preset").
+    # two seeds) and ranked and outlined them better; magnetic tile the same, ELPV within its seed spread
+    # (docs/benchmarks.md, "ReLU in the cpu preset").
     cfg.model.activation = "relu"
     cfg.train.windows_per_image = 100
     # 64 windows a step (lr scaled by sqrt 2 from 32 at 1e-3), in bf16 where the CPU computes it
