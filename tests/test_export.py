@@ -1,7 +1,9 @@
 """ONNX export: the onnxruntime backend gives the torch path's anomaly maps (max abs difference <= 1e-4)."""
 
 import json
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -191,9 +193,12 @@ def full_graph_difference(run, backend: str = "onnx-full") -> float:
     for batch in (1, 3):
         images = torch.rand(batch, 3, 64, 64, generator=generator)
         maps, scores = torch_detector.predict(images)
-        graph_maps, graph_scores = graph_detector.predict(images)
+        graph_maps, graph_scores, graph_peaks = graph_detector.detect(images)
         assert graph_maps.shape == (batch, 64, 64) and graph_scores.shape == (batch,)
         assert maps.abs().max() > 1e-3  # real maps, not zeros on both sides
+        # The graph says where each score was found: torch's peaks, unless two pixels tie within the tolerance.
+        peaks = torch_detector.detect(images)[2]
+        assert graph_peaks.shape == (batch, 2) and (graph_peaks == peaks).all(dim=1).sum() >= batch - 1
         worst = max(worst, float((maps - graph_maps).abs().max()), float((scores - graph_scores).abs().max()))
     return worst
 
@@ -236,6 +241,21 @@ def test_full_export_of_the_cpu_preset_matches_detector_predict(cpu_full, mvtec_
     for a, b in zip(by["torch"], by["onnx-full"]):
         assert a["path"] == b["path"] and abs(a["pred_score"] - b["pred_score"]) <= 1e-4
         assert a["pred_label"] == b["pred_label"] and len(a["regions"]) == len(b["regions"])
+
+
+def test_the_standalone_example_in_the_docs_runs_as_written(cpu_full, mvtec_root, tmp_path, monkeypatch, capsys):
+    text = (Path(__file__).resolve().parents[1] / "docs" / "export.md").read_text(encoding="utf-8")
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    assert "import torch" not in code and "import intra" not in code
+    shutil.copytree(cpu_full, tmp_path / "runs" / "my_product")
+    (tmp_path / "new_images").mkdir()
+    shutil.copy(sorted((mvtec_root / "test" / "spot").iterdir())[0], tmp_path / "new_images" / "0001.png")
+    monkeypatch.chdir(tmp_path)  # the example's relative paths, as a user would run it
+    exec(compile(code, "docs/export.md", "exec"), {"__name__": "example"})
+    score, found, pixels = capsys.readouterr().out.splitlines()
+    assert score.startswith("score ") and "anomalous: " in score and pixels.startswith("defect pixels: ")
+    x, y = (float(v) for v in re.fullmatch(r"found at x (\S+), y (\S+) px", found).groups())
+    assert 0 < x < 64 and 0 < y < 64
 
 
 def test_full_export_of_the_paper_preset_matches_detector_predict(paper_full):

@@ -14,6 +14,7 @@ from intra.errors import IntraError
 from intra.evaluation.metrics import f1_at
 from intra.inference.calibration import thresholds
 from intra.inference.detector import Detector
+from intra.pictures import MARK_COLOUR
 from intra.predict import RECORDS, Predictions, output_names, predict_paths, read_anomaly_map
 from intra.predict_folder import PredictFolder
 from intra.runtime import native_bf16
@@ -34,6 +35,7 @@ KEYS = {
     "overlay",
     "pred_mask",
     "regions",
+    "peak",
 }
 
 
@@ -60,6 +62,7 @@ def test_predict_writes_records_maps_overlays_masks_and_resumes(cli_run, mvtec_r
         mask = np.asarray(Image.open(out / r["pred_mask"]))
         assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255} and (mask > 0).sum() == r["defect_area"]
         assert Image.open(out / r["overlay"]).size == (3 * 64, 64)
+        assert 0 < r["peak"][0] < 64 and 0 < r["peak"][1] < 64
     assert (out / "anomaly_maps" / "spot" / "000_png.png").is_file() and (
         out / "anomaly_maps" / "good" / "000_png.png"
     ).is_file()
@@ -81,6 +84,23 @@ def test_predict_writes_records_maps_overlays_masks_and_resumes(cli_run, mvtec_r
         intra("predict", "--run", cli_run, mvtec_root / "test", "--out", out, "--image-threshold", "1", check=False),
         str(out),
     )
+
+
+def test_a_flagged_image_without_a_region_is_counted_and_its_peak_ringed(cli_run, mvtec_root, tmp_path):
+    spot = mvtec_root / "test" / "spot"
+    thresholds = ("--image-threshold=-1e9", "--pixel-threshold=1e9")  # every image flagged, no pixel
+    flagged = intra("predict", "--run", cli_run, spot, "--out", tmp_path / "a", *thresholds, "--threads", "1")
+    records = [json.loads(line) for line in flagged.stdout.splitlines()]
+    assert all(r["pred_label"] and r["regions"] == [] for r in records)
+    assert "2 anomalous" in flagged.stderr and "2 of them with no region above the pixel threshold" in flagged.stderr
+    normal = intra("predict", "--run", cli_run, spot, "--out", tmp_path / "b", "--image-threshold", "1e9")
+    assert "0 anomalous" in normal.stderr and "no region" not in normal.stderr
+    for record in records:  # the heatmap panel rings the peak in cyan on a flagged image, and only there
+        ringed = np.asarray(Image.open(tmp_path / "a" / record["overlay"]).convert("RGB"))[:, 64:128]
+        calm = np.asarray(Image.open(tmp_path / "b" / record["overlay"]).convert("RGB"))[:, 64:128]
+        cyan = np.argwhere((ringed == MARK_COLOUR).all(axis=2))
+        assert len(cyan) and not (calm == MARK_COLOUR).all(axis=2).any()
+        assert np.abs(cyan.mean(axis=0)[::-1] - np.array(record["peak"])).max() < 3  # centred on the peak (x, y)
 
 
 def test_predict_streams_one_batch_at_a_time(cli_run, mvtec_root, tmp_path):

@@ -24,4 +24,5 @@ def test_readme_python_api_example_runs(cli_run, tmp_path, capsys, monkeypatch):
     exec(compile(code, str(README), "exec"), {"__name__": "readme"})
     printed = capsys.readouterr().out.splitlines()
     assert printed and printed[0].startswith("score ") and "anomalous: " in printed[0]
+    assert printed[1].startswith("found at (") and printed[1].endswith(")")
     assert printed[-2:] and all(line.isdigit() for line in printed[-2:])  # predict_images: two defect areas

@@ -121,7 +121,7 @@ def test_predict_answers_the_record_intra_predict_writes(server, cli_run, tmp_pa
     path.write_bytes(data)
     line = intra("predict", "--run", cli_run, path, "--threads", "1").stdout.splitlines()[0]
     expected = json.loads(line)
-    for key in ("pred_score", "pred_label", "threshold", "pixel_threshold", "defect_area", "image_size"):
+    for key in ("pred_score", "pred_label", "threshold", "pixel_threshold", "defect_area", "image_size", "peak"):
         assert record[key] == pytest.approx(expected[key], abs=1e-5), key
     assert len(record["regions"]) == len(expected["regions"])
     for got, want in zip(record["regions"], expected["regions"]):
@@ -232,6 +232,7 @@ def test_the_page_scores_an_upload_in_chromium(server, tmp_path):
         )
         verdict = page.text_content("#verdict")
         score = page.text_content("#score")
+        peak = page.text_content("#peak") if page.is_visible("#peak") else None
         warning = page.text_content("#warning") if page.is_visible("#warning") else None
         overlay = page.evaluate(
             "[document.getElementById('overlay').naturalWidth, document.getElementById('overlay').naturalHeight]"
@@ -241,6 +242,7 @@ def test_the_page_scores_an_upload_in_chromium(server, tmp_path):
     assert problems == []
     assert verdict in ("Anomalous", "Normal")
     assert "vs threshold" in score and "96x64 px" in score
+    assert peak is not None and peak.startswith("score found at x ") and peak.split()[4].endswith(",")
     # The run's training images are 64 px squares: the wide upload is stretched to one, and the page says so.
     assert warning is not None and warning.startswith("Less reliable: this image was stretched 1.50x")
     assert overlay[0] == 3 * overlay[1] > 0

@@ -63,7 +63,8 @@ def read_sources(plan: Plan) -> torch.Tensor:
 
 
 class FullGraph(nn.Module):
-    """A Detector's whole scoring at one image size: images (B, C, H, W) in [0, 1] -> (maps (B, H, W), scores (B,))."""
+    """A Detector's whole scoring at one image size: images (B, C, H, W) in [0, 1] -> (maps (B, H, W), scores (B,),
+    peaks (B, 2): where each score was found, as `anomaly_map.peak`)."""
 
     def __init__(self, detector: Detector):
         super().__init__()
@@ -102,17 +103,16 @@ class FullGraph(nn.Module):
         pixels = pixels.reshape(batch, -1, m.patch_dim)  # (B, passes*T, P) or (B, passes, P)
         return unpatchify(pixels[:, self.source], m.channels, self.grid)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         images = standardize(images) if self.cfg.data.standardize else images
         reconstructions = self.reconstruct(images)
         diff = anomaly_map.difference_map(images, reconstructions, self.cfg.score)  # (B, H, W)
         maps = anomaly_map.normalize(diff, self.mean_map, self.std_map, self.floor)
         if self.image_score is None:
-            return maps, anomaly_map.image_score(maps)
+            return maps, anomaly_map.image_score(maps), anomaly_map.peak(maps)
         diff = anomaly_map.difference_map(images, reconstructions, self.image_score)
-        return maps, anomaly_map.image_score(
-            anomaly_map.normalize(diff, self.image_mean_map, self.image_std_map, self.image_floor)
-        )
+        image_map = anomaly_map.normalize(diff, self.image_mean_map, self.image_std_map, self.image_floor)
+        return maps, anomaly_map.image_score(image_map), anomaly_map.peak(image_map)
 
 
 def export_full_onnx(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -135,6 +135,6 @@ def export_full_onnx(run_dir: str | Path, out: str | Path | None = None) -> Path
             # One eager pass first: the filters' and resizes' matrices are cached on first use
             # (core.similarity), so the tracer then meets real tensors and keeps them as constants.
             graph(example)
-        write_onnx(graph, (example,), path, ["images"], ["anomaly_maps", "scores"], props)
+        write_onnx(graph, (example,), path, ["images"], ["anomaly_maps", "scores", "peaks"], props)
     log.info("exported %s", path)
     return path

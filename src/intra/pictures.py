@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .files import atomic_write
 
@@ -46,19 +46,39 @@ def to_rgb_uint8(image: torch.Tensor) -> np.ndarray:
     return np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array
 
 
+MARK_COLOUR = (0, 255, 255)  # cyan: apart from every colour of the inferno scale
+
+
 def overlay_panel(
-    base: np.ndarray, anomaly_map: np.ndarray, vmax: float, mask: np.ndarray | None = None
+    base: np.ndarray,
+    anomaly_map: np.ndarray,
+    vmax: float,
+    mask: np.ndarray | None = None,
+    mark: tuple[float, float] | None = None,
 ) -> Image.Image:
-    """Side by side: the image (H, W, 3) uint8, the heatmap blended over it, and the mask if given."""
+    """Side by side: the image (H, W, 3) uint8, the heatmap blended over it, and the mask if given.
+
+    mark: (x, y) as fractions of width and height, ringed on the heatmap (where a flagged image's score was found).
+    """
     heat = colorize(anomaly_map, vmax)
     h, w = anomaly_map.shape
     if base.shape[:2] != (h, w):
         base = np.asarray(Image.fromarray(base).resize((w, h), Image.BILINEAR))
     blended = (0.5 * base + 0.5 * heat).round().astype(np.uint8)
+    if mark is not None:
+        blended = ringed(blended, mark[0] * w, mark[1] * h)
     panels = [base, blended]
     if mask is not None:
         panels.append(np.repeat((mask.astype(np.uint8) * 255)[..., None], 3, axis=2))
     return Image.fromarray(np.concatenate(panels, axis=1))
+
+
+def ringed(picture: np.ndarray, x: float, y: float) -> np.ndarray:
+    """(H, W, 3) uint8 with a ring around pixel position (x, y), a twentieth of the shorter side across (>= 4 px)."""
+    radius = max(4.0, min(picture.shape[:2]) / 20)
+    image = Image.fromarray(picture)
+    ImageDraw.Draw(image).ellipse((x - radius, y - radius, x + radius, y + radius), outline=MARK_COLOUR, width=2)
+    return np.asarray(image)
 
 
 def save_png(image: Image.Image, path: Path) -> None:

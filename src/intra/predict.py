@@ -1,7 +1,7 @@
 """Predict on new images, streaming, in anomalib's vocabulary: one record per image, files per image.
 
-A record: `path` (absolute), `pred_score` (max of the anomaly map), `pred_label` (score >= the
-image threshold), `threshold` and `pixel_threshold` (calibrated at training, see `inference.calibration`),
+A record: `path` (absolute), `pred_score` (max of the anomaly map, or of the image score's own map),
+`peak` [x, y] (the pixel that maximum lies at), `pred_label` (score >= the image threshold), `threshold` and `pixel_threshold` (calibrated at training, see `inference.calibration`),
 `defect_area` (pixels of `pred_mask` at the image's own resolution), `image_size` [w, h],
 `regions` (connected regions of `pred_mask`, largest first: `bbox` [x0, y0, x1, y1), `area`,
 `peak_score`, `centroid` [x, y]; see `inference.prediction`) and `seconds` (its share of its
@@ -15,7 +15,8 @@ folder, each image also gets (<name>: see below):
                        (the record's `anomaly_map_max`) and its minimum `low` in the PNG's text
                        chunks "intra.anomaly_map_max" and "intra.anomaly_map_min" (0 when
                        absent; z-scored maps go below 0); `read_anomaly_map` decodes it.
-  overlays/<name>      image | heatmap on the run's fixed colour scale | predicted mask.
+  overlays/<name>      image | heatmap on the run's fixed colour scale (a flagged image's `peak`
+                       ringed in cyan) | predicted mask.
   masks/<name>         pred_mask (0/255) at the image's own resolution.
 
 and the record is appended to predictions.jsonl after its files are written. <name> mirrors the
@@ -143,7 +144,7 @@ class Predictions:
                 settings["weights_sha256"] = run_hashes(run_dir)["weights_sha256"]
             self.folder = PredictFolder.open(self.out_dir, settings, self.paths)
         self.skipped = 0 if self.folder is None else sum(str(p) in self.folder.done for p in self.paths)
-        self.predicted = self.anomalous = self.failed = self.warned = 0
+        self.predicted = self.anomalous = self.unlocated = self.failed = self.warned = 0
         self.first_error: str | None = None
         self.seconds = 0.0
 
@@ -170,6 +171,7 @@ class Predictions:
                 else:
                     self.predicted += 1
                     self.anomalous += bool(record["pred_label"])
+                    self.unlocated += bool(record["pred_label"]) and not record["regions"]
                     self.warned += "warning" in record
                 yield record
         finally:
@@ -182,6 +184,11 @@ class Predictions:
             f"predicted {self.predicted} images in {self.seconds:.1f}s on {ran['backend']} ({ran['dtype']}, "
             f"{ran['device']}): {self.anomalous} anomalous (pred_score >= {self.thresholds['image_threshold']})"
         )
+        if self.unlocated:
+            text += (
+                f"; {self.unlocated} of them with no region above the pixel threshold"
+                ' (their records\' "peak" says where the score was found)'
+            )
         if self.failed:
             text += f'; {self.failed} could not be read (their records hold "error")'
         if self.warned:
@@ -239,21 +246,22 @@ def predict_paths(
             chunk = todo[first : first + batch_size]
             loaded = try_load_images(chunk, geometry, cfg.data.color, threads)  # (C, h, w) or errors
             readable = [image for image in loaded if not isinstance(image, IntraError)]
-            scored = iter(zip(readable, *detector.predict(readable))) if readable else iter(())
+            scored = iter(zip(readable, *detector.detect(readable))) if readable else iter(())
             for path, image in zip(chunk, loaded):
                 record = {"path": str(path), "error": str(image)} if isinstance(image, IntraError) else None
                 if record is None:
-                    image, amap, score = next(scored)
+                    image, amap, score, peak = next(scored)
                     try:
                         prediction = predicted(
-                            amap, float(score), image_size(path), image_threshold, pixel_threshold, geometry
+                            amap, float(score), image_size(path), image_threshold, pixel_threshold, geometry, peak
                         )
                         record, mask = {"path": str(path), **prediction.to_record()}, prediction.pred_mask
                     except IntraError as exc:  # the file changed or vanished since it was read
                         record, mask = {"path": str(path), "error": str(exc)}, None
                     if folder is not None and "error" not in record:
+                        mark = peak if prediction.pred_label else None
                         record.update(
-                            _write_files(folder.path, names[str(path)], image, amap, mask, pixel_threshold, vmax)
+                            _write_files(folder.path, names[str(path)], image, amap, mask, pixel_threshold, vmax, mark)
                         )
                 record["seconds"] = round((time.perf_counter() - start) / len(chunk), 4)
                 if folder is not None:
@@ -272,12 +280,13 @@ def _write_files(
     mask: np.ndarray | None,
     pixel_threshold: float | None,
     vmax: float,
+    mark: torch.Tensor | None = None,
 ) -> dict:
-    """Anomaly map (16-bit PNG), overlay and mask of one image; returns their record entries."""
+    """Anomaly map (16-bit PNG), overlay (ringing `mark`) and mask of one image; returns their record entries."""
     values = amap.numpy()
     peak = float(values.max())
     save_anomaly_map(values, out_dir / "anomaly_maps" / name)
-    save_png(overlay(image, amap, pixel_threshold, vmax), out_dir / "overlays" / name)
+    save_png(overlay(image, amap, pixel_threshold, vmax, mark), out_dir / "overlays" / name)
     entries = {"anomaly_map": f"anomaly_maps/{name}", "anomaly_map_max": peak, "overlay": f"overlays/{name}"}
     if mask is not None:
         save_png(Image.fromarray(mask.astype(np.uint8) * 255), out_dir / "masks" / name)
@@ -285,14 +294,18 @@ def _write_files(
     return entries
 
 
-def overlay(image: torch.Tensor, amap: torch.Tensor, pixel_threshold: float | None, vmax: float) -> Image.Image:
+def overlay(
+    image: torch.Tensor, amap: torch.Tensor, pixel_threshold: float | None, vmax: float, mark=None
+) -> Image.Image:
     """The overlay of one image as scored: image | heatmap | mask (`pictures.overlay_panel`).
 
-    image (C, h, w) in [0, 1], amap (h, w); vmax is the run's fixed colour scale (0: the map's own maximum).
+    image (C, h, w) in [0, 1], amap (h, w); vmax is the run's fixed colour scale (0: the map's own maximum);
+    mark: (x, y) as fractions of width and height to ring on the heatmap (a flagged image's peak), or None.
     """
     values = amap.numpy()
     mask = None if pixel_threshold is None else values >= pixel_threshold
-    return overlay_panel(to_rgb_uint8(image), values, vmax or float(values.max()), mask)
+    spot = None if mark is None else (float(mark[0]), float(mark[1]))
+    return overlay_panel(to_rgb_uint8(image), values, vmax or float(values.max()), mask, spot)
 
 
 def save_anomaly_map(values: np.ndarray, path: Path) -> None:

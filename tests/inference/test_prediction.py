@@ -2,11 +2,14 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from intra.core import anomaly_map
+from intra.data.images import load_image
 from intra.errors import IntraError
 from intra.inference.detector import Detector
-from intra.inference.prediction import regions
+from intra.inference.prediction import predicted, regions
 
 
 def test_regions_are_connected_components_largest_first():
@@ -50,3 +53,31 @@ def test_predict_image_takes_arrays_pil_images_and_paths(cli_run, mvtec_root):
         detector.predict_image(b"not an image")
     with pytest.raises(IntraError, match="float image array"):
         detector.predict_image(array.astype(np.float32))  # 0..255 floats: not in [0, 1]
+
+
+def test_a_flagged_image_with_no_region_still_says_where_its_score_was_found():
+    scored = torch.zeros(8, 10)
+    scored[6, 2] = 3.0  # the maximum at column 2, row 6
+    peak = anomaly_map.peak(scored[None])[0]
+    assert peak.tolist() == pytest.approx([2.5 / 10, 6.5 / 8])
+    # An image of twice the scored size: the peak lands on the same spot, in the image's pixels.
+    found = predicted(scored, 3.0, (20, 16), image_threshold=1.0, pixel_threshold=5.0, peak=peak)
+    assert found.pred_label and found.regions == [] and found.peak == (5.0, 13.0)
+    assert found.to_record()["peak"] == [5.0, 13.0]
+
+
+def test_the_peak_is_the_maximum_of_the_map_the_image_score_comes_from(cli_run, mvtec_root):
+    detector = Detector.load(cli_run, device="cpu", dtype="fp32")
+    paths = sorted((mvtec_root / "test").rglob("*.png"))[:4]
+    images = torch.stack([load_image(path, 64, "rgb") for path in paths])
+    seen = detector.inspect(images)
+    own = detector.image_score_config()  # the tiny run's automatic choice gives the image score a map of its own
+    scoring = own or detector.cfg.score
+    diff = anomaly_map.difference_map(seen.images, seen.reconstructions, scoring)
+    image_maps = anomaly_map.normalize(diff, *detector.statistics(tuple(diff.shape[-2:]), image=own is not None))
+    for image_map, score, peak in zip(image_maps, seen.scores, seen.peaks):
+        row, column = divmod(int(image_map.argmax()), image_map.shape[1])
+        assert float(image_map[row, column]) == pytest.approx(float(score), rel=1e-5)
+        assert peak.tolist() == pytest.approx([(column + 0.5) / 64, (row + 0.5) / 64])
+    by_path = detector.predict_image(paths[0])
+    assert by_path.peak == pytest.approx((float(seen.peaks[0, 0]) * 64, float(seen.peaks[0, 1]) * 64), abs=0.05)

@@ -140,3 +140,13 @@ def normalize(
 def image_score(anomaly_map: torch.Tensor) -> torch.Tensor:
     """Image score = maximum of the anomaly map: (B, H, W) -> (B,)."""
     return anomaly_map.flatten(1).amax(dim=1)
+
+
+def peak(anomaly_map: torch.Tensor) -> torch.Tensor:
+    """Where the image score comes from: (B, H, W) -> (B, 2), the (x, y) centre of the map's maximum pixel as
+    fractions of the map's width and height, so it lands on the same spot of the image at any resolution."""
+    h, w = anomaly_map.shape[-2:]
+    index = anomaly_map.flatten(1).argmax(dim=1)
+    x = (index % w).to(torch.float32) + 0.5
+    y = torch.div(index, w, rounding_mode="floor").to(torch.float32) + 0.5
+    return torch.stack([x / w, y / h], dim=1)

@@ -84,6 +84,7 @@ class Inspection:
     reconstructions: Images  # every patch inpainted, shaped like images
     maps: Images  # (B, H, W) anomaly maps on the CPU, or a list of (h, w)
     scores: torch.Tensor  # (B,) image scores, on the CPU
+    peaks: torch.Tensor  # (B, 2) where each score comes from: (x, y) as fractions of width, height (`anomaly_map.peak`)
 
 
 class Detector:
@@ -288,17 +289,18 @@ class Detector:
             return expand(mean), None, None
         return expand(mean), expand(std), anomaly_map.std_floor(std)
 
-    def _score(self, images: torch.Tensor, reconstructions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, C, H, W) x 2 -> (anomaly maps (B, H, W), image scores (B,))."""
+    def _score(
+        self, images: torch.Tensor, reconstructions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) x 2 -> (anomaly maps (B, H, W), image scores (B,), their peaks (B, 2))."""
         diff = anomaly_map.difference_map(images, reconstructions, self.cfg.score)
         maps = anomaly_map.normalize(diff, *self.statistics(tuple(diff.shape[-2:])))
         image_score = self.image_score_config()
         if image_score is None:
-            return maps, anomaly_map.image_score(maps)
+            return maps, anomaly_map.image_score(maps), anomaly_map.peak(maps)
         diff = anomaly_map.difference_map(images, reconstructions, image_score)
-        return maps, anomaly_map.image_score(
-            anomaly_map.normalize(diff, *self.statistics(tuple(diff.shape[-2:]), image=True))
-        )
+        image_map = anomaly_map.normalize(diff, *self.statistics(tuple(diff.shape[-2:]), image=True))
+        return maps, anomaly_map.image_score(image_map), anomaly_map.peak(image_map)
 
     @torch.inference_mode()
     def difference_maps(self, images: Images) -> Images:
@@ -319,17 +321,22 @@ class Detector:
         """
         images = self.prepare(images)
         reconstructions = self.reconstruct(images)
-        return Inspection(images, reconstructions, *self.score(images, reconstructions))
+        return Inspection(images, reconstructions, *self._scored(images, reconstructions))
 
-    @torch.inference_mode()
     def score(self, images: Images, reconstructions: Images) -> tuple[Images, torch.Tensor]:
         """Images as the network saw them (`prepare`) and their reconstructions -> (anomaly maps, image scores),
         on the CPU: (B, C, H, W) gives (B, H, W) maps, a list of (C, h, w) a list of (h, w)."""
+        maps, scores, _ = self._scored(images, reconstructions)
+        return maps, scores
+
+    @torch.inference_mode()
+    def _scored(self, images: Images, reconstructions: Images) -> tuple[Images, torch.Tensor, torch.Tensor]:
+        """`score` and the peaks: (maps, scores, peaks (B, 2)) on the CPU."""
         if isinstance(images, torch.Tensor):
-            maps, scores = self._score(images, reconstructions)
-            return maps.cpu(), scores.cpu()
+            return tuple(out.cpu() for out in self._score(images, reconstructions))
         scored = [self._score(x[None], r[None]) for x, r in zip(images, reconstructions)]
-        return [amap[0].cpu() for amap, _ in scored], torch.cat([score for _, score in scored]).cpu()
+        maps, scores, peaks = zip(*scored)
+        return [amap[0].cpu() for amap in maps], torch.cat(scores).cpu(), torch.cat(peaks).cpu()
 
     def thresholds(self, image_threshold: float | None = None, pixel_threshold: float | None = None) -> tuple:
         """(image threshold, pixel threshold): the ones given, else the run's calibrated ones (None if it has none)."""
@@ -364,12 +371,17 @@ class Detector:
                 if len(batch) < batch_size:
                     continue
             if batch:
-                maps, scores = self.predict([tensor for tensor, _ in batch])
-                for amap, score, (_, size) in zip(maps, scores, batch):
-                    yield predicted(amap, float(score), size, *thresholds, geometry)
+                maps, scores, peaks = self.detect([tensor for tensor, _ in batch])
+                for amap, score, peak, (_, size) in zip(maps, scores, peaks, batch):
+                    yield predicted(amap, float(score), size, *thresholds, geometry, peak)
                 batch = []
 
     def predict(self, images: Images) -> tuple[Images, torch.Tensor]:
         """(B, C, H, W) -> (anomaly maps (B, H, W), image scores (B,)), on the CPU; a list of images -> a list of maps."""
+        maps, scores, _ = self.detect(images)
+        return maps, scores
+
+    def detect(self, images: Images) -> tuple[Images, torch.Tensor, torch.Tensor]:
+        """`predict` and where each score comes from: (maps, scores, peaks (B, 2) as `Inspection.peaks`)."""
         inspection = self.inspect(images)
-        return inspection.maps, inspection.scores
+        return inspection.maps, inspection.scores, inspection.peaks

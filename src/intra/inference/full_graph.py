@@ -2,7 +2,8 @@
 
 `Detector.load(run, backend="onnx-full")` (onnxruntime) or `backend="openvino"` (OpenVINO reads the
 ONNX file directly) returns a `FullGraphDetector`: images in, anomaly maps and scores out of
-RUN/model_full.onnx, so predictions, records and thresholds take the same code path as every
+RUN/model_full.onnx (and where each score was found; a graph exported before `peaks` was an output
+gives the anomaly map's maximum instead), so predictions, records and thresholds take the same code path as every
 other backend afterwards. The graph holds the scoring too, so there is no separate network stage:
 `reconstruct` (and what builds on it) is refused with a pointer to the backends that have one.
 """
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from ..config import Config
+from ..core import anomaly_map
 from ..errors import IntraError
 from .backends import Backend
 from .detector import Detector, Images
@@ -35,7 +37,8 @@ def _graph_props(path: Path) -> dict[str, str]:
 
 
 def _onnxruntime(path: Path, threads: int):
-    """A function (B, C, H, W) float32 -> (maps, scores) numpy arrays on onnxruntime's CPU provider."""
+    """A function (B, C, H, W) float32 -> the graph's outputs (maps, scores[, peaks]) as numpy arrays, on
+    onnxruntime's CPU provider."""
     from ..export import need
 
     ort = need("onnxruntime")
@@ -60,7 +63,7 @@ def _openvino(path: Path, threads: int):
 
     def run(images: np.ndarray) -> list[np.ndarray]:
         outputs = request.infer({0: images})
-        return [np.array(outputs[compiled.output(i)]) for i in range(2)]
+        return [np.array(outputs[output]) for output in compiled.outputs]
 
     return run
 
@@ -71,14 +74,16 @@ class GraphRuntime(Backend):
     def __init__(self, run, name: str, path: Path, size: tuple[int, int]):
         self._run, self.name, self.path, self.size = run, name, path, size
 
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, C, H, W) at the graph's size -> (maps (B, H, W), scores (B,)), on the CPU."""
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) at the graph's size -> (maps (B, H, W), scores (B,), peaks (B, 2)), on the CPU."""
         if tuple(images.shape[-2:]) != self.size:
             raise IntraError(
                 f"{self.path} scores {self.size[0]} x {self.size[1]} images, not {images.shape[-2]} x {images.shape[-1]}"
             )
-        maps, scores = self._run(images.detach().cpu().float().contiguous().numpy())
-        return torch.from_numpy(np.asarray(maps)), torch.from_numpy(np.asarray(scores))
+        maps, scores, *peaks = (
+            torch.from_numpy(np.asarray(out)) for out in self._run(images.detach().cpu().float().contiguous().numpy())
+        )
+        return maps, scores, peaks[0] if peaks else anomaly_map.peak(maps)
 
     def embed(self, patches: torch.Tensor) -> torch.Tensor:
         raise IntraError(
@@ -113,16 +118,17 @@ def open_graph(
 
 
 class FullGraphDetector(Detector):
-    """A Detector whose `predict` runs the exported full graph (see the module docstring)."""
+    """A Detector whose `detect` (and so `predict`) runs the exported full graph (see the module docstring)."""
 
     def __init__(self, model, cfg: Config, stats: dict, runtime: GraphRuntime):
         super().__init__(model, cfg, None, "cpu", stats, backend=runtime)
         self.runtime = runtime
 
-    def predict(self, images: Images) -> tuple[Images, torch.Tensor]:
-        """(B, C, H, W) -> (anomaly maps (B, H, W), image scores (B,)); a list of (C, H, W) -> a list of maps."""
+    def detect(self, images: Images) -> tuple[Images, torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) -> (anomaly maps (B, H, W), image scores (B,), peaks (B, 2)); a list of (C, H, W) -> a list
+        of maps."""
         if not isinstance(images, torch.Tensor) and len({tuple(x.shape) for x in images}) > 1:
             raise IntraError(f"the {self.runtime.name} full graph scores images of one size, not several")
         batch = images if isinstance(images, torch.Tensor) else torch.stack(list(images))
-        maps, scores = self.runtime(batch)
-        return (maps if isinstance(images, torch.Tensor) else list(maps)), scores
+        maps, scores, peaks = self.runtime(batch)
+        return (maps if isinstance(images, torch.Tensor) else list(maps)), scores, peaks

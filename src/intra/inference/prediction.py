@@ -1,11 +1,16 @@
 """One image's prediction in anomalib's vocabulary, at the image's own resolution, with its defect regions.
 
-`ImagePrediction`: `pred_score` (the maximum of the anomaly map), `pred_label` (score >= the image
-threshold), `anomaly_map` and `pred_mask` (map >= the pixel threshold) upsampled bilinearly from the
-resolution the image was scored at to its own, and `regions`: one entry per connected region of
-the mask (8-connected), largest first, each with its bounding box [x0, y0, x1, y1) in pixels, area,
-peak score and centroid (x, y); and `warning`, set when the image had to be resized unlike the
-training images (`Geometry.distortion`), so that its score is less reliable. `Detector.predict_image`,
+`ImagePrediction`: `pred_score` (the maximum of the anomaly map, or of the image score's own map
+with `score.image_scoring`), `peak` (x, y): the pixel of the image that maximum lies at, `pred_label`
+(score >= the image threshold), `anomaly_map` and `pred_mask` (map >= the pixel threshold) upsampled
+bilinearly from the resolution the image was scored at to its own, and `regions`: one entry per
+connected region of the mask (8-connected), largest first, each with its bounding box [x0, y0, x1,
+y1) in pixels, area, peak score and centroid (x, y); and `warning`, set when the image had to be
+resized unlike the training images (`Geometry.distortion`), so that its score is less reliable.
+
+The image threshold and the pixel threshold are calibrated apart (`inference.calibration`), and
+with `score.image_scoring` the label and the mask come from two different maps: an image can be
+flagged with no region above the pixel threshold. `peak` still says where to look. `Detector.predict_image`,
 `intra predict` and `intra serve` build their results with `predicted`.
 """
 
@@ -51,6 +56,7 @@ class ImagePrediction:
     anomaly_map: np.ndarray  # (height, width) float32 at the image's own resolution
     pred_mask: np.ndarray | None  # (height, width) bool; None without a pixel threshold
     regions: list[Region] = field(default_factory=list)
+    peak: tuple[float, float] | None = None  # (x, y) pixels of the image: where pred_score was found
     warning: str | None = None  # why the score is less reliable than the training images' (see the module doc)
 
     def to_record(self) -> dict:
@@ -63,6 +69,7 @@ class ImagePrediction:
             "defect_area": None if self.pred_mask is None else int(self.pred_mask.sum()),
             "image_size": list(self.image_size),
             "regions": [region.to_dict() for region in self.regions],
+            "peak": None if self.peak is None else list(self.peak),
         }
         if self.warning:
             record["warning"] = self.warning
@@ -94,10 +101,12 @@ def predicted(
     image_threshold: float | None,
     pixel_threshold: float | None,
     geometry: Geometry | None = None,
+    peak: torch.Tensor | None = None,
 ) -> ImagePrediction:
     """An ImagePrediction from the anomaly map (h, w) as scored, the image score and the image's own (width, height).
 
     geometry: the run's, to say when the image was resized unlike the training images (None: say nothing).
+    peak: where the score was found, (x, y) as fractions of width and height (`anomaly_map.peak`).
     """
     width, height = size
     full = F.interpolate(scored_map.float()[None, None], size=(height, width), mode="bilinear", align_corners=False)
@@ -112,5 +121,6 @@ def predicted(
         anomaly_map=anomaly_map,
         pred_mask=mask,
         regions=[] if mask is None else regions(mask, anomaly_map),
+        peak=None if peak is None else (round(float(peak[0]) * width, 1), round(float(peak[1]) * height, 1)),
         warning=None if geometry is None else geometry.distortion(width, height),
     )

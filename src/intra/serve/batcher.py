@@ -1,7 +1,7 @@
 """Dynamic batching: images submitted from many requests are scored together by one worker thread.
 
 The worker takes the first waiting image, then waits at most `wait_ms` for more, up to `max_batch`,
-and scores them in one `Detector.predict` call (images of different sizes go in one list; the engine
+and scores them in one `Detector.detect` call (images of different sizes go in one list; the engine
 batches their windows). Only this thread runs the engine, so there is one engine call at a time and
 the event loop stays free to answer `/health` while a batch runs. `max_batch = 1` scores one image
 at a time (`intra serve --no-batching`). The queue is bounded: a full one refuses new work (`Busy`)
@@ -106,10 +106,10 @@ class Batcher:
     def _run(self, jobs: list[_Job]) -> None:
         start = time.perf_counter()
         try:
-            maps, scores = self.detector.predict([job.image for job in jobs])
+            maps, scores, peaks = self.detector.detect([job.image for job in jobs])
             seconds = (time.perf_counter() - start) / len(jobs)
-            for job, amap, score in zip(jobs, maps, scores):
-                prediction = predicted(amap, float(score), job.size, *self.thresholds, self.geometry)
+            for job, amap, score, peak in zip(jobs, maps, scores, peaks):
+                prediction = predicted(amap, float(score), job.size, *self.thresholds, self.geometry, peak)
                 job.future.set_result(Scored(prediction, amap, len(jobs), round(seconds, 4)))
         except Exception as exc:  # noqa: BLE001 - the requests get the error; the worker keeps serving
             log.exception("scoring a batch of %d images failed", len(jobs))
