@@ -27,6 +27,7 @@ def test_evaluation_without_masks_reports_image_metrics_only_and_names_stretched
     with caplog.at_level(logging.WARNING, logger="intra"):
         metrics = evaluate(detector, data).metrics
     assert metrics["pixel_auroc"] is None and metrics["aupro"] is None and 0 <= metrics["image_auroc"] <= 1
+    assert "localisation" not in metrics  # no masks: nothing to point at
     assert set(metrics["per_kind"]) == {"scratch", "spot", "smudge"}
     assert (
         f"1 of 10 test images are resized unlike the training images, so less reliable (the first: {good}, stretched 1.50x"
@@ -52,6 +53,11 @@ def test_evaluation_returns_values_and_writing_is_a_separate_call(tmp_path, mvte
     assert evaluation.metrics["anomaly_map_normalisation"] == "squared deviation from the mean map"
     assert evaluation.metrics["anomaly_map_difference"] == "1 - GMS"
     assert evaluation.metrics["image_score"] == "max of the anomaly map"
+    # Scored by the anomaly map itself, the image score's peak is the map's maximum: the same hits.
+    where = evaluation.metrics["localisation"]
+    assert where["defective_images"] == len(good) - sum(good)
+    assert where["score_peak_on_defect"] == where["map_max_on_defect"] and 0 <= where["map_max_on_defect"] <= 1
+    assert 0 <= where["flagged_without_region"] <= where["flagged"] <= len(good)
     write_evaluation(evaluation, tmp_path / "eval", heatmaps=False)
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert written["image_auroc"] == evaluation.metrics["image_auroc"] and (tmp_path / "eval" / "report.html").is_file()

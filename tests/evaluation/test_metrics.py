@@ -6,7 +6,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
 
-from intra.evaluation.metrics import aupro, auroc, evaluation_metrics, f1_at, f1_max, pro_curve
+from intra.evaluation.metrics import aupro, auroc, evaluation_metrics, f1_at, f1_max, localisation, pro_curve
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -160,3 +160,30 @@ def test_f1_at_equals_scikit_learn_f1_score(seed):
     for threshold in (scores.min() - 1, -0.5, 0.0, 0.3, float(np.median(scores)), 1.2, scores.max(), 99.0):
         expected = f1_score(labels, scores >= threshold, zero_division=0)
         assert f1_at(scores, labels, threshold) == pytest.approx(expected, abs=1e-12)
+
+
+def test_localisation_counts_peaks_on_the_defect_and_verdicts_without_a_region():
+    mask = np.zeros((32, 32), bool)
+    mask[10:13, 20:23] = True  # defect pixels: rows 10-12, columns 20-22; tolerance 32 / 32 = 1 px
+    good = np.zeros((32, 32), bool)
+    on, beside, away = np.zeros((32, 32)), np.zeros((32, 32)), np.zeros((32, 32))
+    on[11, 21], beside[13, 23], away[0, 0] = 5.0, 5.0, 5.0  # beside: one pixel off diagonally
+    peaks = np.array([[21.5 / 32, 11.5 / 32], [0.5 / 32, 0.5 / 32], [23.5 / 32, 13.5 / 32], [0.5, 0.5]])
+    maps, masks = [on, on, beside, away], [mask, mask, mask, good]
+    scores = np.array([3.0, 3.0, 0.5, 3.0])
+    found = localisation(peaks, maps, masks, scores, {"image_threshold": 1.0, "pixel_threshold": 4.0})
+    assert found["defective_images"] == 3
+    assert found["score_peak_on_defect"] == pytest.approx(2 / 3)  # the second image's peak is away
+    assert found["map_max_on_defect"] == 1.0  # "beside" is within the tolerance
+    assert found["flagged"] == 3 and found["flagged_without_region"] == 0
+    maps[3] = np.ones((32, 32))  # the flagged good image's map stays below the pixel threshold
+    assert (
+        localisation(peaks, maps, masks, scores, {"image_threshold": 1.0, "pixel_threshold": 4.0})[
+            "flagged_without_region"
+        ]
+        == 1
+    )
+    assert "flagged" not in localisation(peaks, maps, masks, scores, {})
+    # Two pixels off is beyond the tolerance of a 32 px mask.
+    far = localisation(np.array([[24.5 / 32, 14.5 / 32]]), [beside], [mask], scores[:1], {})
+    assert far["score_peak_on_defect"] == 0.0

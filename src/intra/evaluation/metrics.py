@@ -156,3 +156,42 @@ def f1_report(
             entry = {"stored_threshold": threshold, "f1_at_stored": f1_at(values, truth, threshold), **entry}
         report[level] = entry
     return report
+
+
+def localisation(
+    peaks: np.ndarray,
+    maps: list[np.ndarray],
+    masks: list[np.ndarray],
+    scores: np.ndarray,
+    stored: dict,
+) -> dict:
+    """metrics.json "localisation": does what a user is shown point at the defect?
+
+    On the defective images (those with defect pixels): the share whose image-score peak (`peaks`, (n, 2)
+    (x, y) as fractions of width and height) lies on the defect, and the share whose anomaly-map maximum
+    does; a peak counts within a 32nd of the mask's shorter side (at least 1 px) of a defect pixel, as
+    smoothed maps put a thin scratch's peak beside it. On every test image: how many the stored
+    image threshold flags, and how many of those have no pixel above the stored pixel threshold
+    (a verdict without a region).
+    """
+    on_score, on_map = [], []
+    for (x, y), amap, mask in zip(peaks, maps, masks):
+        if not mask.any():
+            continue
+        h, w = mask.shape
+        tolerance = max(1, round(min(h, w) / 32))
+        near = ndimage.binary_dilation(mask, np.ones((3, 3), bool), iterations=tolerance)
+        on_score.append(bool(near[min(int(y * h), h - 1), min(int(x * w), w - 1)]))
+        on_map.append(bool(near.flat[int(np.argmax(amap))]))
+    report = {
+        "defective_images": len(on_score),
+        "tolerance": "1/32 of the shorter side",
+        "score_peak_on_defect": float(np.mean(on_score)) if on_score else None,
+        "map_max_on_defect": float(np.mean(on_map)) if on_map else None,
+    }
+    image_threshold, pixel_threshold = stored.get("image_threshold"), stored.get("pixel_threshold")
+    if image_threshold is not None and pixel_threshold is not None:
+        flagged = np.asarray(scores) >= image_threshold
+        regionless = [bool(f) and float(amap.max()) < pixel_threshold for f, amap in zip(flagged, maps)]
+        report.update(flagged=int(flagged.sum()), flagged_without_region=int(sum(regionless)))
+    return report

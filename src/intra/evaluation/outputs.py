@@ -109,11 +109,31 @@ def _metric_rows(m: dict) -> list[list[str]]:
                 f"{p['network']:.3g}  ({p['ratio']:.2f} x the better trivial fill; ring {p['ring']:.3g}, smooth {p['smooth']:.3g}, flat oracle {p['flat']:.3g})",
             ]
         )
+    if "localisation" in m:
+        where = m["localisation"]
+        rows.append(
+            [
+                f"on the defect, of the {where['defective_images']} defective images",
+                f"the image score's peak {_share(where['score_peak_on_defect'])}, "
+                f"the anomaly map's maximum {_share(where['map_max_on_defect'])}",
+            ]
+        )
+        if "flagged" in where:
+            rows.append(
+                [
+                    "flagged with no region (stored thresholds)",
+                    f"{where['flagged_without_region']} of {where['flagged']}",
+                ]
+            )
     rows += [
         ["images", str(m["images"])],
         ["ms per image", f"{m['ms_per_image']:.1f} ({m['device']}, {m['threads']} threads{_processor(m)})"],
     ]
     return rows
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f} %"
 
 
 def _processor(m: dict) -> str:

@@ -3,7 +3,8 @@
 `evaluate(detector, root)` returns an `Evaluation`: the metrics (`image_auroc`, `pixel_auroc`,
 `aupro` at FPR <= 0.3, `per_kind` image AUROC, `thresholds`: the run's stored thresholds with the F1
 they reach here beside the F1-optimal ones, `inpainting`: the network's error on the good test
-images against trivial fills, timing and settings) and the per-image arrays they come from.
+images against trivial fills, `localisation`: how often the image score's peak and the map's maximum
+fall on the defect, and how many flagged images have no region, timing and settings) and the per-image arrays they come from.
 Nothing is written: `outputs.write_evaluation` writes the files. Pixel metrics are computed at the
 resolution each image is scored at (`data.resize`: model.image_size squared, or the image's own
 aspect at one scale), or with `eval_size` at a short side of that many pixels: anomaly maps are
@@ -79,7 +80,7 @@ def evaluate(
             f"every mask in {root / 'ground_truth'} is empty{' at --eval-size ' + str(eval_size) if eval_size else ''}: "
             "pixel metrics need defect pixels"
         )
-    maps, pictures, scores = [], [], np.zeros(len(samples))
+    maps, pictures, scores, peaks = [], [], np.zeros(len(samples)), np.zeros((len(samples), 2))
     good_error, good_fills, good_count = 0.0, dict.fromkeys(("ring", "smooth", "flat"), 0.0), 0
     start = time.perf_counter()
     bar = tqdm(total=len(samples), desc="evaluate", unit="img", disable=not progress, leave=False)
@@ -98,6 +99,7 @@ def evaluate(
             maps.append(resized(amap, shape).numpy().astype(np.float32))
             pictures.append(to_rgb_uint8(resized(image, shape)))
         scores[first : first + len(chunk)] = seen.scores.numpy()
+        peaks[first : first + len(chunk)] = seen.peaks.numpy()
         bar.update(len(chunk))
     bar.close()
     seconds = time.perf_counter() - start
@@ -108,6 +110,8 @@ def evaluate(
         scores, labels, [s.kind for s in samples], None if labels_only else maps, pixel_masks
     )
     result["thresholds"] = metrics.f1_report(scores, labels, None if labels_only else maps, pixel_masks, detector.stats)
+    if not labels_only:
+        result["localisation"] = metrics.localisation(peaks, maps, masks, scores, detector.stats)
     if good_count:
         fills = {name: value / good_count for name, value in good_fills.items()}
         network = good_error / good_count
