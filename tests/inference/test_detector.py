@@ -160,6 +160,17 @@ def test_detector_follows_weight_changes():
     after = detector.reconstruct(images)
     assert float((after - before).abs().min()) > 0.1
     assert float((after - naive_reconstruct(model, images, detector.plan((8, 8)))).abs().max()) <= 1e-5
+    # Every other way fit and checkpoints change weights: load_state_dict, a buffer, storage replaced.
+    other = lively_model(cfg, seed=1).state_dict()
+    for change in (
+        lambda: model.load_state_dict(other),
+        lambda: model.set_pixel_stats(torch.full((3,), 0.3), torch.full((3,), 0.2)),
+        lambda: setattr(model.head.weight, "data", model.head.weight.data * 2),
+    ):
+        with torch.no_grad():
+            change()
+        expected = naive_reconstruct(model, images, detector.plan((8, 8)))
+        assert float((detector.reconstruct(images) - expected).abs().max()) <= 1e-5
 
 
 PEAK_PROBE = """

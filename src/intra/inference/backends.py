@@ -66,13 +66,17 @@ class TorchBackend(Backend):
         self._network: InpaintingTransformer | None = None
         self._key: tuple | None = None
         self._blocks = None
+        # Walking the module tree (state_dict, parameters()) costs ~0.45 ms, several times per image at
+        # batch 1; the tensors are listed once and their versions read on each call instead.
+        self._tensors = [*model.parameters(), *model.buffers()]
 
     def network(self) -> InpaintingTransformer:
         """The module that runs: a oneDNN-packed copy of `model` on the CPU (unless compiled), else `model`.
 
-        The copy is rebuilt whenever `model`'s weights change (fit keeps training the same module).
+        The copy is rebuilt whenever `model`'s weights change in place (optimizer steps, `load_state_dict`,
+        `copy_`: fit keeps training the same module) or move to other storage (`.data` replaced).
         """
-        key = tuple(t._version for t in self.model.state_dict().values()) + (id(self.model),)
+        key = tuple((t.data_ptr(), t._version) for t in self._tensors)
         if self._network is None or key != self._key:
             use_packed = self.device.type == "cpu" and not self.compiled and packed.available(self.dtype)
             self._network = packed.pack_for_cpu(self.model, self.dtype) if use_packed else self.model
