@@ -1,10 +1,13 @@
 """The real `intra` command in a subprocess: train -> evaluate -> predict, and user mistakes."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from intra.pictures import MARK_COLOUR
 
 from conftest import TINY, intra, user_error
 
@@ -28,6 +31,16 @@ def test_train_evaluate_predict(trained_run, mvtec_root, tmp_path):
     rows = (out / "scores.csv").read_text().splitlines()
     assert rows[0] == "path,kind,label,pred_score" and len(rows) == 1 + 10
     assert len(list((out / "heatmaps").rglob("*.png"))) == 10
+    # A flagged image's heatmap rings where its score was found (cyan), and only a flagged image's.
+    threshold = metrics["thresholds"]["image"]["stored_threshold"]
+    ringed = []
+    for row in rows[1:]:
+        path, kind, _, score = row.split(",")
+        picture = np.asarray(Image.open(out / "heatmaps" / kind / f"{Path(path).stem}.png").convert("RGB"))
+        side = picture.shape[0]
+        ringed.append((picture[:, side : 2 * side] == MARK_COLOUR).all(axis=2).any())
+        assert ringed[-1] == (float(score) >= threshold), path
+    assert any(ringed)
 
     predicted = intra(
         "predict", "--run", trained_run, mvtec_root / "test" / "spot", "--out", tmp_path / "pred", "--threads", "1"

@@ -8,7 +8,7 @@
   roc_image.png, roc_pixel.png, pro.png   the curves;
   report.html         all of the above plus galleries of the highest- and lowest-scored normal and
                       defective images, in one self-contained file (images as data URIs);
-  heatmaps/<kind>/    one overlay per test image (unless heatmaps=False).
+  heatmaps/<kind>/    one overlay per test image (unless heatmaps=False), a flagged image's peak ringed.
 """
 
 from __future__ import annotations
@@ -45,13 +45,17 @@ def write_evaluation(
     # One colour scale for every overlay of this evaluation.
     vmax = float(np.quantile(np.concatenate([a.ravel() for a in e.maps]), 0.999))
     _write_scores(out_dir / "scores.csv", e.samples, e.scores, e.root)
+    threshold = m["thresholds"].get("image", {}).get("stored_threshold")
+    # Where a flagged image's score was found, ringed on its heatmap (as `intra predict` does).
+    marks = [
+        tuple(peak) if threshold is not None and score >= threshold else None for score, peak in zip(e.scores, e.peaks)
+    ]
     if heatmaps:
-        _write_heatmaps(out_dir / "heatmaps", e.samples, e.pictures, e.maps, masks, vmax, progress)
+        _write_heatmaps(out_dir / "heatmaps", e.samples, e.pictures, e.maps, masks, marks, vmax, progress)
     _write_tables(out_dir, e.kind_rows)
     curves = plots.curve_pngs(e.scores, e.labels, e.maps, e.masks)
     plots.write_curves(out_dir, curves)
-    threshold = m["thresholds"].get("image", {}).get("stored_threshold")
-    galleries = _galleries(e.samples, e.scores, e.pictures, e.maps, masks, e.root, threshold, vmax)
+    galleries = _galleries(e.samples, e.scores, e.pictures, e.maps, masks, marks, e.root, threshold, vmax)
     subtitle = f"data: {e.root.resolve()}; model: {m['model']}; pixel metrics at {m['eval_size']} px"
     rows = [[_cell(row[c]) for c in KIND_COLUMNS] for row in e.kind_rows]
     page = html_report(
@@ -149,6 +153,7 @@ def _galleries(
     pictures: list[np.ndarray],
     maps: list[np.ndarray],
     masks: list[np.ndarray],
+    marks: list[tuple[float, float] | None],
     root: str | Path,
     threshold: float | None,
     vmax: float,
@@ -158,7 +163,9 @@ def _galleries(
     for title, indices in gallery_indices(scores, labels, GALLERY_SIZE).items():
         galleries[title] = [
             {
-                "png": png_bytes(overlay_panel(pictures[i], maps[i], vmax, masks[i] if samples[i].label else None)),
+                "png": png_bytes(
+                    overlay_panel(pictures[i], maps[i], vmax, masks[i] if samples[i].label else None, marks[i])
+                ),
                 "caption": f"{samples[i].path.relative_to(root).as_posix()}  score {scores[i]:.4g}",
                 "flagged": threshold is not None and bool(scores[i] >= threshold),
             }
@@ -182,11 +189,13 @@ def _write_heatmaps(
     pictures: list[np.ndarray],
     maps: list[np.ndarray],
     masks: list[np.ndarray],
+    marks: list[tuple[float, float] | None],
     vmax: float,
     progress: bool,
 ) -> None:
-    """One PNG per test image: image | heatmap overlay | mask, on one colour scale for all images."""
+    """One PNG per test image: image | heatmap overlay (a flagged image's peak ringed) | mask, on one colour
+    scale for all images."""
     for i, sample in enumerate(tqdm(samples, desc="heatmaps", disable=not progress, leave=False)):
         mask = masks[i] if sample.kind != GOOD else None
-        panel = overlay_panel(pictures[i], maps[i], vmax, mask)
+        panel = overlay_panel(pictures[i], maps[i], vmax, mask, marks[i])
         save_png(panel, folder / sample.kind / f"{sample.path.stem}.png")

@@ -45,6 +45,7 @@ class Evaluation:
     root: Path
     samples: list[Sample]
     scores: np.ndarray  # (n,) image scores
+    peaks: np.ndarray  # (n, 2) where each score was found: (x, y) as fractions of width and height
     maps: list[np.ndarray]  # (h, w) float32 anomaly maps at the metric resolution
     masks: list[np.ndarray] | None  # (h, w) bool ground truth (good images: empty); None: image labels only
     pictures: list[np.ndarray]  # (h, w, 3) uint8 inputs at the map's resolution, for overlays
@@ -136,7 +137,7 @@ def evaluate(
         else "max of the anomaly map",
     )
     rows = per_kind_rows(samples, scores, maps, pixel_masks, detector.stats.get("image_threshold"))
-    return Evaluation(root, samples, scores, maps, pixel_masks, pictures, result, rows)
+    return Evaluation(root, samples, scores, peaks, maps, pixel_masks, pictures, result, rows)
 
 
 def difference_text(score: ScoreConfig) -> str:
