@@ -5,6 +5,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -310,3 +311,14 @@ def test_openvino_runs_the_full_graph_like_detector_predict(cpu_full, paper_full
     pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install -e '.[openvino]')")
     assert full_graph_difference(cpu_full, "openvino") <= 1e-4
     assert full_graph_difference(paper_full, "openvino") <= 1e-4
+
+
+def test_a_full_graph_exported_before_peaks_gives_the_maps_maximum():
+    from intra.inference.full_graph import GraphRuntime
+
+    maps = np.zeros((2, 4, 6), np.float32)
+    maps[0, 1, 4], maps[1, 3, 0] = 1.0, 2.0
+    two_outputs = GraphRuntime(lambda images: [maps, maps.max(axis=(1, 2))], "onnxruntime", Path("old.onnx"), (4, 6))
+    _, scores, peaks = two_outputs(torch.zeros(2, 3, 4, 6))
+    assert scores.tolist() == [1.0, 2.0]
+    torch.testing.assert_close(peaks, torch.tensor([[4.5 / 6, 1.5 / 4], [0.5 / 6, 3.5 / 4]]))
