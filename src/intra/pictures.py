@@ -74,7 +74,7 @@ def overlay_panel(
 
 
 def ringed(picture: np.ndarray, x: float, y: float) -> np.ndarray:
-    """(H, W, 3) uint8 with a ring around pixel position (x, y), a twentieth of the shorter side across (>= 4 px)."""
+    """(H, W, 3) uint8 with a ring around pixel position (x, y), its radius a twentieth of the shorter side (>= 4 px)."""
     radius = max(4.0, min(picture.shape[:2]) / 20)
     image = Image.fromarray(picture)
     ImageDraw.Draw(image).ellipse((x - radius, y - radius, x + radius, y + radius), outline=MARK_COLOUR, width=2)

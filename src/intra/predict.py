@@ -259,9 +259,10 @@ def predict_paths(
                     except IntraError as exc:  # the file changed or vanished since it was read
                         record, mask = {"path": str(path), "error": str(exc)}, None
                     if folder is not None and "error" not in record:
-                        mark = peak if prediction.pred_label else None
                         record.update(
-                            _write_files(folder.path, names[str(path)], image, amap, mask, pixel_threshold, vmax, mark)
+                            _write_files(
+                                folder.path, names[str(path)], image, amap, mask, pixel_threshold, vmax, prediction.mark
+                            )
                         )
                 record["seconds"] = round((time.perf_counter() - start) / len(chunk), 4)
                 if folder is not None:
@@ -280,7 +281,7 @@ def _write_files(
     mask: np.ndarray | None,
     pixel_threshold: float | None,
     vmax: float,
-    mark: torch.Tensor | None = None,
+    mark: tuple[float, float] | None = None,
 ) -> dict:
     """Anomaly map (16-bit PNG), overlay (ringing `mark`) and mask of one image; returns their record entries."""
     values = amap.numpy()

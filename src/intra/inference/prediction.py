@@ -59,6 +59,13 @@ class ImagePrediction:
     peak: tuple[float, float] | None = None  # (x, y) pixels of the image: where pred_score was found
     warning: str | None = None  # why the score is less reliable than the training images' (see the module doc)
 
+    @property
+    def mark(self) -> tuple[float, float] | None:
+        """The peak as fractions of width and height when the image is flagged (what overlays ring), else None."""
+        if not self.pred_label or self.peak is None:
+            return None
+        return self.peak[0] / self.image_size[0], self.peak[1] / self.image_size[1]
+
     def to_record(self) -> dict:
         """The JSON-able part (no arrays): what `intra predict` writes per image; "warning" only when set."""
         record = {

@@ -124,9 +124,7 @@ def create_app(
         if request.query_params.get("heatmap", "0").lower() in ("1", "true", "yes"):
             vmax = float(detector.stats.get("overlay_vmax", 0.0))
             found = scored.prediction
-            (w, h), mark = found.image_size, found.peak if found.pred_label else None
-            mark = None if mark is None else (mark[0] / w, mark[1] / h)
-            picture = await run_in_threadpool(overlay, image, scored.amap, found.pixel_threshold, vmax, mark)
+            picture = await run_in_threadpool(overlay, image, scored.amap, found.pixel_threshold, vmax, found.mark)
             record["overlay_png"] = base64.b64encode(png_bytes(picture)).decode("ascii")
         return JSONResponse(record)
 
