@@ -105,7 +105,7 @@ def test_global_position_table_is_grid_sized():
     assert model.pos_embed.shape == (64, 32)  # M*N = 8*8 entries, not (M*N)^2
 
 
-@pytest.mark.parametrize("windows", [5, CPU_SLICE_WINDOWS + 7])  # one slice, and several with a short last one
+@pytest.mark.parametrize("windows", [5, CPU_SLICE_WINDOWS + 7, 3 * CPU_SLICE_WINDOWS + 7])  # one slice, then three
 def test_the_attention_kernels_agree(windows):
     """The fused kernel (MFSA's q/k padded to v's width) and the sliced explicit products compute one function."""
     q, k, v = torch.randn(windows, 9, 16), torch.randn(windows, 9, 16), torch.randn(windows, 9, 32)

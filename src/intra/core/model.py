@@ -12,6 +12,8 @@ learns what a smooth surface misses. This module knows nothing of files, images 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -92,13 +94,18 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, kernel
         y = F.scaled_dot_product_attention(q, k, v, scale=scale)
     elif kernel != "matmul":
         raise ValueError(f"unknown attention kernel {kernel!r}: auto, sdpa or matmul")
-    elif b <= CPU_SLICE_WINDOWS or torch.compiler.is_compiling():  # one slice; traced graphs keep B dynamic
-        y = _weighted_values(q, k, v, scale)
     else:
-        step = CPU_SLICE_WINDOWS
-        y = torch.cat(
-            [_weighted_values(q[i : i + step], k[i : i + step], v[i : i + step], scale) for i in range(0, b, step)]
-        )
+        # Slices of equal size near CPU_SLICE_WINDOWS: a short last slice (one image's 36 windows as
+        # 32 + 4) would pay a slice's fixed cost for little work. Traced graphs keep B dynamic: one slice.
+        slices = 1 if torch.compiler.is_compiling() else max(1, round(b / CPU_SLICE_WINDOWS))
+        if slices == 1:
+            y = _weighted_values(q, k, v, scale)
+        else:
+            step = math.ceil(b / slices)
+            parts = [
+                _weighted_values(q[i : i + step], k[i : i + step], v[i : i + step], scale) for i in range(0, b, step)
+            ]
+            y = torch.cat(parts)
     return y.transpose(1, 2).reshape(b, r, -1)  # (B, R, D)
 
 
