@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from intra.evaluation.outputs import share_text
 from intra.pictures import MARK_COLOUR
 
 from conftest import TINY, intra, user_error
@@ -28,6 +29,9 @@ def test_train_evaluate_predict(trained_run, mvtec_root, tmp_path):
     assert {"image_auroc", "pixel_auroc", "aupro", "per_kind"} <= set(metrics)
     assert set(metrics["per_kind"]) == {"scratch", "spot", "smudge"}
     assert all(0 <= metrics[k] <= 1 for k in ("image_auroc", "pixel_auroc", "aupro"))
+    stored = metrics["thresholds"]["image"]
+    flags = f"flags {share_text(stored['tpr_at_stored'])} of the defective images"  # what `intra predict` will flag
+    assert f"at the stored image threshold {stored['stored_threshold']:.4g}: {flags}" in result.stdout
     rows = (out / "scores.csv").read_text().splitlines()
     assert rows[0] == "path,kind,label,pred_score" and len(rows) == 1 + 10
     assert len(list((out / "heatmaps").rglob("*.png"))) == 10

@@ -392,7 +392,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path(args.run) / "evaluation"
     evaluation = evaluate(detector, args.data, eval_size=args.eval_size, batch_size=args.batch_size, progress=True)
     write_evaluation(evaluation, out, heatmaps=not args.no_heatmaps, progress=True)
-    print(_summary(evaluation.metrics))
+    _print_results(evaluation.metrics)
     print(f"results written to {out}")
 
 
@@ -480,7 +480,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     _positive("--minutes", args.minutes)
     start = time.perf_counter()
     m = run_demo(args.out, threads=args.threads, seed=args.seed, progress=True, minutes=args.minutes)
-    print(_summary(m))
+    _print_results(m)
     print(
         f"demo finished in {time.perf_counter() - start:.0f}s; metrics in {Path(args.out) / 'evaluation' / 'metrics.json'}"
     )
@@ -533,6 +533,19 @@ def _summary(m: dict) -> str:
     names = (("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"), ("AUPRO", "aupro"))
     values = [f"{name} {m[key]:.3f}" for name, key in names if m.get(key) is not None]  # no masks: image only
     return "  ".join(values) + f"  ({kinds})"
+
+
+def _print_results(m: dict) -> None:
+    """The metrics, then what the run's own image threshold flags: what `intra predict` will do."""
+    from .evaluation.outputs import share_text
+
+    print(_summary(m))
+    stored = m.get("thresholds", {}).get("image", {})
+    if "tpr_at_stored" in stored:
+        print(
+            f"at the stored image threshold {stored['stored_threshold']:.4g}: flags {share_text(stored['tpr_at_stored'])} "
+            f"of the defective images and {share_text(stored['fpr_at_stored'])} of the good ones"
+        )
 
 
 COMMANDS = {

@@ -4,9 +4,18 @@ and against a brute-force loop over every threshold."""
 import numpy as np
 import pytest
 from scipy import ndimage
-from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_curve, roc_auc_score
 
-from intra.evaluation.metrics import aupro, auroc, evaluation_metrics, f1_at, f1_max, localisation, pro_curve
+from intra.evaluation.metrics import (
+    aupro,
+    auroc,
+    evaluation_metrics,
+    f1_at,
+    f1_max,
+    localisation,
+    pro_curve,
+    rates_at,
+)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -160,6 +169,18 @@ def test_f1_at_equals_scikit_learn_f1_score(seed):
     for threshold in (scores.min() - 1, -0.5, 0.0, 0.3, float(np.median(scores)), 1.2, scores.max(), 99.0):
         expected = f1_score(labels, scores >= threshold, zero_division=0)
         assert f1_at(scores, labels, threshold) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rates_at_equal_scikit_learn_confusion_matrix(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 200)
+    scores = np.round(rng.normal(labels * 0.8, 1.0), 1)
+    for threshold in (scores.min() - 1, -0.5, 0.0, 0.3, float(np.median(scores)), 1.2, scores.max(), 99.0):
+        tn, fp, fn, tp = confusion_matrix(labels, scores >= threshold, labels=[0, 1]).ravel()
+        tpr, fpr = rates_at(scores, labels, threshold)
+        assert (tpr, fpr) == (pytest.approx(tp / (tp + fn), abs=1e-12), pytest.approx(fp / (fp + tn), abs=1e-12))
+    assert rates_at(np.array([0.1, 0.9]), np.array([0, 0]), 0.5) == (0.0, 0.5)  # no defective: no true positives
 
 
 def test_localisation_counts_peaks_on_the_defect_and_verdicts_without_a_region():

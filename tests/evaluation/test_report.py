@@ -38,6 +38,12 @@ def test_evaluate_writes_thresholds_tables_and_curves(evaluation, cli_run):
         entry = metrics["thresholds"][level]
         assert entry["stored_threshold"] == stored[f"{level}_threshold"]  # reported, never replaced
         assert 0 <= entry["f1_at_stored"] <= entry["f1_max"] <= 1 and "f1_optimal_threshold" in entry
+    # What the stored image threshold flags, read again from scores.csv, and printed by the command.
+    scores = list(csv.DictReader((evaluation / "scores.csv").open()))
+    threshold = metrics["thresholds"]["image"]["stored_threshold"]
+    for label, key in (("1", "tpr_at_stored"), ("0", "fpr_at_stored")):
+        chosen = [float(r["pred_score"]) >= threshold for r in scores if r["label"] == label]
+        assert metrics["thresholds"]["image"][key] == pytest.approx(sum(chosen) / len(chosen))
     rows = list(csv.DictReader((evaluation / "per_kind.csv").open()))
     assert [r["kind"] for r in rows] == ["good", "scratch", "smudge", "spot"] and rows[0]["image_auroc"] == ""
     assert float(rows[1]["image_auroc"]) == pytest.approx(metrics["per_kind"]["scratch"])

@@ -130,6 +130,15 @@ def evaluation_metrics(
     }
 
 
+def rates_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(true positive rate, false positive rate) of predicting positive for score >= threshold; 0 for an empty class."""
+    predicted, labels = flatten(scores) >= threshold, flatten(labels).astype(bool)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    tpr = float(np.sum(predicted & labels)) / positives if positives else 0.0
+    fpr = float(np.sum(predicted & ~labels)) / negatives if negatives else 0.0
+    return tpr, fpr
+
+
 def f1_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:
     """F1 of predicting positive for score >= threshold (as `f1_max`)."""
     predicted, labels = flatten(scores) >= threshold, flatten(labels).astype(bool)
@@ -141,7 +150,9 @@ def f1_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:
 def f1_report(
     scores: np.ndarray, labels: np.ndarray, maps: np.ndarray | None, masks: np.ndarray | None, stored: dict
 ) -> dict:
-    """metrics.json "thresholds": per level, the stored threshold and its F1, the F1-optimal one and its F1.
+    """metrics.json "thresholds": per level, the stored threshold with its F1 and what it flags (`tpr_at_stored`:
+    the share of the defective images or pixels at or above it, `fpr_at_stored`: the share of the normal
+    ones: the false alarms a user of `intra predict` will see), then the F1-optimal threshold and its F1.
 
     Without masks (a test set with image labels only) there is no pixel level.
     """
@@ -153,7 +164,14 @@ def f1_report(
         entry = {"f1_optimal_threshold": best_threshold, "f1_max": best_f1}
         threshold = stored.get(f"{level}_threshold")
         if threshold is not None:
-            entry = {"stored_threshold": threshold, "f1_at_stored": f1_at(values, truth, threshold), **entry}
+            tpr, fpr = rates_at(values, truth, threshold)
+            entry = {
+                "stored_threshold": threshold,
+                "f1_at_stored": f1_at(values, truth, threshold),
+                "tpr_at_stored": tpr,
+                "fpr_at_stored": fpr,
+                **entry,
+            }
         report[level] = entry
     return report
 

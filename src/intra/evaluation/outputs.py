@@ -96,7 +96,8 @@ def _metric_rows(m: dict) -> list[list[str]]:
             rows.append(
                 [
                     f"{level} threshold (stored, from normal images)",
-                    f"{entry['stored_threshold']:.4g}  (F1 {entry['f1_at_stored']:.3f})",
+                    f"{entry['stored_threshold']:.4g}  (F1 {entry['f1_at_stored']:.3f}; flags "
+                    f"{share_text(entry['tpr_at_stored'])} of the defective {level}s, {share_text(entry['fpr_at_stored'])} of the normal)",
                 ]
             )
         rows.append(
@@ -118,8 +119,8 @@ def _metric_rows(m: dict) -> list[list[str]]:
         rows.append(
             [
                 f"on the defect, of the {where['defective_images']} defective images",
-                f"the image score's peak {_share(where['score_peak_on_defect'])}, "
-                f"the anomaly map's maximum {_share(where['map_max_on_defect'])}",
+                f"the image score's peak {share_text(where['score_peak_on_defect'])}, "
+                f"the anomaly map's maximum {share_text(where['map_max_on_defect'])}",
             ]
         )
         if "flagged" in where:
@@ -136,8 +137,11 @@ def _metric_rows(m: dict) -> list[list[str]]:
     return rows
 
 
-def _share(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.0f} %"
+def share_text(value: float | None) -> str:
+    """A share as a percentage, with a decimal under 10 % (false alarms of 0.4 % are not "0 %")."""
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f} %" if 0 < value < 0.1 else f"{100 * value:.0f} %"
 
 
 def _processor(m: dict) -> str:
