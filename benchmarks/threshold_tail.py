@@ -21,7 +21,7 @@ import numpy as np
 
 from intra.inference.calibration import image_threshold
 
-TAILS = ("empirical", "gumbel")
+TAILS = ("empirical", "gumbel", "log-gumbel", "auto")
 
 
 def read_scores(folder: Path) -> tuple[np.ndarray, np.ndarray]:

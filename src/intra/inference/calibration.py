@@ -9,7 +9,8 @@
    set is the lowest score (everything flagged). So the stored thresholds are quantiles of what
    the held-out *normal* images produce: the image threshold is the
    `score.image_threshold_quantile` (0.99) quantile of their image scores (with
-   `score.image_threshold_tail = gumbel`, at least a Gumbel fit's, which few images need), the pixel threshold the
+   `score.image_threshold_tail = auto`, at least a Gumbel fit's to the scores or to their logarithms,
+   which few images need), the pixel threshold the
    `score.pixel_threshold_quantile` (0.999) quantile of all their anomaly-map pixels. A score or
    pixel at or above its threshold is anomalous (anomalib's `pred_label`, `pred_mask`).
 With `score.choose = auto` the scoring is chosen first (`choice`): step 1 keeps the statistics the choice
@@ -202,15 +203,48 @@ def choose_scoring(detector: Detector, train_images: Images, val_images: Images,
     return Choice(choice.with_scoring(cfg, chosen.map, chosen.image), record, statistics, normal)
 
 
-def image_threshold(val_scores: np.ndarray, quantile: float, tail: str = "gumbel") -> float:
-    """The `quantile` of normal images' scores: empirical, or (tail = "gumbel") the larger of that and the
-    quantile of a Gumbel distribution fitted to the scores by moments (see `ScoreConfig.image_threshold_tail`)."""
+def _gumbel_quantile(scores: np.ndarray, quantile: float, log: bool) -> tuple[float, float]:
+    """(the `quantile` of a Gumbel distribution fitted by moments to the scores or to their logarithms,
+    the fit's log-likelihood of the scores themselves, so that the two fits can be compared)."""
+    values = np.log(scores) if log else scores
+    scale = float(values.std()) * np.sqrt(6) / np.pi  # the method of moments, in closed form
+    location = float(values.mean()) - np.euler_gamma * scale
+    likelihood = float(stats.gumbel_r.logpdf(values, location, scale).sum())
+    if log:  # the density of a score s is the log-fit's density at ln s times d(ln s)/ds = 1/s
+        likelihood -= float(values.sum())
+    fitted = float(stats.gumbel_r.ppf(quantile, location, scale))
+    return (float(np.exp(fitted)) if log else fitted), likelihood
+
+
+def image_threshold_tail(val_scores: np.ndarray, tail: str = "auto") -> str:
+    """The tail `image_threshold` reads: `tail` itself, or for "auto" whichever of "gumbel" and "log-gumbel"
+    fits the scores more likely (see `ScoreConfig.image_threshold_tail`)."""
+    scores = np.asarray(val_scores, np.float64)
+    if tail not in ("auto", "log-gumbel") or len(scores) < 2 or scores.std() == 0:
+        return tail
+    if scores.min() <= 0:  # z-scored maps can score below zero: no logarithm
+        return "gumbel"
+    if tail == "log-gumbel":
+        return tail
+    linear, logarithmic = (_gumbel_quantile(scores, 0.5, log)[1] for log in (False, True))
+    return "log-gumbel" if logarithmic > linear else "gumbel"
+
+
+def image_threshold(val_scores: np.ndarray, quantile: float, tail: str = "auto") -> float:
+    """The `quantile` of normal images' scores: empirical, or the larger of that and the quantile of a
+    Gumbel distribution fitted by moments to the scores ("gumbel"), to their logarithms ("log-gumbel"), or
+    to whichever of the two they fit better ("auto"); see `ScoreConfig.image_threshold_tail`."""
     scores = np.asarray(val_scores, np.float64)
     empirical = float(np.quantile(scores, quantile))
     if tail == "empirical" or len(scores) < 2 or quantile >= 1 or scores.std() == 0:
         return empirical
-    location, scale = stats.gumbel_r.fit(scores, method="MM")
-    return max(empirical, float(stats.gumbel_r.ppf(quantile, location, scale)))
+    fitted, _ = _gumbel_quantile(scores, quantile, log=image_threshold_tail(scores, tail) == "log-gumbel")
+    return max(empirical, fitted)
+
+
+def _tail_text(val_scores: np.ndarray, tail: str) -> str:
+    chosen = image_threshold_tail(val_scores, tail)
+    return f"{tail}: {chosen}" if chosen != tail else tail
 
 
 def thresholds(val_scores: np.ndarray, val_maps, cfg: ScoreConfig) -> dict:
@@ -221,7 +255,8 @@ def thresholds(val_scores: np.ndarray, val_maps, cfg: ScoreConfig) -> dict:
         "image_threshold": image_threshold(val_scores, cfg.image_threshold_quantile, cfg.image_threshold_tail),
         "pixel_threshold": float(np.quantile(pixels, cfg.pixel_threshold_quantile)),
         "threshold_source": f"{len(val_scores)} held-out normal images; quantiles "
-        f"{cfg.image_threshold_quantile} (image, {cfg.image_threshold_tail}), {cfg.pixel_threshold_quantile} (pixel)",
+        f"{cfg.image_threshold_quantile} (image, {_tail_text(val_scores, cfg.image_threshold_tail)}), "
+        f"{cfg.pixel_threshold_quantile} (pixel)",
         "val_score_max": float(val_scores.max()),
         # Overlays saturate at twice the hottest pixel seen on held-out normal images.
         "overlay_vmax": 2 * float(pixels.max()),
