@@ -162,22 +162,16 @@ def test_f1_max_equals_scikit_learn_precision_recall_curve(seed):
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_f1_at_equals_scikit_learn_f1_score(seed):
+def test_f1_at_and_rates_at_equal_scikit_learn(seed):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, 200)
     scores = np.round(rng.normal(labels * 0.8, 1.0), 1)
     for threshold in (scores.min() - 1, -0.5, 0.0, 0.3, float(np.median(scores)), 1.2, scores.max(), 99.0):
-        expected = f1_score(labels, scores >= threshold, zero_division=0)
-        assert f1_at(scores, labels, threshold) == pytest.approx(expected, abs=1e-12)
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_rates_at_equal_scikit_learn_confusion_matrix(seed):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, 200)
-    scores = np.round(rng.normal(labels * 0.8, 1.0), 1)
-    for threshold in (scores.min() - 1, -0.5, 0.0, 0.3, float(np.median(scores)), 1.2, scores.max(), 99.0):
-        tn, fp, fn, tp = confusion_matrix(labels, scores >= threshold, labels=[0, 1]).ravel()
+        predicted = scores >= threshold
+        assert f1_at(scores, labels, threshold) == pytest.approx(
+            f1_score(labels, predicted, zero_division=0), abs=1e-12
+        )
+        tn, fp, fn, tp = confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
         tpr, fpr = rates_at(scores, labels, threshold)
         assert (tpr, fpr) == (pytest.approx(tp / (tp + fn), abs=1e-12), pytest.approx(fp / (fp + tn), abs=1e-12))
     assert rates_at(np.array([0.1, 0.9]), np.array([0, 0]), 0.5) == (0.0, 0.5)  # no defective: no true positives
