@@ -203,17 +203,16 @@ def choose_scoring(detector: Detector, train_images: Images, val_images: Images,
     return Choice(choice.with_scoring(cfg, chosen.map, chosen.image), record, statistics, normal)
 
 
-def _gumbel_quantile(scores: np.ndarray, quantile: float, log: bool) -> tuple[float, float]:
-    """(the `quantile` of a Gumbel distribution fitted by moments to the scores or to their logarithms,
-    the fit's log-likelihood of the scores themselves, so that the two fits can be compared)."""
+def _gumbel_fit(scores: np.ndarray, log: bool) -> tuple[float, float, float]:
+    """A Gumbel distribution fitted by moments (closed form) to the scores or to their logarithms: its
+    location and scale, and the log-likelihood it gives the scores themselves (so two fits compare)."""
     values = np.log(scores) if log else scores
-    scale = float(values.std()) * np.sqrt(6) / np.pi  # the method of moments, in closed form
+    scale = float(values.std()) * np.sqrt(6) / np.pi
     location = float(values.mean()) - np.euler_gamma * scale
     likelihood = float(stats.gumbel_r.logpdf(values, location, scale).sum())
     if log:  # the density of a score s is the log-fit's density at ln s times d(ln s)/ds = 1/s
         likelihood -= float(values.sum())
-    fitted = float(stats.gumbel_r.ppf(quantile, location, scale))
-    return (float(np.exp(fitted)) if log else fitted), likelihood
+    return location, scale, likelihood
 
 
 def image_threshold_tail(val_scores: np.ndarray, tail: str = "auto") -> str:
@@ -226,7 +225,7 @@ def image_threshold_tail(val_scores: np.ndarray, tail: str = "auto") -> str:
         return "gumbel"
     if tail == "log-gumbel":
         return tail
-    linear, logarithmic = (_gumbel_quantile(scores, 0.5, log)[1] for log in (False, True))
+    linear, logarithmic = (_gumbel_fit(scores, log)[2] for log in (False, True))
     return "log-gumbel" if logarithmic > linear else "gumbel"
 
 
@@ -238,8 +237,10 @@ def image_threshold(val_scores: np.ndarray, quantile: float, tail: str = "auto")
     empirical = float(np.quantile(scores, quantile))
     if tail == "empirical" or len(scores) < 2 or quantile >= 1 or scores.std() == 0:
         return empirical
-    fitted, _ = _gumbel_quantile(scores, quantile, log=image_threshold_tail(scores, tail) == "log-gumbel")
-    return max(empirical, fitted)
+    log = image_threshold_tail(scores, tail) == "log-gumbel"
+    location, scale, _ = _gumbel_fit(scores, log)
+    fitted = float(stats.gumbel_r.ppf(quantile, location, scale))
+    return max(empirical, float(np.exp(fitted)) if log else fitted)
 
 
 def _tail_text(val_scores: np.ndarray, tail: str) -> str:
