@@ -130,21 +130,31 @@ def evaluation_metrics(
     }
 
 
+def counts_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> tuple[int, int, int, int]:
+    """(true positives, false positives, false negatives, true negatives) of predicting positive for score >= threshold."""
+    predicted, labels = flatten(scores) >= threshold, flatten(labels).astype(bool)
+    tp, fp = int(np.sum(predicted & labels)), int(np.sum(predicted & ~labels))
+    return tp, fp, int(labels.sum()) - tp, int((~labels).sum()) - fp
+
+
+def _rates(tp: int, fp: int, fn: int, tn: int) -> tuple[float, float]:
+    """(true positive rate, false positive rate) of those counts; 0 for an empty class."""
+    return (tp / (tp + fn) if tp + fn else 0.0), (fp / (fp + tn) if fp + tn else 0.0)
+
+
+def _f1(tp: int, fp: int, fn: int, tn: int) -> float:
+    """F1 of those counts (0 when nothing is positive or predicted positive)."""
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+
 def rates_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> tuple[float, float]:
     """(true positive rate, false positive rate) of predicting positive for score >= threshold; 0 for an empty class."""
-    predicted, labels = flatten(scores) >= threshold, flatten(labels).astype(bool)
-    positives, negatives = int(labels.sum()), int((~labels).sum())
-    tpr = float(np.sum(predicted & labels)) / positives if positives else 0.0
-    fpr = float(np.sum(predicted & ~labels)) / negatives if negatives else 0.0
-    return tpr, fpr
+    return _rates(*counts_at(scores, labels, threshold))
 
 
 def f1_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:
     """F1 of predicting positive for score >= threshold (as `f1_max`)."""
-    predicted, labels = flatten(scores) >= threshold, flatten(labels).astype(bool)
-    tp = float(np.sum(predicted & labels))
-    denominator = float(predicted.sum() + labels.sum())
-    return 2 * tp / denominator if denominator else 0.0
+    return _f1(*counts_at(scores, labels, threshold))
 
 
 def f1_report(
@@ -160,14 +170,16 @@ def f1_report(
     for level, values, truth in (("image", scores, labels), ("pixel", maps, masks)):
         if values is None or truth is None:
             continue
+        values, truth = flatten(values), flatten(truth)  # every pixel of every map, once
         best_f1, best_threshold = f1_max(values, truth)
         entry = {"f1_optimal_threshold": best_threshold, "f1_max": best_f1}
         threshold = stored.get(f"{level}_threshold")
         if threshold is not None:
-            tpr, fpr = rates_at(values, truth, threshold)
+            counts = counts_at(values, truth, threshold)
+            tpr, fpr = _rates(*counts)
             entry = {
                 "stored_threshold": threshold,
-                "f1_at_stored": f1_at(values, truth, threshold),
+                "f1_at_stored": _f1(*counts),
                 "tpr_at_stored": tpr,
                 "fpr_at_stored": fpr,
                 **entry,
