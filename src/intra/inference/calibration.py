@@ -243,20 +243,17 @@ def image_threshold(val_scores: np.ndarray, quantile: float, tail: str = "auto")
     return max(empirical, float(np.exp(fitted)) if log else fitted)
 
 
-def _tail_text(val_scores: np.ndarray, tail: str) -> str:
-    chosen = image_threshold_tail(val_scores, tail)
-    return f"{tail}: {chosen}" if chosen != tail else tail
-
-
 def thresholds(val_scores: np.ndarray, val_maps, cfg: ScoreConfig) -> dict:
     """Thresholds from normal images: scores (n,) and anomaly maps ((n, H, W) or a list of (h, w)) -> stats entries."""
     val_scores = np.asarray(val_scores, np.float64)
     pixels = np.concatenate([np.asarray(m, np.float32).ravel() for m in val_maps])
+    tail = image_threshold_tail(val_scores, cfg.image_threshold_tail)  # "auto" resolved once, and named below
+    named = cfg.image_threshold_tail if tail == cfg.image_threshold_tail else f"{cfg.image_threshold_tail}: {tail}"
     return {
-        "image_threshold": image_threshold(val_scores, cfg.image_threshold_quantile, cfg.image_threshold_tail),
+        "image_threshold": image_threshold(val_scores, cfg.image_threshold_quantile, tail),
         "pixel_threshold": float(np.quantile(pixels, cfg.pixel_threshold_quantile)),
         "threshold_source": f"{len(val_scores)} held-out normal images; quantiles "
-        f"{cfg.image_threshold_quantile} (image, {_tail_text(val_scores, cfg.image_threshold_tail)}), "
+        f"{cfg.image_threshold_quantile} (image, {named}), "
         f"{cfg.pixel_threshold_quantile} (pixel)",
         "val_score_max": float(val_scores.max()),
         # Overlays saturate at twice the hottest pixel seen on held-out normal images.
