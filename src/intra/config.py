@@ -112,6 +112,11 @@ class TrainConfig:
     beta: float = 0.01  # [choice] weight of the SSIM loss
     flips: bool = True  # [choice] random horizontal and vertical flips of each window
     rotation: str = "rot90"  # [choice] "none", "rot90" (aligned objects) or "any" (textures)
+    # Where training windows lie. "corner" (the paper): the window's corner uniform over the image,
+    # so patches near the border are covered less often (the border row about a seventh as often as
+    # the interior at L = 7) and learned from fewer examples. "patch" (beyond the paper): the covered
+    # patch uniform over the image, then a window holding it (core/windows.py).
+    window_placement: str = "corner"
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     threads: int = 0  # torch CPU threads; 0 = one per physical core, as torch decides
@@ -451,6 +456,7 @@ _CHOICES = {
     ("data", "resize"): ("square", "scale"),
     ("data", "kind"): ("auto", "object", "texture"),
     ("train", "rotation"): ("none", "rot90", "any"),
+    ("train", "window_placement"): ("corner", "patch"),
     ("train", "select"): ("inpaint", "loss", "defects"),
     ("score", "choose"): ("off", "auto"),
     ("score", "image_threshold_tail"): ("empirical", "gumbel", "log-gumbel", "auto"),
@@ -559,6 +565,11 @@ def validate(cfg: Config) -> None:
         raise IntraError(
             "model.position = global needs every image at one size and grid: set data.resize = square, "
             "or train on images of one size (data.kind = object)"
+        )
+    if cfg.train.window_placement == "patch" and cfg.train.rotation == "any":
+        raise IntraError(
+            "train.window_placement = patch cannot follow train.rotation = any (a window turned by any angle "
+            "moves its covered patch off the grid): use rotation none or rot90, or placement corner"
         )
     if m.position == "global" and cfg.train.rotation == "any":
         raise IntraError(

@@ -71,6 +71,24 @@ def test_random_windows_reach_both_end_positions_with_equal_chance():
     assert covered.max() == 48
 
 
+def test_patch_placement_covers_every_patch_equally_often():
+    generator = torch.Generator().manual_seed(0)
+    grids = torch.tensor([[16, 12]]).repeat(200_000, 1)
+    shares = {}
+    for placement in ("corner", "patch"):
+        r, s, covered = random_windows(grids, 7, generator, placement)
+        assert r.min() == 0 and r.max() == 9 and s.min() == 0 and s.max() == 5  # inside the image
+        assert covered.min() == 0 and covered.max() == 48
+        rows, cols = r + covered // 7, s + covered % 7  # the covered patch on the grid
+        counts = torch.bincount(rows * 12 + cols, minlength=16 * 12).float()
+        shares[placement] = counts / counts.mean()
+    assert (shares["patch"] - 1).abs().max() < 0.15  # about 1040 draws a patch: uniform within the noise
+    # The paper's placement: a corner patch is covered 1/10 x 1/6 as often as an interior one.
+    assert shares["corner"][0] < 0.1 * shares["corner"][8 * 12 + 6]
+    with pytest.raises(ValueError, match="placement"):
+        random_windows(grids, 7, generator, "centre")
+
+
 def test_crop_windows_matches_slicing():
     images = torch.rand(3, 2, 16, 16)
     crops = crop_windows(

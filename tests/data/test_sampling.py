@@ -50,3 +50,21 @@ def test_global_positions_follow_flipped_and_turned_windows():
     batch = WindowSampler([image], cfg).sample(256, torch.Generator().manual_seed(0))
     assert torch.equal((batch.patches[..., 0] * 1000).round().long(), batch.positions)
     assert (batch.positions.diff(dim=1) < 0).any()  # windows really were turned (untouched ones increase)
+
+
+def test_patch_placement_covers_border_patches_as_often_as_inner_ones_through_flips_and_turns():
+    """train.window_placement = patch: the drawn patch stays the covered one when its window flips or turns."""
+    for spacing in (0, 3):
+        cfg = tiny_config(position="global", head="covered" if spacing else "mean")
+        cfg.data.resize = "square"
+        cfg.train.flips, cfg.train.rotation = True, "rot90"
+        cfg.train.window_placement, cfg.train.cover_spacing = "patch", spacing
+        grid = cfg.model.grid  # 8 x 8 patches, windows of 3
+        batch = WindowSampler([torch.rand(3, 32, 32)], cfg).sample(20_000, torch.Generator().manual_seed(0))
+        assert torch.equal(batch.patches[batch.covered].view_as(batch.target), batch.target)
+        counts = torch.bincount(batch.positions[batch.covered], minlength=grid * grid).float()
+        share = counts / counts.mean()
+        if spacing == 0:  # one covered patch a window: every patch alike
+            assert (share - 1).abs().max() < 0.15
+        else:  # the lattice adds its other patches: the corner patch still near the interior's rate
+            assert share[0] > 0.5 * share[3 * grid + 3]

@@ -76,21 +76,37 @@ def window_tokens(r: torch.Tensor, s: torch.Tensor, columns: int | torch.Tensor,
 
 
 def random_windows(
-    grids: torch.Tensor, window: int, generator: torch.Generator | None = None
+    grids: torch.Tensor, window: int, generator: torch.Generator | None = None, placement: str = "corner"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Corners and covered positions for training windows, all uniform integers.
 
     grids (count, 2): the (M, N) patch grid of each window's image (images may differ in size).
     Returns (r, s, covered), each (count,): r in {0..M-L}, s in {0..N-L}, covered in {0..L*L-1}.
+    placement "corner" (the paper): the corner uniform over {0..M-L} x {0..N-L}, the covered
+    position uniform over the window, so a patch near the border is covered less often (one on the
+    border row about a seventh as often as an interior one, at L = 7). "patch" (beyond the paper):
+    the covered patch uniform over the image, then the window uniform over those holding it, so
+    every patch is covered equally often, a border patch at the window's edge, where inference
+    reads it.
     Integer draws (rounding a uniform float would halve the probability of the end positions): a
     31-bit integer modulo the number of positions, biased by under 1e-6.
     """
+    if placement not in ("corner", "patch"):
+        raise ValueError(f"unknown window placement {placement!r}: corner or patch")
     count = len(grids)
-    draws = torch.randint(0, 1 << 31, (2, count), generator=generator)
-    r = draws[0] % (grids[:, 0] - window + 1)
-    s = draws[1] % (grids[:, 1] - window + 1)
-    covered = torch.randint(0, window * window, (count,), generator=generator)
-    return r, s, covered
+    if placement == "corner":
+        draws = torch.randint(0, 1 << 31, (2, count), generator=generator)
+        r = draws[0] % (grids[:, 0] - window + 1)
+        s = draws[1] % (grids[:, 1] - window + 1)
+        covered = torch.randint(0, window * window, (count,), generator=generator)
+        return r, s, covered
+    draws = torch.randint(0, 1 << 31, (2, count, 2), generator=generator)
+    patch = draws[0] % grids  # (count, 2): the covered patch (t, u)
+    first = (patch - window + 1).clamp(min=0)  # the windows holding it: corners first..last
+    last = torch.minimum(patch, grids - window)
+    corner = first + draws[1] % (last - first + 1)
+    offset = patch - corner  # its place in the window
+    return corner[:, 0], corner[:, 1], offset[:, 0] * window + offset[:, 1]
 
 
 def crop_windows(
@@ -143,8 +159,13 @@ def lattice_masks(phase_rows: torch.Tensor, phase_cols: torch.Tensor, window: in
     return (rows[:, :, None] & cols[:, None, :]).reshape(len(phase_rows), window * window)
 
 
-def random_lattice_masks(count: int, window: int, spacing: int, generator: torch.Generator) -> torch.Tensor:
-    """Training masks with a uniform random lattice phase per window -> (count, L*L) bool."""
+def random_lattice_masks(
+    count: int, window: int, spacing: int, generator: torch.Generator, holding: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Training masks with a uniform random lattice phase per window -> (count, L*L) bool; with
+    `holding` (count,) window positions, the phase of the lattice through each of them instead."""
+    if holding is not None:
+        return lattice_masks(holding // window % spacing, holding % window % spacing, window, spacing)
     phases = torch.randint(0, spacing, (2, count), generator=generator)
     return lattice_masks(phases[0], phases[1], window, spacing)
 

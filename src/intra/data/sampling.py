@@ -1,7 +1,8 @@
 """Training batches: random windows cut from the training images, augmented, split into patches.
 
 Every window is drawn independently: an image uniformly, a corner uniformly over the integer
-positions {0..M-L} x {0..N-L}, a covered position uniformly over the L*L window positions. The
+positions {0..M-L} x {0..N-L}, a covered position uniformly over the L*L window positions (or, with train.window_placement = patch, a covered
+patch uniformly over the image and a window holding it: `core.windows.random_windows`). The
 augmentation acts on the window's pixels: random flips, and rotations by multiples of 90 degrees
 ("rot90", for aligned objects) or by any angle ("any", for textures; pixels from around the
 window are rotated in, the image is reflected at its borders).
@@ -44,6 +45,7 @@ class WindowSampler:
         self.flips = cfg.train.flips and augment
         self.rotation = cfg.train.rotation if augment else "none"
         self.cover_spacing = cfg.train.cover_spacing if cover_spacing is None else cover_spacing
+        self.placement = cfg.train.window_placement
         k, window = cfg.model.patch_size, cfg.model.window
         device = images[0].device
         self.grids = torch.tensor([(x.shape[-2] // k, x.shape[-1] // k) for x in images])  # (n, 2) on the host
@@ -61,7 +63,7 @@ class WindowSampler:
     def sample(self, count: int, generator: torch.Generator) -> Batch:
         m = self.model_cfg
         image_index = torch.randint(0, len(self.images), (count,), generator=generator)
-        r, s, covered = random_windows(self.grids[image_index], m.window, generator)
+        r, s, covered = random_windows(self.grids[image_index], m.window, generator, self.placement)
         device = self.images.device
         # Asynchronous copies: the host does not wait for the GPU to finish the previous step.
         image_index, r, s, covered = (t.to(device, non_blocking=True) for t in (image_index, r, s, covered))
@@ -73,15 +75,20 @@ class WindowSampler:
         # Global positions follow the pixels: a flipped or turned window's tokens keep the grid
         # positions their patches came from ("any" rotation is refused with global positions).
         positions = window_tokens(r, s, self.columns[image_index], m.window)
-        grid = positions.view(count, 1, m.window, m.window)
+        grids = [positions.view(count, 1, m.window, m.window)]
+        if self.placement == "patch":  # the drawn patch must stay covered when its window turns or flips
+            grids.append((torch.arange(m.window**2, device=device) == covered[:, None]).view_as(grids[0]))
         if self.rotation == "rot90":
-            crops, grid = _random_rot90([crops, grid], generator)
+            crops, *grids = _random_rot90([crops, *grids], generator)
         if self.flips:
-            crops, grid = _random_flips([crops, grid], generator)
-        positions = grid.reshape(count, m.window * m.window)
+            crops, *grids = _random_flips([crops, *grids], generator)
+        positions = grids[0].reshape(count, m.window * m.window)
+        if self.placement == "patch":
+            covered = grids[1].reshape(count, m.window * m.window).to(torch.uint8).argmax(dim=1)
         patches = patchify(crops, m.patch_size)  # (B, L*L, P)
         if self.cover_spacing:  # several covered patches per window (beyond the paper)
-            covered = random_lattice_masks(count, m.window, self.cover_spacing, generator).to(device)
+            holding = covered if self.placement == "patch" else None  # the lattice through the drawn patch
+            covered = random_lattice_masks(count, m.window, self.cover_spacing, generator, holding).to(device)
         else:
             covered = torch.arange(m.window**2, device=device) == covered[:, None]  # (B, L*L)
         target = patches[covered]  # (n covered, P)

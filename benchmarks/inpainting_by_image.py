@@ -1,0 +1,75 @@
+"""Which normal images a network inpaints well, and which barely better than smoothing.
+
+    python benchmarks/inpainting_by_image.py --run RUN --data DATA --threads 2 [--every 13]
+
+`intra evaluate` and `train_log.jsonl` report one ratio over many images: the network's mean
+squared error over the smooth fill's (`evaluation/inpainting.py`), so the images with the largest
+errors weigh most. This splits it: on the run's held-out validation images and on every N-th of its
+training images (as `fit` split them, read and standardised as the run reads them), each image's
+ratio to its own smooth fill, then the images grouped by terciles of their mean brightness and of
+their contrast (pixel standard deviation), each group's ratio of means. Prints a markdown table.
+An experiment script for docs/benchmarks.md, not the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from intra.evaluation.inpainting import smooth_fill, squared_error
+from intra.inference.calibration import training_split
+from intra.inference.detector import Detector
+
+
+def per_image(detector: Detector, images: list[torch.Tensor]) -> dict[str, np.ndarray]:
+    """Each image's network error, smooth-fill error, mean brightness and contrast."""
+    patch = detector.cfg.model.patch_size
+    reconstructions = detector.reconstruct(images)
+    return {
+        "network": squared_error(reconstructions, images).numpy(),
+        "smooth": torch.stack([squared_error(smooth_fill(x[None], patch), x[None])[0] for x in images]).numpy(),
+        "brightness": np.array([float(x.mean()) for x in images]),
+        "contrast": np.array([float(x.std()) for x in images]),
+    }
+
+
+def rows(name: str, r: dict[str, np.ndarray]) -> list[str]:
+    """Markdown rows: all images, then terciles of brightness and of contrast."""
+    ratio = r["network"] / r["smooth"]
+    out = [
+        f"| {name}, all | {len(ratio)} | {r['network'].mean() / r['smooth'].mean():.2f} | {np.median(ratio):.2f} "
+        f"| {ratio.min():.2f}-{ratio.max():.2f} |"
+    ]
+    for key in ("brightness", "contrast"):
+        edges = np.quantile(r[key], [0, 1 / 3, 2 / 3, 1])
+        for low, high, label in zip(edges[:-1], edges[1:], ("lowest", "middle", "highest")):
+            keep = (r[key] >= low) & (r[key] <= high)
+            out.append(
+                f"| {name}, {label} third of {key} ({low:.3f}-{high:.3f}) | {keep.sum()} "
+                f"| {r['network'][keep].mean() / r['smooth'][keep].mean():.2f} | {np.median(ratio[keep]):.2f} "
+                f"| {ratio[keep].min():.2f}-{ratio[keep].max():.2f} |"
+            )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--data", required=True, help="the run's training data")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--every", type=int, default=13, help="every N-th training image (default 13)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    detector = Detector.load(args.run)
+    train, val = training_split(args.data, detector.cfg)
+    print("| images | count | ratio of means (as reported) | median of per-image ratios | range |")
+    print("|---|--:|--:|--:|--:|")
+    for name, images in (("validation", val), (f"training, every {args.every}th", train[:: args.every])):
+        print("\n".join(rows(name, per_image(detector, images))))
+
+
+if __name__ == "__main__":
+    main()
