@@ -7,7 +7,10 @@ squared error over the smooth fill's (`evaluation/inpainting.py`), so the images
 errors weigh most. This splits it: on the run's held-out validation images and on every N-th of its
 training images (as `fit` split them, read and standardised as the run reads them), each image's
 ratio to its own smooth fill, then the images grouped by terciles of their mean brightness and of
-their contrast (pixel standard deviation), each group's ratio of means. Prints a markdown table.
+their contrast (pixel standard deviation), each group's ratio of means; and the ratio of means on
+the outermost patches (one patch wide along every border) against the rest, since the paper's
+window placement covers a border patch in training a seventh as often as an inner one
+(`train.window_placement`). Prints a markdown table.
 An experiment script for docs/benchmarks.md, not the library.
 """
 
@@ -18,21 +21,33 @@ import argparse
 import numpy as np
 import torch
 
-from intra.evaluation.inpainting import smooth_fill, squared_error
+from intra.evaluation.inpainting import smooth_fill
 from intra.inference.calibration import training_split
 from intra.inference.detector import Detector
 
 
+def border_band(shape: tuple[int, int], patch: int) -> torch.Tensor:
+    """(H, W) bool: the pixels of the outermost patches, one patch wide along every border."""
+    band = torch.ones(shape, dtype=torch.bool)
+    band[patch:-patch, patch:-patch] = False
+    return band
+
+
 def per_image(detector: Detector, images: list[torch.Tensor]) -> dict[str, np.ndarray]:
-    """Each image's network error, smooth-fill error, mean brightness and contrast."""
+    """Each image's network and smooth-fill errors (whole, border patches, inner patches), brightness, contrast."""
     patch = detector.cfg.model.patch_size
     reconstructions = detector.reconstruct(images)
-    return {
-        "network": squared_error(reconstructions, images).numpy(),
-        "smooth": torch.stack([squared_error(smooth_fill(x[None], patch), x[None])[0] for x in images]).numpy(),
-        "brightness": np.array([float(x.mean()) for x in images]),
-        "contrast": np.array([float(x.std()) for x in images]),
-    }
+    out: dict[str, list[float]] = {}
+    for x, r in zip(images, reconstructions):
+        band = border_band(tuple(x.shape[-2:]), patch)
+        for name, filled in (("network", r), ("smooth", smooth_fill(x[None], patch)[0])):
+            error = (filled - x).square().mean(dim=0)  # (H, W)
+            out.setdefault(name, []).append(float(error.mean()))
+            out.setdefault(f"{name} border", []).append(float(error[band].mean()))
+            out.setdefault(f"{name} inner", []).append(float(error[~band].mean()))
+        out.setdefault("brightness", []).append(float(x.mean()))
+        out.setdefault("contrast", []).append(float(x.std()))
+    return {name: np.array(values) for name, values in out.items()}
 
 
 def rows(name: str, r: dict[str, np.ndarray]) -> list[str]:
@@ -42,6 +57,13 @@ def rows(name: str, r: dict[str, np.ndarray]) -> list[str]:
         f"| {name}, all | {len(ratio)} | {r['network'].mean() / r['smooth'].mean():.2f} | {np.median(ratio):.2f} "
         f"| {ratio.min():.2f}-{ratio.max():.2f} |"
     ]
+    for part in ("border", "inner"):
+        ratio_part = r[f"network {part}"] / r[f"smooth {part}"]
+        out.append(
+            f"| {name}, {part} patches only | {len(ratio)} "
+            f"| {r[f'network {part}'].mean() / r[f'smooth {part}'].mean():.2f} | {np.median(ratio_part):.2f} "
+            f"| {ratio_part.min():.2f}-{ratio_part.max():.2f} |"
+        )
     for key in ("brightness", "contrast"):
         edges = np.quantile(r[key], [0, 1 / 3, 2 / 3, 1])
         for low, high, label in zip(edges[:-1], edges[1:], ("lowest", "middle", "highest")):

@@ -24,6 +24,11 @@ def test_training_options_are_checked():
     with pytest.raises(IntraError, match=r"train.cover_spacing must be 0 or 2 to model.window \(3\)"):
         apply_overrides(tiny_config(head="covered"), {"train.cover_spacing": 4})
     apply_overrides(tiny_config(head="covered"), {"train.cover_spacing": 3})
+    with pytest.raises(IntraError, match="train.window_placement"):
+        apply_overrides(tiny_config(), {"train.window_placement": "centre"})
+    # A window turned by any angle moves its drawn patch off the grid: patch placement cannot keep it covered.
+    with pytest.raises(IntraError, match="window_placement = patch cannot follow train.rotation = any"):
+        apply_overrides(tiny_config(), {"train.window_placement": "patch", "train.rotation": "any"})
 
 
 def test_reading_with_another_lattice_than_was_learned_is_named():
