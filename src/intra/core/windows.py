@@ -5,8 +5,9 @@ pixels; a window is L x L patches with top-left patch (r, s); the covered patch 
 grid, or index `covered` = (t - r) * L + (u - s) inside its window. A patch is flattened as
 C x K x K (channel first), so `patch.view(C, K, K)` is the image patch.
 
-Training draws windows at random (`random_windows`), each covering one patch or a lattice of
-patches (`random_lattice_masks`). Inference reads an image with a *plan* (`inference_plan`):
+Training draws windows at random (`random_windows`: the paper's uniform corners, or a uniform
+covered patch and a window holding it), each covering one patch or a lattice of patches
+(`random_lattice_masks`). Inference reads an image with a *plan* (`inference_plan`):
 one window per patch with the corner formula r = clamp(t - L // 2, 0, M - L) (the paper), or a
 tiling of windows each read in s*s passes that cover a lattice of patches s apart (beyond the paper).
 """
@@ -78,7 +79,7 @@ def window_tokens(r: torch.Tensor, s: torch.Tensor, columns: int | torch.Tensor,
 def random_windows(
     grids: torch.Tensor, window: int, generator: torch.Generator | None = None, placement: str = "corner"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Corners and covered positions for training windows, all uniform integers.
+    """Corners and covered positions for training windows, drawn as uniform integers.
 
     grids (count, 2): the (M, N) patch grid of each window's image (images may differ in size).
     Returns (r, s, covered), each (count,): r in {0..M-L}, s in {0..N-L}, covered in {0..L*L-1}.

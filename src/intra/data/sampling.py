@@ -1,9 +1,9 @@
 """Training batches: random windows cut from the training images, augmented, split into patches.
 
 Every window is drawn independently: an image uniformly, a corner uniformly over the integer
-positions {0..M-L} x {0..N-L}, a covered position uniformly over the L*L window positions (or, with train.window_placement = patch, a covered
-patch uniformly over the image and a window holding it: `core.windows.random_windows`). The
-augmentation acts on the window's pixels: random flips, and rotations by multiples of 90 degrees
+positions {0..M-L} x {0..N-L}, a covered position uniformly over the L*L window positions (or,
+with train.window_placement = patch, a covered patch uniformly over the image and a window
+holding it: `core.windows.random_windows`). The augmentation acts on the window's pixels: random flips, and rotations by multiples of 90 degrees
 ("rot90", for aligned objects) or by any angle ("any", for textures; pixels from around the
 window are rotated in, the image is reflected at its borders).
 """
@@ -75,16 +75,16 @@ class WindowSampler:
         # Global positions follow the pixels: a flipped or turned window's tokens keep the grid
         # positions their patches came from ("any" rotation is refused with global positions).
         positions = window_tokens(r, s, self.columns[image_index], m.window)
-        grids = [positions.view(count, 1, m.window, m.window)]
+        token_maps = [positions.view(count, 1, m.window, m.window)]  # (B, 1, L, L) maps turned with the pixels
         if self.placement == "patch":  # the drawn patch must stay covered when its window turns or flips
-            grids.append((torch.arange(m.window**2, device=device) == covered[:, None]).view_as(grids[0]))
+            token_maps.append((torch.arange(m.window**2, device=device) == covered[:, None]).view_as(token_maps[0]))
         if self.rotation == "rot90":
-            crops, *grids = _random_rot90([crops, *grids], generator)
+            crops, *token_maps = _random_rot90([crops, *token_maps], generator)
         if self.flips:
-            crops, *grids = _random_flips([crops, *grids], generator)
-        positions = grids[0].reshape(count, m.window * m.window)
+            crops, *token_maps = _random_flips([crops, *token_maps], generator)
+        positions = token_maps[0].reshape(count, m.window * m.window)
         if self.placement == "patch":
-            covered = grids[1].reshape(count, m.window * m.window).to(torch.uint8).argmax(dim=1)
+            covered = token_maps[1].reshape(count, m.window * m.window).to(torch.uint8).argmax(dim=1)
         patches = patchify(crops, m.patch_size)  # (B, L*L, P)
         if self.cover_spacing:  # several covered patches per window (beyond the paper)
             holding = covered if self.placement == "patch" else None  # the lattice through the drawn patch
