@@ -83,7 +83,7 @@ def test_patch_placement_covers_every_patch_equally_often():
         counts = torch.bincount(rows * 12 + cols, minlength=16 * 12).float()
         shares[placement] = counts / counts.mean()
     assert (shares["patch"] - 1).abs().max() < 0.15  # about 1040 draws a patch: uniform within the noise
-    # The paper's placement: a corner patch is covered 1/10 x 1/6 as often as an interior one.
+    # The paper's placement: the image's corner patch is covered 1/7 (rows) x 1/6 (columns) as often as patch (8, 6).
     assert shares["corner"][0] < 0.1 * shares["corner"][8 * 12 + 6]
     with pytest.raises(ValueError, match="placement"):
         random_windows(grids, 7, generator, "centre")
