@@ -28,7 +28,7 @@ def reconstruct(
 ) -> list[torch.Tensor]:
     """Inpaint every patch of every image: images (C, H, W) each, with their plans -> reconstructions (C, H, W).
 
-    `fixed_chunks` pads the last chunk to full size (compiled code then sees one shape).
+    `fixed_chunks` pads each chunk to one of a few sizes (`padded_size`): compiled code then sees few shapes.
     """
     device = images[0].device
     channels = images[0].shape[0]
@@ -47,9 +47,10 @@ def reconstruct(
     total = len(gather)
     for start in range(0, total, chunk):
         stop = min(start + chunk, total)
-        index = torch.arange(start, start + chunk if fixed_chunks else stop, device=device).clamp_max(total - 1)
+        size = padded_size(stop - start, chunk) if fixed_chunks else stop - start
+        index = torch.arange(start, start + size, device=device).clamp_max(total - 1)
         keep = read[index]
-        if fixed_chunks and stop - start < chunk:
+        if size > stop - start:
             keep = keep.clone()
             keep[stop - start :] = False  # the padding's outputs are not written
         rows = gather[index]
@@ -60,3 +61,16 @@ def reconstruct(
         unpatchify(out[int(starts[i]) : int(starts[i + 1])][None], channels, plan.grid)[0]
         for i, plan in enumerate(plans)
     ]
+
+
+def padded_size(rows: int, chunk: int) -> int:
+    """The size a chunk of `rows` passes is padded to for compiled code: the next power of two from 16, at most `chunk`.
+
+    Each size is compiled once; padding every short chunk to the full `chunk` would make one image
+    (36 passes at 128 px) cost a whole chunk's work (hundreds of passes), while a power of two wastes
+    less than half and keeps the shapes to a handful (16, 32, ..., chunk).
+    """
+    size = 16
+    while size < rows:
+        size *= 2
+    return min(size, chunk)
