@@ -58,7 +58,11 @@ def test_onnx_backend_matches_torch(cli_run, mvtec_root, tmp_path, network_graph
     assert (maps_t2 - maps_o2).abs().max() <= 1e-4 and (maps_t2 - maps_t).abs().max() > 1e-5  # another path
 
     spot = mvtec_root / "test" / "spot"
-    by_torch = [json.loads(line) for line in intra("predict", "--run", run, spot, "--threads", "1").stdout.splitlines()]
+    # fp32 on both sides: "auto" computes bf16 on a CPU with AVX-512 BF16 or AMX, and the backends are compared here.
+    by_torch = [
+        json.loads(line)
+        for line in intra("predict", "--run", run, spot, "--threads", "1", "--dtype", "fp32").stdout.splitlines()
+    ]
     by_onnx = [
         json.loads(line)
         for line in intra("predict", "--run", run, spot, "--backend", "onnx", "--threads", "1").stdout.splitlines()
