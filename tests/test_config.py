@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from intra.cli import main
-from intra.config import apply_overrides, read_config_file, reading_mismatch, validate
+from intra.config import apply_overrides, preset, read_config_file, reading_mismatch, validate
 from intra.errors import IntraError
 
 from conftest import tiny_config
@@ -29,6 +29,10 @@ def test_training_options_are_checked():
     # A window turned by any angle moves its drawn patch off the grid: patch placement cannot keep it covered.
     with pytest.raises(IntraError, match="window_placement = patch cannot follow train.rotation = any"):
         apply_overrides(tiny_config(), {"train.window_placement": "patch", "train.rotation": "any"})
+    # The cpu preset places by patch: asking it for any rotation says which key to change.
+    with pytest.raises(IntraError, match="--set train.window_placement=corner"):
+        apply_overrides(preset("cpu"), {"train.rotation": "any"})
+    assert apply_overrides(preset("cpu"), {"train.rotation": "any", "train.window_placement": "corner"})
 
 
 def test_reading_with_another_lattice_than_was_learned_is_named():

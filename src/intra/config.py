@@ -574,7 +574,8 @@ def validate(cfg: Config) -> None:
     if cfg.train.window_placement == "patch" and cfg.train.rotation == "any":
         raise IntraError(
             "train.window_placement = patch cannot follow train.rotation = any (a window turned by any angle "
-            "moves its covered patch off the grid): use rotation none or rot90, or placement corner"
+            "moves its covered patch off the grid): use rotation none or rot90, or the paper's placement with "
+            "--set train.window_placement=corner (the cpu preset places by patch)"
         )
     if m.position == "global" and cfg.train.rotation == "any":
         raise IntraError(
