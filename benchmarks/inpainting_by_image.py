@@ -24,6 +24,7 @@ import torch
 from intra.evaluation.inpainting import smooth_fill
 from intra.inference.calibration import training_split
 from intra.inference.detector import Detector
+from intra.runtime import configure_threads
 
 
 def border_band(shape: tuple[int, int], patch: int) -> torch.Tensor:
@@ -50,28 +51,26 @@ def per_image(detector: Detector, images: list[torch.Tensor]) -> dict[str, np.nd
     return {name: np.array(values) for name, values in out.items()}
 
 
-def rows(name: str, r: dict[str, np.ndarray]) -> list[str]:
-    """Markdown rows: all images, then terciles of brightness and of contrast."""
-    ratio = r["network"] / r["smooth"]
-    out = [
-        f"| {name}, all | {len(ratio)} | {r['network'].mean() / r['smooth'].mean():.2f} | {np.median(ratio):.2f} "
+def row(label: str, network: np.ndarray, smooth: np.ndarray) -> str:
+    """One markdown row: images, ratio of mean errors (as reported), median and range of per-image ratios."""
+    ratio = network / smooth
+    return (
+        f"| {label} | {len(ratio)} | {network.mean() / smooth.mean():.2f} | {np.median(ratio):.2f} "
         f"| {ratio.min():.2f}-{ratio.max():.2f} |"
-    ]
+    )
+
+
+def rows(name: str, r: dict[str, np.ndarray]) -> list[str]:
+    """Markdown rows: all images, border and inner patches, then terciles of brightness and of contrast."""
+    out = [row(f"{name}, all", r["network"], r["smooth"])]
     for part in ("border", "inner"):
-        ratio_part = r[f"network {part}"] / r[f"smooth {part}"]
-        out.append(
-            f"| {name}, {part} patches only | {len(ratio)} "
-            f"| {r[f'network {part}'].mean() / r[f'smooth {part}'].mean():.2f} | {np.median(ratio_part):.2f} "
-            f"| {ratio_part.min():.2f}-{ratio_part.max():.2f} |"
-        )
+        out.append(row(f"{name}, {part} patches only", r[f"network {part}"], r[f"smooth {part}"]))
     for key in ("brightness", "contrast"):
         edges = np.quantile(r[key], [0, 1 / 3, 2 / 3, 1])
         for low, high, label in zip(edges[:-1], edges[1:], ("lowest", "middle", "highest")):
             keep = (r[key] >= low) & (r[key] <= high)
             out.append(
-                f"| {name}, {label} third of {key} ({low:.3f}-{high:.3f}) | {keep.sum()} "
-                f"| {r['network'][keep].mean() / r['smooth'][keep].mean():.2f} | {np.median(ratio[keep]):.2f} "
-                f"| {ratio[keep].min():.2f}-{ratio[keep].max():.2f} |"
+                row(f"{name}, {label} third of {key} ({low:.3f}-{high:.3f})", r["network"][keep], r["smooth"][keep])
             )
     return out
 
@@ -83,8 +82,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--every", type=int, default=13, help="every N-th training image (default 13)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_threads(args.threads)
     detector = Detector.load(args.run)
     train, val = training_split(args.data, detector.cfg)
     print("| images | count | ratio of means (as reported) | median of per-image ratios | range |")

@@ -3,9 +3,10 @@
 Every window is drawn independently: an image uniformly, a corner uniformly over the integer
 positions {0..M-L} x {0..N-L}, a covered position uniformly over the L*L window positions (or,
 with train.window_placement = patch, a covered patch uniformly over the image and a window
-holding it: `core.windows.random_windows`). The augmentation acts on the window's pixels: random flips, and rotations by multiples of 90 degrees
-("rot90", for aligned objects) or by any angle ("any", for textures; pixels from around the
-window are rotated in, the image is reflected at its borders).
+holding it: `core.windows.random_windows`). The augmentation acts on the window's pixels: random
+flips, and rotations by multiples of 90 degrees ("rot90", for aligned objects) or by any angle
+("any", for textures; pixels from around the window are rotated in, the image is reflected at its
+borders).
 """
 
 from __future__ import annotations
